@@ -1,0 +1,1 @@
+"""gpufleet worker runtime: the HTTP server in every GPU pod of a WorkerPool."""
