@@ -1,0 +1,258 @@
+"""The kubelet stand-in runs pods as processes: env, probes, exit codes, deletion, SA identity."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+import uuid
+from pathlib import Path
+
+import pytest
+from gpufleet.localcluster.waiting import wait_for
+from kubernetes import client
+
+pytestmark = pytest.mark.cluster
+
+
+def processes_with(marker: str) -> list[int]:
+    """PIDs whose command line contains ``marker``."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if marker.encode() in (proc / "cmdline").read_bytes():
+                pids.append(int(proc.name))
+        except OSError:
+            continue
+    return pids
+
+
+def pod(name: str, command: list[str], **spec_fields) -> client.V1Pod:
+    container_fields = {
+        k: spec_fields.pop(k) for k in ("readiness_probe", "env", "volume_mounts") if k in spec_fields
+    }
+    return client.V1Pod(
+        metadata=client.V1ObjectMeta(name=name),
+        spec=client.V1PodSpec(
+            node_selector={"kubernetes.io/hostname": "cpu-0"},
+            termination_grace_period_seconds=2,
+            containers=[client.V1Container(name="main", image="local", command=command, **container_fields)],
+            **spec_fields,
+        ),
+    )
+
+
+def read(core: client.CoreV1Api, namespace: str, name: str) -> client.V1Pod:
+    return core.read_namespaced_pod(name, namespace)
+
+
+def test_pod_runs_with_its_env_becomes_ready_through_probe_and_is_killed_on_delete(core, namespace):
+    marker = f"marker-{uuid.uuid4().hex}"
+    # An HTTP server bound to the pod's own loopback IP, found through the downward API.
+    server = [
+        sys.executable,
+        "-m",
+        "http.server",
+        "--bind",
+        "$(POD_IP)",
+        "8080",
+        "--directory",
+        "/tmp",
+        marker,
+    ]
+    core.create_namespaced_pod(
+        namespace,
+        pod(
+            "web",
+            server,
+            env=[
+                client.V1EnvVar(
+                    name="POD_IP",
+                    value_from=client.V1EnvVarSource(
+                        field_ref=client.V1ObjectFieldSelector(field_path="status.podIP")
+                    ),
+                )
+            ],
+            readiness_probe=client.V1Probe(
+                http_get=client.V1HTTPGetAction(path="/", port=8080), period_seconds=1
+            ),
+        ),
+    )
+    ready = wait_for(
+        lambda: read(core, namespace, "web"),
+        lambda p: any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or []),
+        30,
+        what="web pod Ready",
+        describe=lambda p: str(p.status),
+    )
+    assert ready.status.pod_ip.startswith("127.") and ready.status.pod_ip != "127.0.0.1"
+    assert ready.status.container_statuses[0].state.running is not None
+    pids = processes_with(marker)
+    assert pids, "the pod's process should be running on this machine"
+
+    core.delete_namespaced_pod("web", namespace)
+
+    def pod_gone() -> bool:
+        try:
+            read(core, namespace, "web")
+        except client.ApiException as error:
+            return error.status == 404
+        return False
+
+    wait_for(pod_gone, bool, 30, what="pod deleted")
+    assert processes_with(marker) == []
+
+
+def test_readiness_probe_failing_keeps_pod_unready(core, namespace):
+    core.create_namespaced_pod(
+        namespace,
+        pod(
+            "deaf",
+            ["sleep", "300"],
+            readiness_probe=client.V1Probe(tcp_socket=client.V1TCPSocketAction(port=9), period_seconds=1),
+        ),
+    )
+    running = wait_for(
+        lambda: read(core, namespace, "deaf"),
+        lambda p: p.status.phase == "Running",
+        30,
+        what="deaf pod Running",
+        describe=lambda p: str(p.status.phase),
+    )
+    assert running.status.container_statuses[0].ready is False
+    wait_for(
+        lambda: read(core, namespace, "deaf"),
+        lambda p: p.status.container_statuses[0].ready is False,
+        3,
+        what="still unready after probes",
+    )
+
+
+def test_non_zero_exit_code_is_reported(core, namespace):
+    core.create_namespaced_pod(namespace, pod("fails", ["sh", "-c", "exit 3"], restart_policy="Never"))
+    failed = wait_for(
+        lambda: read(core, namespace, "fails"),
+        lambda p: p.status.phase == "Failed",
+        30,
+        what="pod Failed",
+        describe=lambda p: str(p.status),
+    )
+    terminated = failed.status.container_statuses[0].state.terminated
+    assert terminated.exit_code == 3 and terminated.reason == "Error"
+
+
+def test_restart_policy_always_restarts_and_counts(core, namespace):
+    core.create_namespaced_pod(namespace, pod("crashy", ["sh", "-c", "exit 1"]))
+    crashed = wait_for(
+        lambda: read(core, namespace, "crashy"),
+        lambda p: bool(p.status.container_statuses) and p.status.container_statuses[0].restart_count >= 2,
+        30,
+        what="two restarts",
+        describe=lambda p: str(p.status.container_statuses),
+    )
+    assert crashed.status.container_statuses[0].last_state.terminated.exit_code == 1
+
+
+def test_missing_secret_is_reported_not_run(core, namespace):
+    core.create_namespaced_pod(
+        namespace,
+        pod(
+            "nosecret",
+            ["sleep", "300"],
+            env=[
+                client.V1EnvVar(
+                    name="TOKEN",
+                    value_from=client.V1EnvVarSource(
+                        secret_key_ref=client.V1SecretKeySelector(name="absent", key="token")
+                    ),
+                )
+            ],
+        ),
+    )
+    waiting = wait_for(
+        lambda: read(core, namespace, "nosecret"),
+        lambda p: bool(p.status.container_statuses) and p.status.container_statuses[0].state.waiting,
+        30,
+        what="container waiting with a reason",
+        describe=lambda p: str(p.status),
+    )
+    state = waiting.status.container_statuses[0].state.waiting
+    assert state.reason == "CreateContainerConfigError" and "absent" in state.message
+
+
+RBAC_PROBE = textwrap.dedent("""
+    import sys
+    from kubernetes import client, config
+    config.load_kube_config()
+    core = client.CoreV1Api()
+    namespace = sys.argv[1]
+    core.list_namespaced_config_map(namespace)          # granted by the Role
+    try:
+        core.list_namespaced_secret(namespace)          # not granted
+    except client.ApiException as error:
+        sys.exit(0 if error.status == 403 else 20)
+    sys.exit(10)                                        # listing Secrets must be refused
+""")
+
+
+def test_pod_program_acts_with_its_service_account_and_rbac_refuses_the_rest(cluster, core, namespace):
+    rbac = client.RbacAuthorizationV1Api(cluster.api_client())
+    core.create_namespaced_service_account(
+        namespace, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name="reader"))
+    )
+    rbac.create_namespaced_role(
+        namespace,
+        client.V1Role(
+            metadata=client.V1ObjectMeta(name="configmap-reader"),
+            rules=[client.V1PolicyRule(api_groups=[""], resources=["configmaps"], verbs=["list"])],
+        ),
+    )
+    rbac.create_namespaced_role_binding(
+        namespace,
+        client.V1RoleBinding(
+            metadata=client.V1ObjectMeta(name="reader"),
+            role_ref=client.V1RoleRef(
+                api_group="rbac.authorization.k8s.io", kind="Role", name="configmap-reader"
+            ),
+            subjects=[client.RbacV1Subject(kind="ServiceAccount", name="reader", namespace=namespace)],
+        ),
+    )
+    core.create_namespaced_pod(
+        namespace,
+        pod(
+            "rbac-probe",
+            [sys.executable, "-c", RBAC_PROBE, namespace],
+            service_account_name="reader",
+            restart_policy="Never",
+        ),
+    )
+    done = wait_for(
+        lambda: read(core, namespace, "rbac-probe"),
+        lambda p: p.status.phase in ("Succeeded", "Failed"),
+        60,
+        what="RBAC probe to finish",
+        describe=lambda p: str(p.status.container_statuses),
+    )
+    assert done.status.phase == "Succeeded", done.status.container_statuses[0].state.terminated
+
+
+def test_pod_without_token_automount_gets_no_credentials(core, namespace):
+    script = "import os, sys; sys.exit(0 if 'KUBECONFIG' not in os.environ else 1)"
+    core.create_namespaced_pod(
+        namespace,
+        pod(
+            "no-token",
+            [sys.executable, "-c", script],
+            automount_service_account_token=False,
+            restart_policy="Never",
+        ),
+    )
+    done = wait_for(
+        lambda: read(core, namespace, "no-token"),
+        lambda p: p.status.phase in ("Succeeded", "Failed"),
+        30,
+        what="pod to finish",
+        describe=lambda p: str(p.status.phase),
+    )
+    assert done.status.phase == "Succeeded"

@@ -1,0 +1,55 @@
+"""Shared fixtures: one real control plane per test session, a namespace per test.
+
+Tests that use ``cluster`` or ``namespace`` must be marked ``@pytest.mark.cluster``;
+``pytest -m "not cluster and not s3"`` runs the pure unit tests alone, in seconds.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from gpufleet.localcluster import simnodes
+from gpufleet.localcluster.cluster import LocalCluster
+from gpufleet.localcluster.waiting import wait_for
+from kubernetes import client
+
+# The default mixed GPU fleet plus process-less nodes for scale tests (tainted: only pods
+# that tolerate the taint land there, so ordinary tests always get real processes).
+TEST_FLEET = (*simnodes.DEFAULT_FLEET, *simnodes.simulated_only_nodes(4))
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    local = LocalCluster(tmp_path_factory.mktemp("cluster"), TEST_FLEET).start()
+    print(
+        f"\nlocal cluster up in {local.startup_seconds:.1f}s "
+        f"(control plane {local.control_plane.startup_seconds:.1f}s) at {local.server}"
+    )
+    try:
+        yield local
+    finally:
+        local.stop()
+
+
+@pytest.fixture
+def core(cluster: LocalCluster) -> client.CoreV1Api:
+    return client.CoreV1Api(cluster.api_client())
+
+
+@pytest.fixture
+def namespace(cluster: LocalCluster, core: client.CoreV1Api, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace whose default ServiceAccount exists (pods can be admitted)."""
+    base = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
+    name = f"{base}-{uuid.uuid4().hex[:5]}"
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    wait_for(
+        lambda: core.read_namespaced_service_account("default", name),
+        bool,
+        30,
+        what=f"default ServiceAccount in {name}",
+    )
+    yield name
+    core.delete_namespace(name)
