@@ -1,20 +1,24 @@
 """Shared fixtures: one real control plane per test session, a namespace per test.
 
-Tests that use ``cluster`` or ``namespace`` must be marked ``@pytest.mark.cluster``;
+Tests that use ``cluster`` or ``namespace`` must be marked ``@pytest.mark.cluster``, and
+``localkubelet`` too when they rely on the local kubelet stand-in (pods as processes here);
 ``pytest -m "not cluster and not s3"`` runs the pure unit tests alone, in seconds.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
-from gpufleet.localcluster import simnodes
-from gpufleet.localcluster.cluster import LocalCluster
-from gpufleet.localcluster.waiting import wait_for
 from kubernetes import client
+
+from gpufleet.localcluster import simnodes
+from gpufleet.localcluster.cluster import ExistingCluster, LocalCluster
+from gpufleet.localcluster.waiting import wait_for
 
 # The default mixed GPU fleet plus process-less nodes for scale tests (tainted: only pods
 # that tolerate the taint land there, so ordinary tests always get real processes).
@@ -23,6 +27,10 @@ TEST_FLEET = (*simnodes.DEFAULT_FLEET, *simnodes.simulated_only_nodes(4))
 
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """The local cluster, or with GPUFLEET_TEST_KUBECONFIG set, an existing one (kind)."""
+    if external := os.environ.get("GPUFLEET_TEST_KUBECONFIG"):
+        yield ExistingCluster(Path(external))
+        return
     local = LocalCluster(tmp_path_factory.mktemp("cluster"), TEST_FLEET).start()
     print(
         f"\nlocal cluster up in {local.startup_seconds:.1f}s "

@@ -5,10 +5,11 @@ from __future__ import annotations
 import threading
 
 import pytest
+from kubernetes import client, watch
+
 from gpufleet import labels
 from gpufleet.localcluster import simnodes
 from gpufleet.localcluster.waiting import wait_for
-from kubernetes import client, watch
 
 pytestmark = pytest.mark.cluster
 
@@ -147,7 +148,7 @@ def gpu_pod(name: str, gpus: int, min_memory_mib: int | None = None) -> client.V
             containers=[
                 client.V1Container(
                     name="main",
-                    image="local",
+                    image="busybox:1.36",
                     command=["sleep", "3600"],
                     resources=client.V1ResourceRequirements(limits={labels.GPU_RESOURCE: str(gpus)}),
                 )
@@ -225,6 +226,7 @@ def test_garbage_collector_deletes_pod_whose_owner_is_deleted(core, namespace):
     wait_for(gone, bool, 60, what="garbage collector to delete the owned pod")
 
 
+@pytest.mark.localkubelet
 def test_simulated_only_nodes_run_many_pods_without_processes(cluster, namespace):
     apps = client.AppsV1Api(cluster.api_client())
     replicas = 300

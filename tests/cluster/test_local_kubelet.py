@@ -8,10 +8,11 @@ import uuid
 from pathlib import Path
 
 import pytest
-from gpufleet.localcluster.waiting import wait_for
 from kubernetes import client
 
-pytestmark = pytest.mark.cluster
+from gpufleet.localcluster.waiting import wait_for
+
+pytestmark = [pytest.mark.cluster, pytest.mark.localkubelet]
 
 
 def processes_with(marker: str) -> list[int]:
@@ -37,7 +38,9 @@ def pod(name: str, command: list[str], **spec_fields) -> client.V1Pod:
         spec=client.V1PodSpec(
             node_selector={"kubernetes.io/hostname": "cpu-0"},
             termination_grace_period_seconds=2,
-            containers=[client.V1Container(name="main", image="local", command=command, **container_fields)],
+            containers=[
+                client.V1Container(name="main", image="busybox:1.36", command=command, **container_fields)
+            ],
             **spec_fields,
         ),
     )

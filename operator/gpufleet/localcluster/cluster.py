@@ -20,8 +20,43 @@ from .processes import ManagedProcess, ProcessExited
 from .waiting import wait_for
 
 
+class ClusterAccess:
+    """kubectl and API clients for a cluster reached through an admin kubeconfig."""
+
+    kubeconfig: Path
+
+    def api_client(self) -> client.ApiClient:
+        return config.new_client_from_config(str(self.kubeconfig))
+
+    def kubectl(
+        self, *args: str, input: str | None = None, check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [str(binaries.ensure("kubectl")), f"--kubeconfig={self.kubeconfig}", *args],
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        if check and result.returncode != 0:
+            raise subprocess.CalledProcessError(result.returncode, result.args, result.stdout, result.stderr)
+        return result
+
+
 @dataclass
-class LocalCluster:
+class ExistingCluster(ClusterAccess):
+    """A cluster someone else runs (kind, a dev cluster): tests use it as it is."""
+
+    kubeconfig: Path
+
+    @property
+    def server(self) -> str:
+        return str(self.api_client().configuration.host)
+
+
+@dataclass
+class LocalCluster(ClusterAccess):
     workdir: Path
     nodes: tuple[simnodes.SimNode, ...] | list[simnodes.SimNode] = simnodes.DEFAULT_FLEET
     control_plane: ControlPlane = field(init=False)
@@ -80,24 +115,6 @@ class LocalCluster:
             return names <= ready
 
         wait_for(all_ready, bool, timeout, what=f"nodes {sorted(names)} to be Ready")
-
-    def api_client(self) -> client.ApiClient:
-        return config.new_client_from_config(str(self.kubeconfig))
-
-    def kubectl(
-        self, *args: str, input: str | None = None, check: bool = True, timeout: float = 120
-    ) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
-            [str(binaries.ensure("kubectl")), f"--kubeconfig={self.kubeconfig}", *args],
-            input=input,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-        if check and result.returncode != 0:
-            raise subprocess.CalledProcessError(result.returncode, result.args, result.stdout, result.stderr)
-        return result
 
     def stop(self) -> None:
         if self.kubelet is not None:

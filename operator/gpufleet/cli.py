@@ -1,0 +1,77 @@
+"""The ``gpufleet`` command.
+
+gpufleet up      bring up the local fleet: a real control plane on loopback with
+                 simulated GPU nodes; stays in the foreground until Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from gpufleet.localcluster import binaries
+from gpufleet.localcluster.cluster import LocalCluster
+
+
+def default_state_dir() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "gpufleet" / "local"
+
+
+def up(args: argparse.Namespace) -> int:
+    state_dir: Path = args.state_dir
+    if (state_dir / "etcd").exists():
+        # A previous run's data belongs to certificates that no longer exist.
+        shutil.rmtree(state_dir)
+    print(f"starting the local fleet in {state_dir} ...", flush=True)
+    cluster = LocalCluster(state_dir).start()
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        print(
+            f"control plane up in {cluster.control_plane.startup_seconds:.1f}s; "
+            f"fleet ready in {cluster.startup_seconds:.1f}s"
+        )
+        print(cluster.kubectl("get", "nodes", "-L", "nvidia.com/gpu.product,nvidia.com/gpu.memory").stdout)
+        kubectl = binaries.ensure("kubectl")
+        print("point kubectl at it with:")
+        print(f"  export KUBECONFIG={cluster.kubeconfig}")
+        print(f"  alias kubectl={kubectl}")
+        if args.exit_after_start:
+            return 0
+        print("Ctrl-C stops the fleet and every process it started.", flush=True)
+        stop.wait()
+    finally:
+        cluster.stop()
+        print("local fleet stopped")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="gpufleet", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    up_parser = commands.add_parser("up", help="bring up the local fleet")
+    up_parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=default_state_dir(),
+        help="where certificates, logs, the kubeconfig and pod files go (default: %(default)s)",
+    )
+    up_parser.add_argument(
+        "--exit-after-start", action="store_true", help="stop again once everything is up (a smoke test)"
+    )
+    up_parser.set_defaults(func=up)
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
