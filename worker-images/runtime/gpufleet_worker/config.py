@@ -1,0 +1,260 @@
+"""Worker configuration: the models it serves, where it listens, its token, GPU and storage.
+
+The operator generates a config file from the WorkerPool; flags and environment variables
+override it (flags win over the environment, which wins over the file). Like the protocol,
+this module imports no torch and no web framework, so the operator can build a
+``WorkerConfig`` and write it with ``config_file_text``.
+
+Config file (YAML or JSON, camelCase)::
+
+    name: sd15-7xk2p                 # default: $POD_NAME, else the host name
+    host: 0.0.0.0                    # a pod passes --host $(POD_IP)
+    port: 8080
+    tokenFile: /var/run/gpufleet/token
+    device: auto                     # auto | cpu | cuda
+    maxJobsPerGpu: 4
+    models:
+      - {name: tiny-sd, source: "builtin://tiny-sd", vram: 512Mi}
+      - {name: sd15, source: "file:///models/sd15", vram: 3Gi}
+    simulatedGpu: {product: NVIDIA-A100-SXM4-40GB, memory: 40Gi, count: 1}
+    s3: {endpointUrl: "http://minio:9000", region: us-east-1}
+    localOutputRoot: /data/artifacts # enables file:/// output URIs under this folder
+    imageFetch: {maxBytes: 20Mi, timeoutSeconds: 10, allowedNetworks: []}
+    keepFinishedJobs: 1000
+
+Environment: ``GPUFLEET_WORKER_CONFIG`` (config file path), ``POD_NAME``,
+``GPUFLEET_S3_ENDPOINT``, ``AWS_REGION``, and the S3 credentials ``AWS_ACCESS_KEY_ID`` /
+``AWS_SECRET_ACCESS_KEY``, which are read from the environment only (never from the file).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import os
+import re
+import socket
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BeforeValidator, Field, field_validator, model_validator
+
+from gpufleet.api.inputs import CamelModel, Task
+
+_QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(Ki|Mi|Gi|Ti|k|M|G|T)?$")
+_FACTORS = {
+    None: 1,
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+    "k": 10**3,
+    "M": 10**6,
+    "G": 10**9,
+    "T": 10**12,
+}
+
+
+def parse_quantity(value: Any) -> Any:
+    """A Kubernetes-style byte quantity ("512Mi", "2Gi", "1G", 1024) as an int of bytes."""
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        return value  # let pydantic report the type error
+    if isinstance(value, int):
+        return value
+    match = _QUANTITY.match(value.strip())
+    if match is None:
+        raise ValueError(f"{value!r} is not a byte quantity such as 512Mi, 2Gi or 1073741824")
+    return int(float(match.group(1)) * _FACTORS[match.group(2)])
+
+
+Bytes = Annotated[int, BeforeValidator(parse_quantity)]
+
+BUILTIN_SCHEME = "builtin://"
+FILE_SCHEME = "file://"
+
+
+class ModelSpec(CamelModel):
+    name: str = Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9._]*[a-z0-9])?$")
+    source: str = Field(description="builtin://tiny-sd, or file:///path of a diffusers model directory.")
+    vram: Bytes = Field(gt=0, description="VRAM one resident copy holds.")
+    tasks: list[Task] | None = Field(
+        default=None, description="Tasks to accept; default: every task the model supports."
+    )
+
+    @field_validator("source")
+    @classmethod
+    def _known_scheme(cls, source: str) -> str:
+        if not source.startswith((BUILTIN_SCHEME, FILE_SCHEME)):
+            raise ValueError(
+                f"source {source!r} must start with {BUILTIN_SCHEME} or {FILE_SCHEME} "
+                "(copy s3:// and pvc:// models into a local directory first)"
+            )
+        return source
+
+
+class SimulatedGpu(CamelModel):
+    """What the worker reports when NVML finds no GPU, so CPU runs keep the same accounting."""
+
+    product: str = "Simulated-GPU"
+    memory: Bytes = Field(default=16 * 2**30, gt=0)
+    count: int = Field(default=1, ge=1, le=16)
+
+
+class S3Config(CamelModel):
+    endpoint_url: str | None = Field(default=None, pattern=r"^https?://")
+    region: str = "us-east-1"
+    access_key_id: str | None = Field(default=None, exclude=True, repr=False)
+    secret_access_key: str | None = Field(default=None, exclude=True, repr=False)
+
+
+class ImageFetchConfig(CamelModel):
+    max_bytes: Bytes = Field(default=20 * 2**20, gt=0)
+    timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    allowed_networks: list[str] = Field(
+        default_factory=list,
+        description=(
+            "CIDRs that input images may come from even though they are private, loopback or "
+            "link-local. Empty: only public addresses."
+        ),
+    )
+
+    @field_validator("allowed_networks")
+    @classmethod
+    def _cidrs(cls, networks: list[str]) -> list[str]:
+        for network in networks:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError as error:
+                raise ValueError(f"allowedNetworks entry {network!r}: {error}") from None
+        return networks
+
+
+class WorkerConfig(CamelModel):
+    name: str = Field(default_factory=lambda: os.environ.get("POD_NAME") or socket.gethostname())
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    token_file: Path
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    max_jobs_per_gpu: int = Field(default=4, ge=1, le=64)
+    models: list[ModelSpec] = Field(min_length=1)
+    simulated_gpu: SimulatedGpu = Field(default_factory=SimulatedGpu)
+    s3: S3Config = Field(default_factory=S3Config)
+    local_output_root: Path | None = None
+    image_fetch: ImageFetchConfig = Field(default_factory=ImageFetchConfig)
+    keep_finished_jobs: int = Field(default=1000, ge=1)
+
+    @model_validator(mode="after")
+    def _unique_model_names(self) -> WorkerConfig:
+        names = [model.name for model in self.models]
+        if duplicates := sorted({n for n in names if names.count(n) > 1}):
+            raise ValueError(f"models: names must be unique; repeated: {', '.join(duplicates)}")
+        return self
+
+
+def config_file_text(config: WorkerConfig) -> str:
+    """The config as the worker reads it (JSON is YAML); credentials are never written."""
+    return config.model_dump_json(by_alias=True, exclude_none=True, indent=2)
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    text = path.read_text()
+    data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: the config file must hold a mapping, not {type(data).__name__}")
+    return data
+
+
+def parse_model_flag(flag: str) -> dict[str, str]:
+    """``name=tiny-sd,source=builtin://tiny-sd,vram=512Mi`` as a ModelSpec mapping."""
+    fields = {}
+    for part in flag.split(","):
+        key, sep, value = part.partition("=")
+        if not sep or key not in {"name", "source", "vram"}:
+            raise ValueError(f"--model {flag!r}: expected name=...,source=...,vram=... (got {part!r})")
+        fields[key] = value
+    return fields
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gpufleet-worker", description="gpufleet GPU worker: HTTP API over a GPU."
+    )
+    parser.add_argument("--config", type=Path, help="YAML or JSON config file")
+    parser.add_argument("--name", help="worker name (default $POD_NAME or host name)")
+    parser.add_argument("--host", help="address to listen on, e.g. $(POD_IP)")
+    parser.add_argument("--port", type=int, help="port to listen on")
+    parser.add_argument("--token-file", type=Path, help="file holding the pool's bearer token")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--max-jobs-per-gpu", type=int)
+    parser.add_argument(
+        "--model",
+        action="append",
+        metavar="name=N,source=S,vram=Q",
+        help="a model to serve (repeatable; replaces the file's models)",
+    )
+    parser.add_argument("--simulated-gpu-product")
+    parser.add_argument("--simulated-gpu-memory", help="e.g. 16Gi")
+    parser.add_argument("--simulated-gpu-count", type=int)
+    parser.add_argument("--s3-endpoint", help="S3-compatible endpoint URL")
+    parser.add_argument("--local-output-root", type=Path, help="allow file:/// outputs here")
+    parser.add_argument(
+        "--allow-image-network",
+        action="append",
+        metavar="CIDR",
+        help="let input images come from this private network (repeatable)",
+    )
+    parser.add_argument("--image-max-bytes", help="largest input image, e.g. 20Mi")
+    return parser
+
+
+def load_config(argv: list[str] | None = None, env: dict[str, str] | None = None) -> WorkerConfig:
+    """Config from the file, then the environment, then flags. Raises ValueError/ValidationError."""
+    env = dict(os.environ) if env is None else env
+    args = build_parser().parse_args(argv)
+    config_path = args.config
+    if config_path is None and env.get("GPUFLEET_WORKER_CONFIG"):
+        config_path = Path(env["GPUFLEET_WORKER_CONFIG"])
+    data: dict[str, Any] = _read_file(config_path) if config_path else {}
+
+    s3 = dict(data.get("s3") or {})
+    simulated = dict(data.get("simulatedGpu") or data.get("simulated_gpu") or {})
+    image_fetch = dict(data.get("imageFetch") or data.get("image_fetch") or {})
+    if env.get("POD_NAME") and "name" not in data:
+        data["name"] = env["POD_NAME"]
+    if env.get("GPUFLEET_S3_ENDPOINT"):
+        s3["endpointUrl"] = env["GPUFLEET_S3_ENDPOINT"]
+    if env.get("AWS_REGION"):
+        s3["region"] = env["AWS_REGION"]
+    s3["accessKeyId"] = env.get("AWS_ACCESS_KEY_ID")
+    s3["secretAccessKey"] = env.get("AWS_SECRET_ACCESS_KEY")
+
+    flags: dict[str, Any] = {
+        "name": args.name,
+        "host": args.host,
+        "port": args.port,
+        "tokenFile": args.token_file,
+        "device": args.device,
+        "maxJobsPerGpu": args.max_jobs_per_gpu,
+        "localOutputRoot": args.local_output_root,
+        "models": [parse_model_flag(m) for m in args.model] if args.model else None,
+    }
+    data.update({key: value for key, value in flags.items() if value is not None})
+    for key, value in {
+        "product": args.simulated_gpu_product,
+        "memory": args.simulated_gpu_memory,
+        "count": args.simulated_gpu_count,
+    }.items():
+        if value is not None:
+            simulated[key] = value
+    if args.s3_endpoint:
+        s3["endpointUrl"] = args.s3_endpoint
+    if args.allow_image_network:
+        image_fetch["allowedNetworks"] = args.allow_image_network
+    if args.image_max_bytes:
+        image_fetch["maxBytes"] = args.image_max_bytes
+    for snake in ("simulated_gpu", "image_fetch"):
+        data.pop(snake, None)
+    data.update({"s3": s3, "simulatedGpu": simulated, "imageFetch": image_fetch})
+    return WorkerConfig.model_validate(data)

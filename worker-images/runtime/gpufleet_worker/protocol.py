@@ -1,0 +1,280 @@
+"""The worker protocol: every route, header, request, response and event of the worker API.
+
+This module is the single source of truth for both sides: the worker serves these models
+and the operator imports them to talk to workers. It depends on pydantic and the shared job
+input contract only (no torch, no web framework), so the operator can import it cheaply.
+
+Auth: every route except ``/healthz`` and ``/readyz`` needs ``Authorization: Bearer <token>``
+with the pool's token; anything else gets 401.
+
+A job attempt on a worker is a *run*. It is named by ``run_id(job_id, attempt)``, which the
+operator can compute without asking, and submitting the same (job id, attempt) again returns
+the existing run instead of starting a second one.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from gpufleet.api.inputs import MAX_URL_CHARS, CamelModel, JobInput, Task
+
+# --- auth -----------------------------------------------------------------------------------
+
+AUTH_HEADER = "Authorization"
+AUTH_SCHEME = "Bearer"
+
+
+def auth_header_value(token: str) -> str:
+    """The value of the ``Authorization`` header that carries ``token``."""
+    return f"{AUTH_SCHEME} {token}"
+
+
+# --- routes ---------------------------------------------------------------------------------
+
+API_PREFIX = "/v1"
+HEALTHZ = "/healthz"
+READYZ = "/readyz"
+METRICS = "/metrics"
+INVENTORY = f"{API_PREFIX}/inventory"
+JOBS = f"{API_PREFIX}/jobs"
+JOB = f"{API_PREFIX}/jobs/{{run_id}}"
+JOB_CANCEL = f"{API_PREFIX}/jobs/{{run_id}}/cancel"
+JOB_EVENTS = f"{API_PREFIX}/jobs/{{run_id}}/events"
+
+# Kubernetes namespaces and object names never contain "_", so it separates the parts of a
+# run id unambiguously; a uid (lowercase hex and "-") fits the same pattern as a name.
+_DNS_NAME = r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?"
+JOB_ID_PATTERN = rf"^{_DNS_NAME}(/{_DNS_NAME})?$"
+RUN_ID_PATTERN = rf"^{_DNS_NAME}(_{_DNS_NAME})?_[0-9]{{1,4}}$"
+MAX_ATTEMPT = 9999
+
+
+def run_id(job_id: str, attempt: int) -> str:
+    """The worker's name for one attempt of a job: URL-safe, stable, unique per (id, attempt)."""
+    return f"{job_id.replace('/', '_')}_{attempt}"
+
+
+def job_path(route: str, run: str) -> str:
+    """A concrete path, for example ``job_path(JOB_EVENTS, run_id("studio/a", 1))``."""
+    return route.format(run_id=run)
+
+
+# --- server-sent events ---------------------------------------------------------------------
+
+
+class EventName(StrEnum):
+    """The ``event:`` field of the job event stream (``GET /v1/jobs/{run_id}/events``).
+
+    The stream replays a run's events from its start (or after ``Last-Event-ID``), then
+    follows it live; every event carries an increasing ``id:``. ``result`` is always the last
+    event and the server closes the stream after it.
+    """
+
+    STATE = "state"  # data: JobEvent with the run's JobStatus (phase changes)
+    PROGRESS = "progress"  # data: JobEvent with Progress
+    RESULT = "result"  # data: JobEvent with the final JobStatus
+
+
+SSE_MEDIA_TYPE = "text/event-stream"
+
+# --- values ---------------------------------------------------------------------------------
+
+
+class Phase(StrEnum):
+    """Where a run is. A run is admitted straight into Running: there is no queue on a worker."""
+
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    CANCELLED = "Cancelled"
+
+
+TERMINAL_PHASES = frozenset({Phase.SUCCEEDED, Phase.FAILED, Phase.CANCELLED})
+
+
+class Reason(StrEnum):
+    """Why a run ended (``JobStatus.reason``), or why a request was refused (``ErrorResponse``)."""
+
+    # outcomes of a run
+    COMPLETED = "Completed"
+    CANCELLED = "Cancelled"
+    OUT_OF_MEMORY = "OutOfMemory"
+    INPUT_REFUSED = "InputRefused"  # the input image URL broke the fetch policy (SSRF, scheme)
+    INPUT_FETCH_FAILED = "InputFetchFailed"  # network error, too large, not an image
+    UPLOAD_FAILED = "UploadFailed"
+    INTERNAL_ERROR = "InternalError"
+    # refusals of a request
+    UNAUTHORIZED = "Unauthorized"
+    INVALID_REQUEST = "InvalidRequest"
+    UNKNOWN_MODEL = "UnknownModel"
+    UNSUPPORTED_TASK = "UnsupportedTask"
+    UNSUPPORTED_OUTPUT = "UnsupportedOutput"
+    INSUFFICIENT_VRAM = "InsufficientVRAM"
+    TOO_MANY_JOBS = "TooManyJobs"
+    SPEC_MISMATCH = "SpecMismatch"
+    NOT_FOUND = "NotFound"
+    NOT_READY = "NotReady"
+
+
+# --- requests -------------------------------------------------------------------------------
+
+OUTPUT_URI_PATTERN = r"^(s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/|file:///)(.*/)?$"
+
+
+class SubmitRequest(CamelModel):
+    """``POST /v1/jobs``: start one attempt of a job on this worker."""
+
+    job_id: str = Field(
+        max_length=507,
+        pattern=JOB_ID_PATTERN,
+        description="The GenerationJob as namespace/name, or its uid.",
+    )
+    attempt: int = Field(ge=1, le=MAX_ATTEMPT, description="Attempt number, from 1.")
+    task: Task
+    model: str = Field(min_length=1, max_length=253, description="A model this worker serves.")
+    input: JobInput
+    vram_bytes: int = Field(
+        gt=0,
+        le=2**50,
+        description=(
+            "VRAM to reserve for this run on top of the model's resident weights (latents, "
+            "activations). The run is refused when no GPU has this much free."
+        ),
+    )
+    output_uri: str = Field(
+        max_length=MAX_URL_CHARS,
+        pattern=OUTPUT_URI_PATTERN,
+        description=(
+            "Prefix the artifacts are written under, ending in '/': s3://bucket/prefix/ or, "
+            "where the worker has a local output root, file:///path/. Artifact i is "
+            "<outputUri>image-<i>.png."
+        ),
+    )
+
+    @property
+    def run_id(self) -> str:
+        return run_id(self.job_id, self.attempt)
+
+
+# --- responses ------------------------------------------------------------------------------
+
+
+class Progress(CamelModel):
+    step: int = Field(ge=0, description="Denoising steps done.")
+    total_steps: int = Field(ge=0)
+    percent: int = Field(ge=0, le=100)
+
+
+class Artifact(CamelModel):
+    name: str = Field(description="File name, for example image-0.png.")
+    url: str = Field(description="Where it was written: s3://bucket/key or file:///path.")
+    media_type: str = Field(description="For example image/png.")
+    size_bytes: int = Field(ge=0)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="Hex SHA-256 of the bytes written.")
+
+
+class JobStatus(CamelModel):
+    """One run on this worker."""
+
+    run_id: str
+    job_id: str
+    attempt: int
+    task: Task
+    model: str
+    seed: int = Field(description="The seed used; chosen at random when the input had none.")
+    phase: Phase
+    reason: Reason | None = Field(default=None, description="Set once the run has ended.")
+    message: str = ""
+    progress: Progress
+    gpu: str = Field(description="UUID of the GPU the run was admitted on.")
+    vram_reserved_bytes: int = Field(ge=0, description="VRAM held for this run now; 0 once it has ended.")
+    created_at: datetime
+    finished_at: datetime | None = None
+    artifacts: list[Artifact] = Field(default_factory=list)
+
+
+class JobList(CamelModel):
+    jobs: list[JobStatus]
+
+
+class JobEvent(CamelModel):
+    """The ``data:`` of one server-sent event; which field is set follows the event name."""
+
+    run_id: str
+    event: EventName
+    progress: Progress | None = None
+    status: JobStatus | None = None
+
+    @model_validator(mode="after")
+    def _payload_matches_event(self) -> JobEvent:
+        wanted = "progress" if self.event is EventName.PROGRESS else "status"
+        if getattr(self, wanted) is None:
+            raise ValueError(f"a {self.event.value} event carries {wanted}")
+        return self
+
+
+class GpuInfo(CamelModel):
+    """One GPU as NVML reports it, beside what this worker has reserved on it."""
+
+    index: int
+    uuid: str
+    product: str
+    simulated: bool = Field(description="True when no GPU exists and the worker reports a configured one.")
+    memory_total_bytes: int
+    memory_used_bytes: int = Field(description="Used by all processes, as NVML reports it.")
+    memory_free_bytes: int = Field(description="Free as NVML reports it.")
+    utilization_percent: int | None = Field(
+        default=None, description="GPU busy percent over NVML's last sample period."
+    )
+    reserved_bytes: int = Field(description="Resident model weights plus running jobs' reservations.")
+    admittable_bytes: int = Field(
+        description="The most VRAM a new job may reserve on this GPU now (total - reserved)."
+    )
+    running_jobs: int
+
+
+class ModelState(StrEnum):
+    LOADING = "Loading"
+    LOADED = "Loaded"
+    FAILED = "Failed"
+
+
+class ModelInfo(CamelModel):
+    name: str
+    source: str
+    vram_bytes: int = Field(description="VRAM one resident copy holds, per GPU.")
+    tasks: list[Task]
+    state: ModelState
+    load_seconds: float | None = None
+    message: str = ""
+
+
+class Inventory(CamelModel):
+    """``GET /v1/inventory``: the worker's GPUs, models and runs."""
+
+    worker: str = Field(description="This worker's name (the pod name in a cluster).")
+    ready: bool
+    max_jobs_per_gpu: int
+    gpus: list[GpuInfo]
+    models: list[ModelInfo]
+    jobs: list[JobStatus] = Field(description="Runs that have not ended.")
+
+
+class Health(CamelModel):
+    status: Literal["ok", "unavailable"]
+    message: str = ""
+
+
+class ErrorResponse(CamelModel):
+    """The body of every 4xx/5xx answer."""
+
+    reason: Reason
+    message: str = Field(description="What was wrong, naming the field and the rule.")
+    asked_bytes: int | None = Field(default=None, description="InsufficientVRAM: VRAM asked for.")
+    free_bytes: int | None = Field(
+        default=None, description="InsufficientVRAM: the most any GPU could admit."
+    )
