@@ -33,7 +33,6 @@ import argparse
 import ipaddress
 import json
 import os
-import re
 import socket
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -42,34 +41,17 @@ import yaml
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from gpufleet.api.inputs import CamelModel, Task
-
-_QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(Ki|Mi|Gi|Ti|k|M|G|T)?$")
-_FACTORS = {
-    None: 1,
-    "Ki": 2**10,
-    "Mi": 2**20,
-    "Gi": 2**30,
-    "Ti": 2**40,
-    "k": 10**3,
-    "M": 10**6,
-    "G": 10**9,
-    "T": 10**12,
-}
+from gpufleet.api.quantity import parse_quantity
 
 
-def parse_quantity(value: Any) -> Any:
-    """A Kubernetes-style byte quantity ("512Mi", "2Gi", "1G", 1024) as an int of bytes."""
+def parse_bytes(value: Any) -> Any:
+    """A Kubernetes quantity of bytes ("512Mi", "2Gi", "1G", 1024) as an int."""
     if isinstance(value, bool) or not isinstance(value, int | str):
-        return value  # let pydantic report the type error
-    if isinstance(value, int):
-        return value
-    match = _QUANTITY.match(value.strip())
-    if match is None:
-        raise ValueError(f"{value!r} is not a byte quantity such as 512Mi, 2Gi or 1073741824")
-    return int(float(match.group(1)) * _FACTORS[match.group(2)])
+        return value  # pydantic reports the type error
+    return parse_quantity(value).value()  # QuantityError is a ValueError: pydantic names the field
 
 
-Bytes = Annotated[int, BeforeValidator(parse_quantity)]
+Bytes = Annotated[int, BeforeValidator(parse_bytes)]
 
 BUILTIN_SCHEME = "builtin://"
 FILE_SCHEME = "file://"
