@@ -9,3 +9,9 @@ GPU_FAMILY = "nvidia.com/gpu.family"
 
 # The extended resource the NVIDIA device plugin advertises.
 GPU_RESOURCE = "nvidia.com/gpu"
+
+# gpufleet's own keys. Pool templates may not set labels or annotations under GROUP/.
+GROUP = "gpufleet.io"
+POOL = f"{GROUP}/pool"  # on worker pods (and the pool's selector): the WorkerPool's name
+WORKER = f"{GROUP}/worker"  # on worker pods: the worker's stable name within its pool
+FINALIZER = f"{GROUP}/finalizer"  # on GenerationJobs: stop the run on its worker before deletion

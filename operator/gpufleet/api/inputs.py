@@ -11,9 +11,11 @@ from enum import StrEnum
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
+from gpufleet.api.cel import rule, validations
+
 MAX_PROMPT_CHARS = 4000
 MIN_SIDE, MAX_SIDE, SIDE_MULTIPLE = 64, 2048, 8
-MAX_PIXELS = 2048 * 2048  # per image; keeps a single job's activations within one GPU
+MAX_PIXELS = 2048 * 1024  # per image: 2048x2048 is refused; keeps activations within one GPU
 MAX_STEPS = 250
 MAX_GUIDANCE = 50.0
 MAX_SEED = 2**32 - 1
@@ -41,13 +43,19 @@ TASKS_NEEDING_IMAGE = frozenset(
 class CamelModel(BaseModel):
     """Field names in camelCase on the wire, snake_case in Python; unknown fields refused."""
 
-    model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=False
-    )
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=False)
+
+
+IMAGE_REF_RULE = "exactly one of url or object must be set"
+PIXEL_BUDGET_RULE = f"width*height must be at most {MAX_PIXELS} pixels"
 
 
 class ImageRef(CamelModel):
     """An input image: an http(s) URL, or an object in S3-compatible storage. Exactly one."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(rule("has(self.url) != has(self.object)", IMAGE_REF_RULE))
+    )
 
     url: str | None = Field(
         default=None,
@@ -65,12 +73,25 @@ class ImageRef(CamelModel):
     @model_validator(mode="after")
     def _exactly_one(self) -> ImageRef:
         if (self.url is None) == (self.object is None):
-            raise ValueError("exactly one of url or object must be set")
+            raise ValueError(IMAGE_REF_RULE)
         return self
 
 
 class JobInput(CamelModel):
     """Typed input of a generation job."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            rule(
+                f"self.width * self.height <= {MAX_PIXELS}",
+                PIXEL_BUDGET_RULE,
+                message_expression=(
+                    f"'{PIXEL_BUDGET_RULE}; ' + string(self.width) + 'x' + string(self.height)"
+                    " + ' is ' + string(self.width * self.height)"
+                ),
+            )
+        )
+    )
 
     prompt: str = Field(default="", max_length=MAX_PROMPT_CHARS, description="What to generate.")
     negative_prompt: str = Field(
@@ -107,9 +128,7 @@ class JobInput(CamelModel):
     @model_validator(mode="after")
     def _pixel_budget(self) -> JobInput:
         if self.width * self.height > MAX_PIXELS:
-            raise ValueError(
-                f"width*height is {self.width * self.height} pixels; the limit is {MAX_PIXELS}"
-            )
+            raise ValueError(f"{PIXEL_BUDGET_RULE}; {self.width}x{self.height} is {self.width * self.height}")
         return self
 
 

@@ -1,0 +1,180 @@
+"""Condition types, reasons and job phases, and pure helpers to keep conditions right.
+
+Conditions follow ``metav1.Condition`` and the kstatus convention that Flux and Argo CD
+read: ``Ready`` says the object is done reconciling and healthy, ``Reconciling`` that work
+is in progress, ``Stalled`` that it cannot progress without a change (a failed job, a pool
+that cannot get GPUs). Only those three have a meaning fixed by kstatus; ``Scaling`` and
+``Degraded`` add detail for pools.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from enum import StrEnum
+
+from pydantic import Field
+
+from gpufleet.api.fields import QUALIFIED_NAME_PATTERN, Timestamp
+from gpufleet.api.inputs import CamelModel
+
+MAX_CONDITIONS = 16
+MAX_CONDITION_MESSAGE_CHARS = 32768
+REASON_PATTERN = r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"
+
+
+class ConditionType(StrEnum):
+    READY = "Ready"
+    RECONCILING = "Reconciling"
+    STALLED = "Stalled"
+    SCALING = "Scaling"  # pools: the pool is changing size
+    DEGRADED = "Degraded"  # pools: serving, but with fewer ready workers than desired
+
+
+class ConditionStatus(StrEnum):
+    TRUE = "True"
+    FALSE = "False"
+    UNKNOWN = "Unknown"
+
+
+class JobPhase(StrEnum):
+    """Pending -> Queued -> Dispatched -> Running -> Succeeded | Failed | Cancelled."""
+
+    PENDING = "Pending"  # accepted, not yet admitted to its pool's queue (or cannot be)
+    QUEUED = "Queued"
+    DISPATCHED = "Dispatched"  # sent to a worker, not yet running there
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    CANCELLED = "Cancelled"
+
+
+TERMINAL_PHASES = frozenset({JobPhase.SUCCEEDED, JobPhase.FAILED, JobPhase.CANCELLED})
+
+
+class Reason(StrEnum):
+    """Machine-readable reasons for conditions, ``status.reason`` and events."""
+
+    # jobs: waiting
+    QUEUED = "Queued"
+    DISPATCHED = "Dispatched"
+    RUNNING = "Running"
+    RETRYING = "Retrying"  # an attempt failed; the job is back in the queue
+    UNSCHEDULABLE = "Unschedulable"  # no GPU the pool can get has the VRAM the job needs
+    POOL_NOT_FOUND = "PoolNotFound"
+    MODEL_NOT_SERVED = "ModelNotServed"  # the pool does not serve spec.model
+    TASK_NOT_SERVED = "TaskNotServed"  # the pool does not accept spec.task
+    # jobs: finished
+    COMPLETED = "Completed"
+    OUT_OF_MEMORY = "OutOfMemory"
+    DEADLINE_EXCEEDED = "DeadlineExceeded"  # spec.timeoutSeconds passed
+    BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"  # spec.retry.maxAttempts used up
+    CANCELLED = "Cancelled"
+    WORKER_LOST = "WorkerLost"  # the worker died or was deleted under the job
+    WORKER_ERROR = "WorkerError"  # the worker reported the run failed
+    INVALID_INPUT = "InvalidInput"  # the worker refused the input
+    UPLOAD_FAILED = "UploadFailed"  # artifacts could not be written to spec.output.uri
+    # pools
+    RECONCILED = "Reconciled"
+    WORKERS_READY = "WorkersReady"
+    WORKERS_STARTING = "WorkersStarting"
+    SCALING_UP = "ScalingUp"
+    SCALING_DOWN = "ScalingDown"
+    SCALED_TO_ZERO = "ScaledToZero"
+    INSUFFICIENT_GPUS = "InsufficientGPUs"  # pods cannot be scheduled: no matching GPU nodes
+    WORKERS_FAILING = "WorkersFailing"  # workers crash or never become ready
+
+
+class Condition(CamelModel):
+    """One aspect of the object's state, in the shape of metav1.Condition."""
+
+    type: str = Field(
+        max_length=316, pattern=QUALIFIED_NAME_PATTERN, description="Ready, Reconciling, Stalled, ..."
+    )
+    status: ConditionStatus
+    observed_generation: int | None = Field(
+        default=None, ge=0, description="metadata.generation the condition was set for."
+    )
+    last_transition_time: Timestamp = Field(description="When status last changed.")
+    reason: str = Field(
+        min_length=1,
+        max_length=1024,
+        pattern=REASON_PATTERN,
+        description="CamelCase reason for the last transition.",
+    )
+    message: str = Field(
+        max_length=MAX_CONDITION_MESSAGE_CHARS, description="Details for humans; may be empty."
+    )
+
+
+def find_condition(conditions: Iterable[Condition], type_: str) -> Condition | None:
+    """The condition of ``type_``, or None."""
+    return next((c for c in conditions if c.type == type_), None)
+
+
+def set_condition(conditions: Iterable[Condition], new: Condition) -> list[Condition]:
+    """``conditions`` with ``new`` in place of its type, like ``meta.SetStatusCondition``.
+
+    ``lastTransitionTime`` only moves when the status changes, so a condition says since
+    when it has held, not when it was last written.
+    """
+    result: list[Condition] = []
+    replaced = False
+    for current in conditions:
+        if current.type != new.type:
+            result.append(current)
+            continue
+        replaced = True
+        if current.status == new.status:
+            new = new.model_copy(update={"last_transition_time": current.last_transition_time})
+        result.append(new)
+    if not replaced:
+        result.append(new)
+    return result
+
+
+def kstatus_conditions(
+    *,
+    ready: bool,
+    reconciling: bool,
+    stalled: bool,
+    reason: str,
+    message: str,
+    observed_generation: int,
+    now: datetime,
+) -> list[Condition]:
+    """The Ready / Reconciling / Stalled triple, all with the same reason and message."""
+
+    def condition(type_: ConditionType, value: bool) -> Condition:
+        return Condition(
+            type=type_,
+            status=ConditionStatus.TRUE if value else ConditionStatus.FALSE,
+            reason=reason,
+            message=message,
+            observed_generation=observed_generation,
+            last_transition_time=now,
+        )
+
+    return [
+        condition(ConditionType.READY, ready),
+        condition(ConditionType.RECONCILING, reconciling),
+        condition(ConditionType.STALLED, stalled),
+    ]
+
+
+def job_conditions(
+    phase: JobPhase, reason: str, message: str, observed_generation: int, now: datetime
+) -> list[Condition]:
+    """kstatus conditions for a job in ``phase``: done is Ready, failed is Stalled.
+
+    A cancelled job is finished as asked, so it is neither reconciling nor stalled.
+    """
+    return kstatus_conditions(
+        ready=phase in (JobPhase.SUCCEEDED, JobPhase.CANCELLED),
+        reconciling=phase not in TERMINAL_PHASES,
+        stalled=phase is JobPhase.FAILED,
+        reason=reason,
+        message=message,
+        observed_generation=observed_generation,
+        now=now,
+    )
