@@ -125,6 +125,10 @@ def create_app(runtime: Runtime | None) -> FastAPI:
             "needs the pool's bearer token."
         ),
         lifespan=lifespan,
+        # The schema is published in docs/worker-api.md; served, it would be a route without a token.
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.runtime = runtime
 
