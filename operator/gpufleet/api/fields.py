@@ -7,6 +7,7 @@ two cannot disagree.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -14,11 +15,15 @@ from pydantic import (
     AfterValidator,
     AwareDatetime,
     Field,
+    GetCoreSchemaHandler,
+    GetJsonSchemaHandler,
     PlainSerializer,
     StrictInt,
     StrictStr,
     WithJsonSchema,
 )
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema, core_schema
 
 from gpufleet.api.cel import quantity_expr, rule, validations
 from gpufleet.api.quantity import Quantity, QuantityError, parse_quantity
@@ -121,3 +126,39 @@ Timestamp = Annotated[
     PlainSerializer(lambda d: d.strftime("%Y-%m-%dT%H:%M:%SZ"), return_type=str, when_used="json"),
     WithJsonSchema({"type": "string", "format": "date-time"}),
 ]
+
+
+@dataclass(frozen=True)
+class UniqueItems:
+    """A list whose entries are unique: ``x-kubernetes-list-type: set`` without keys, ``map``
+    keyed by ``keys`` with them. The API server refuses duplicates; so does this validator.
+
+    Use as ``Annotated[list[Model], UniqueItems("name")]``.
+    """
+
+    keys: tuple[str, ...] = ()
+
+    def __init__(self, *keys: str) -> None:
+        object.__setattr__(self, "keys", keys)
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
+        return core_schema.no_info_after_validator_function(self._check, handler(source))
+
+    def __get_pydantic_json_schema__(
+        self, schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        result = handler(schema)
+        result["x-kubernetes-list-type"] = "map" if self.keys else "set"
+        if self.keys:
+            result["x-kubernetes-list-map-keys"] = list(self.keys)
+        return result
+
+    def _check(self, items: list[Any]) -> list[Any]:
+        seen = set()
+        for index, item in enumerate(items):
+            key = tuple(getattr(item, k) for k in self.keys) if self.keys else item
+            if key in seen:
+                what = "/".join(self.keys) or "value"
+                raise ValueError(f"entry {index} duplicates {what} {key[0] if self.keys else key!r}")
+            seen.add(key)
+        return items

@@ -14,7 +14,7 @@ import re
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, Field, WithJsonSchema, model_validator
+from pydantic import ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 
 from gpufleet import labels
 from gpufleet.api.cel import VALIDATIONS, quantity_expr, rule, validations
@@ -28,6 +28,7 @@ from gpufleet.api.fields import (
     LabelValue,
     QuantityValue,
     Timestamp,
+    UniqueItems,
     VramQuantity,
 )
 from gpufleet.api.inputs import (
@@ -81,13 +82,6 @@ def _preserved_object(description: str) -> WithJsonSchema:
     )
 
 
-def _list_map(*keys: str) -> dict[str, Any]:
-    return {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": list(keys)}
-
-
-_LIST_SET = {"x-kubernetes-list-type": "set"}
-
-
 # --- WorkerPool spec --------------------------------------------------------------------------
 
 
@@ -127,11 +121,10 @@ class GpuRequirements(CamelModel):
         description="Memory each GPU must have (the nvidia.com/gpu.memory node label); "
         "when omitted, the largest model's vram.",
     )
-    products: list[LabelValue] = Field(
+    products: Annotated[list[LabelValue], UniqueItems()] = Field(
         default_factory=list,
         max_length=32,
         description="Allowed nvidia.com/gpu.product values; empty allows any.",
-        json_schema_extra=_LIST_SET,
     )
     max_jobs_per_gpu: int = Field(
         default=1,
@@ -406,7 +399,7 @@ class PodOverrides(CamelModel):
     tolerations: list[Toleration] = Field(default_factory=list, max_length=16)
     affinity: Affinity | None = None
     resources: ExtraResources | None = None
-    env: list[EnvVar] = Field(default_factory=list, max_length=64, json_schema_extra=_list_map("name"))
+    env: Annotated[list[EnvVar], UniqueItems("name")] = Field(default_factory=list, max_length=64)
     priority_class_name: DnsSubdomain | None = None
     runtime_class_name: DnsLabel | None = None
 
@@ -444,17 +437,15 @@ class WorkerPoolSpec(CamelModel):
 
     runtime: Runtime = Field(default=Runtime.BUILTIN, description="The worker runtime the image runs.")
     image: str = Field(max_length=512, pattern=IMAGE_PATTERN, description="Worker container image.")
-    models: list[ServedModel] = Field(
+    models: Annotated[list[ServedModel], UniqueItems("name")] = Field(
         min_length=1,
         max_length=MAX_MODELS,
         description="Models the workers serve.",
-        json_schema_extra=_list_map("name"),
     )
-    tasks: list[Task] = Field(
+    tasks: Annotated[list[Task], UniqueItems()] = Field(
         min_length=1,
         max_length=len(Task),
         description="Tasks the workers accept.",
-        json_schema_extra=_LIST_SET,
     )
     gpu: GpuRequirements = Field(default_factory=GpuRequirements)
     replicas: int = Field(
@@ -505,14 +496,13 @@ class WorkerStatus(CamelModel):
     node: DnsSubdomain | None = None
     ready: bool = False
     gpus: list[GpuStatus] = Field(default_factory=list, max_length=MAX_GPUS_PER_WORKER)
-    loaded_models: list[Annotated[str, Field(max_length=MAX_NAME_CHARS)]] = Field(
-        default_factory=list, max_length=MAX_MODELS, json_schema_extra=_LIST_SET
+    loaded_models: Annotated[list[Annotated[str, Field(max_length=MAX_NAME_CHARS)]], UniqueItems()] = Field(
+        default_factory=list, max_length=MAX_MODELS
     )
-    jobs: list[Annotated[str, Field(max_length=253)]] = Field(
+    jobs: Annotated[list[Annotated[str, Field(max_length=253)]], UniqueItems()] = Field(
         default_factory=list,
         max_length=MAX_GPUS_PER_WORKER * MAX_JOBS_PER_GPU,
         description="Names of the jobs running on this worker.",
-        json_schema_extra=_LIST_SET,
     )
 
 
@@ -534,11 +524,11 @@ class WorkerPoolStatus(CamelModel):
     )
     queue_depth: int = Field(default=0, ge=0, description="Jobs queued for this pool.")
     running_jobs: int = Field(default=0, ge=0, description="Jobs running on this pool's workers.")
-    workers: list[WorkerStatus] = Field(
-        default_factory=list, max_length=MAX_WORKERS_IN_STATUS, json_schema_extra=_list_map("pod")
+    workers: Annotated[list[WorkerStatus], UniqueItems("pod")] = Field(
+        default_factory=list, max_length=MAX_WORKERS_IN_STATUS
     )
-    conditions: list[Condition] = Field(
-        default_factory=list, max_length=MAX_CONDITIONS, json_schema_extra=_list_map("type")
+    conditions: Annotated[list[Condition], UniqueItems("type")] = Field(
+        default_factory=list, max_length=MAX_CONDITIONS
     )
 
 
@@ -573,6 +563,14 @@ class OutputSpec(CamelModel):
     )
 
     uri: str = Field(max_length=1024, pattern=OUTPUT_URI_PATTERN, description="S3-compatible URI prefix.")
+
+    @field_validator("uri", mode="before")
+    @classmethod
+    def _scheme(cls, value: object) -> object:
+        # Before the pattern, so the message names the rule rather than quoting the regex.
+        if isinstance(value, str) and not value.startswith("s3://"):
+            raise ValueError(OUTPUT_SCHEME_RULE)
+        return value
 
 
 IMMUTABLE_SPEC_RULE = "is immutable: a GenerationJob's spec cannot change after creation, except spec.cancel"
@@ -711,13 +709,13 @@ class GenerationJobStatus(CamelModel):
     progress: Progress | None = None
     start_time: Timestamp | None = None
     completion_time: Timestamp | None = None
-    artifacts: list[Artifact] = Field(
-        default_factory=list, max_length=MAX_ARTIFACTS, json_schema_extra=_list_map("name")
+    artifacts: Annotated[list[Artifact], UniqueItems("name")] = Field(
+        default_factory=list, max_length=MAX_ARTIFACTS
     )
     reason: str | None = Field(default=None, max_length=1024, pattern=REASON_PATTERN)
     message: str | None = Field(default=None, max_length=32768)
-    conditions: list[Condition] = Field(
-        default_factory=list, max_length=MAX_CONDITIONS, json_schema_extra=_list_map("type")
+    conditions: Annotated[list[Condition], UniqueItems("type")] = Field(
+        default_factory=list, max_length=MAX_CONDITIONS
     )
     observed_generation: int | None = Field(default=None, ge=0)
 

@@ -1,0 +1,147 @@
+"""crds/ and docs/api.md are generated from the models, structural, and never stale."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import BaseModel, Field
+
+from gpufleet.api import crdgen, models
+from gpufleet.api.cel import VALIDATIONS
+from gpufleet.api.inputs import CamelModel, JobInput
+
+
+def test_generated_files_are_up_to_date() -> None:
+    stale = [str(p.relative_to(crdgen.REPO_ROOT)) for p in crdgen.stale_files()]
+    assert stale == [], "run: python -m gpufleet.api.crdgen"
+
+
+def test_check_fails_on_drift_and_generation_repairs_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(crdgen, "CRD_DIR", tmp_path / "crds")
+    monkeypatch.setattr(crdgen, "API_DOC", tmp_path / "api.md")
+    monkeypatch.setattr(crdgen, "REPO_ROOT", tmp_path)
+    (tmp_path / "api.md").write_text(f"# API\n\n{crdgen.DOC_BEGIN}\nold\n{crdgen.DOC_END}\n")
+    assert crdgen.main(["--check"]) == 1
+    assert crdgen.main([]) == 0
+    assert crdgen.main(["--check"]) == 0
+    edited = tmp_path / "crds" / "workerpools.gpufleet.io.yaml"
+    edited.write_text(edited.read_text().replace("maxReplicas", "maxReplica"))
+    assert crdgen.main(["--check"]) == 1
+
+
+def test_doc_without_markers_is_an_error() -> None:
+    with pytest.raises(crdgen.SchemaError, match="marker"):
+        crdgen.render_api_doc("# API without the generated section\n")
+
+
+def walk(node: dict[str, Any], path: str = "") -> list[tuple[str, dict[str, Any]]]:
+    found = [(path, node)]
+    for name, child in node.get("properties", {}).items():
+        found += walk(child, f"{path}.{name}")
+    if "items" in node:
+        found += walk(node["items"], f"{path}[]")
+    if isinstance(node.get("additionalProperties"), dict):
+        found += walk(node["additionalProperties"], f"{path}{{}}")
+    return found
+
+
+@pytest.mark.parametrize("name", ["workerpools.gpufleet.io.yaml", "generationjobs.gpufleet.io.yaml"])
+def test_schemas_are_structural_and_bounded(name: str) -> None:
+    crd = crdgen.crds()[name]
+    root = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    for path, node in walk(root):
+        assert (
+            "type" in node
+            or node.get("x-kubernetes-int-or-string")
+            or node.get("x-kubernetes-preserve-unknown-fields")
+        ), path
+        if node.get("type") == "array" and path.startswith(".spec"):
+            assert "maxItems" in node, f"{path}: unbounded lists make CEL cost unbounded"
+        for rule in node.get(VALIDATIONS, []):
+            assert rule["message"], f"{path}: {rule['rule']} has no message"
+
+
+def test_subresources_names_and_columns() -> None:
+    pool = crdgen.crds()["workerpools.gpufleet.io.yaml"]["spec"]
+    job = crdgen.crds()["generationjobs.gpufleet.io.yaml"]["spec"]
+    assert pool["names"]["shortNames"] == ["wp"]
+    assert job["names"]["shortNames"] == ["gj", "genjob"]
+    assert pool["names"]["categories"] == job["names"]["categories"] == ["gpufleet"]
+    assert pool["versions"][0]["subresources"]["scale"] == {
+        "specReplicasPath": ".spec.replicas",
+        "statusReplicasPath": ".status.replicas",
+        "labelSelectorPath": ".status.selector",
+    }
+    assert "scale" not in job["versions"][0]["subresources"]
+
+    def columns(spec: dict[str, Any], priority: int) -> list[str]:
+        return [
+            c["name"]
+            for c in spec["versions"][0]["additionalPrinterColumns"]
+            if c.get("priority", 0) == priority
+        ]
+
+    assert columns(pool, 0) == ["Ready", "Desired", "Queue", "Running", "Age"]
+    assert columns(job, 0) == ["Phase", "Pool", "Progress", "Worker", "Age"]
+    assert "Artifact" in columns(job, 1)
+
+
+def test_job_input_schema_comes_from_the_worker_contract() -> None:
+    job = crdgen.crds()["generationjobs.gpufleet.io.yaml"]
+    spec = job["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    expected = crdgen.structural_schema(JobInput)
+    expected.pop("description")
+    actual = dict(spec["properties"]["input"])
+    actual.pop("description")
+    assert actual == expected
+
+
+def test_every_spec_field_is_documented() -> None:
+    doc = crdgen.API_DOC.read_text()
+    for crd in crdgen.crds().values():
+        spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+        for path, _ in walk(spec, "spec"):
+            if "{}" not in path and path != "spec" and not path.endswith("[]"):
+                assert f"`{path}`" in doc, path
+
+
+class _FreeForm(CamelModel):
+    anything: dict[str, Any]
+
+
+class _Exclusive(BaseModel):
+    count: int = Field(gt=0)
+
+
+class _A(CamelModel):
+    a: int
+
+
+class _B(CamelModel):
+    b: int
+
+
+class _Union(CamelModel):
+    either: _A | _B
+
+
+@pytest.mark.parametrize(
+    ("model", "problem"),
+    [(_FreeForm, "preserve-unknown-fields"), (_Exclusive, "exclusiveMinimum"), (_Union, "union")],
+)
+def test_constructs_without_a_structural_equivalent_are_refused(model: type[BaseModel], problem: str) -> None:
+    with pytest.raises(crdgen.SchemaError, match=problem):
+        crdgen.structural_schema(model)
+
+
+def test_optional_fields_are_plain_properties() -> None:
+    schema = crdgen.structural_schema(models.GenerationJobSpec)
+    vram = schema["properties"]["vram"]
+    assert "anyOf" in vram and vram["x-kubernetes-int-or-string"]  # the int-or-string union stays
+    assert "vram" not in schema["required"]
+    seed = crdgen.structural_schema(JobInput)["properties"]["seed"]
+    assert seed["type"] == "integer" and "default" not in seed
