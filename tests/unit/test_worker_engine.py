@@ -1,0 +1,210 @@
+"""The engine with injected pipelines: failures (GPU out of memory included) end the run and
+free its VRAM; admission by VRAM; readiness; local artifacts."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from PIL import Image
+
+from gpufleet.api.inputs import Task
+from gpufleet.localcluster.waiting import wait_for
+from gpufleet_worker.artifacts import ArtifactStore
+from gpufleet_worker.config import WorkerConfig
+from gpufleet_worker.engine import Engine
+from gpufleet_worker.errors import Refusal
+from gpufleet_worker.inventory import SimulatedInventory
+from gpufleet_worker.metrics import WorkerMetrics
+from gpufleet_worker.models import Generation, StepHook
+from gpufleet_worker.protocol import Phase, Reason, SubmitRequest
+
+GIB = 2**30
+
+
+class FakePipeline:
+    """Takes ``steps`` steps; ``fail`` is raised after the first, ``gate`` holds every step."""
+
+    tasks = frozenset({Task.TEXT_TO_IMAGE})
+
+    def __init__(self, fail: BaseException | None = None, gate: threading.Event | None = None) -> None:
+        self.fail, self.gate = fail, gate
+        self.calls = 0
+
+    def generate(self, job: Generation, on_step: StepHook) -> list[Image.Image]:
+        self.calls += 1
+        for step in range(1, job.input.steps + 1):
+            if self.gate is not None:
+                self.gate.wait(5)
+            on_step(step, job.input.steps)
+            if self.fail is not None:
+                raise self.fail
+        return [Image.new("RGB", (job.input.width, job.input.height), (job.seed % 256, 0, 0))]
+
+
+def make_engine(tmp_path: Path, pipeline: Any, load: bool = True, **config: Any) -> Engine:
+    worker_config = WorkerConfig.model_validate(
+        {
+            "name": "test-worker",
+            "tokenFile": str(tmp_path / "token"),
+            "models": [{"name": "fake", "source": "builtin://tiny-sd", "vram": "1Gi"}],
+            "simulatedGpu": {"memory": "8Gi"},
+            "localOutputRoot": str(tmp_path),
+        }
+        | config
+    )
+    inventory = SimulatedInventory(worker_config.simulated_gpu, worker_config.name)
+
+    def loader(spec: Any, device: str) -> Any:
+        if isinstance(pipeline, Exception):
+            raise pipeline
+        return pipeline
+
+    engine = Engine(
+        config=worker_config,
+        inventory=inventory,
+        devices=dict.fromkeys(inventory.uuids, "cpu"),
+        store=ArtifactStore(None, tmp_path),
+        metrics=WorkerMetrics(),
+        loader=loader,
+    )
+    if load:
+        engine.load_models()
+    return engine
+
+
+def request(tmp_path: Path, job: str = "job", vram: int = GIB, **input_fields: Any) -> SubmitRequest:
+    return SubmitRequest.model_validate(
+        {
+            "jobId": f"ns/{job}",
+            "attempt": 1,
+            "task": "text-to-image",
+            "model": "fake",
+            "input": {"prompt": "x", "width": 64, "height": 64, "steps": 3, "seed": 5} | input_fields,
+            "vramBytes": vram,
+            "outputUri": f"file://{tmp_path}/out/{job}/",
+        }
+    )
+
+
+def finished(engine: Engine, run_id: str) -> Any:
+    return wait_for(lambda: engine.get(run_id), lambda s: s.phase is not Phase.RUNNING, 10, what=run_id)
+
+
+def reserved(engine: Engine) -> int:
+    (gpu,) = engine.snapshot().gpus
+    return gpu.reserved_bytes
+
+
+def test_a_gpu_out_of_memory_fails_the_run_with_out_of_memory_and_frees_its_vram(tmp_path: Path) -> None:
+    engine = make_engine(tmp_path, FakePipeline(fail=torch.cuda.OutOfMemoryError("CUDA out of memory")))
+    status, created = engine.submit(request(tmp_path, vram=3 * GIB))
+    assert created and status.vram_reserved_bytes == 3 * GIB
+    result = finished(engine, status.run_id)
+    assert (result.phase, result.reason) == (Phase.FAILED, Reason.OUT_OF_MEMORY)
+    assert "out of memory" in result.message
+    assert result.vram_reserved_bytes == 0
+    assert reserved(engine) == GIB  # the model's weights only
+    exposition = engine.metrics.exposition().decode()
+    assert 'phase="Failed",reason="OutOfMemory"} 1.0' in exposition
+    engine.shutdown()
+
+
+def test_any_other_failure_ends_the_run_and_the_worker_keeps_serving(tmp_path: Path) -> None:
+    pipeline = FakePipeline(fail=RuntimeError("boom"))
+    engine = make_engine(tmp_path, pipeline)
+    result = finished(engine, engine.submit(request(tmp_path, "a"))[0].run_id)
+    assert (result.reason, result.message) == (Reason.INTERNAL_ERROR, "RuntimeError: boom")
+    assert reserved(engine) == GIB
+    pipeline.fail = None
+    assert finished(engine, engine.submit(request(tmp_path, "b"))[0].run_id).phase is Phase.SUCCEEDED
+    engine.shutdown()
+
+
+def test_runs_share_a_gpu_while_vram_allows_and_cancel_frees_it(tmp_path: Path) -> None:
+    gate = threading.Event()
+    engine = make_engine(tmp_path, FakePipeline(gate=gate))
+    first, _ = engine.submit(request(tmp_path, "a", vram=3 * GIB, steps=200))
+    second, _ = engine.submit(request(tmp_path, "b", vram=4 * GIB, steps=200))
+    assert reserved(engine) == 8 * GIB
+    with pytest.raises(Refusal) as refused:
+        engine.submit(request(tmp_path, "c", vram=1))
+    assert refused.value.reason is Reason.INSUFFICIENT_VRAM
+    assert (refused.value.asked_bytes, refused.value.free_bytes) == (1, 0)
+
+    engine.cancel(first.run_id)
+    gate.set()
+    assert finished(engine, first.run_id).phase is Phase.CANCELLED
+    assert engine.submit(request(tmp_path, "c", vram=3 * GIB))[1]
+    engine.cancel(second.run_id)
+    engine.shutdown()
+    assert reserved(engine) == GIB
+
+
+def test_artifacts_are_written_with_their_sha256(tmp_path: Path) -> None:
+    engine = make_engine(tmp_path, FakePipeline())
+    result = finished(engine, engine.submit(request(tmp_path))[0].run_id)
+    (artifact,) = result.artifacts
+    written = (tmp_path / "out" / "job" / "image-0.png").read_bytes()
+    assert artifact.url == f"file://{tmp_path}/out/job/image-0.png"
+    assert (artifact.sha256, artifact.size_bytes) == (hashlib.sha256(written).hexdigest(), len(written))
+    assert result.message.startswith("1 image in ")
+    engine.shutdown()
+
+
+def test_nothing_is_admitted_before_the_models_are_loaded(tmp_path: Path) -> None:
+    engine = make_engine(tmp_path, FakePipeline(), load=False)
+    assert engine.readiness_problem() == "models not loaded: fake: Loading"
+    with pytest.raises(Refusal) as refused:
+        engine.submit(request(tmp_path))
+    assert refused.value.reason is Reason.NOT_READY
+    engine.shutdown()
+
+
+def test_a_model_that_fails_to_load_keeps_the_worker_unready(tmp_path: Path) -> None:
+    engine = make_engine(tmp_path, OSError("no such model directory"))
+    assert "fake: Failed (no such model directory)" in (engine.readiness_problem() or "")
+    assert reserved(engine) == 0
+    engine.shutdown()
+
+
+def test_a_model_larger_than_the_gpu_fails_to_load(tmp_path: Path) -> None:
+    pipeline = FakePipeline()
+    engine = make_engine(
+        tmp_path, pipeline, models=[{"name": "fake", "source": "builtin://tiny-sd", "vram": "9Gi"}]
+    )
+    assert "does not fit on GPU" in (engine.readiness_problem() or "")
+    engine.shutdown()
+
+
+def test_requests_for_what_the_worker_cannot_do_are_refused(tmp_path: Path) -> None:
+    engine = make_engine(tmp_path, FakePipeline())
+    cases = [
+        (request(tmp_path).model_copy(update={"model": "sdxl"}), Reason.UNKNOWN_MODEL),
+        (request(tmp_path).model_copy(update={"task": Task.IMAGE_TO_IMAGE}), Reason.UNSUPPORTED_TASK),
+        (request(tmp_path, prompt=""), Reason.INVALID_REQUEST),
+        (
+            request(tmp_path).model_copy(update={"output_uri": "file:///elsewhere/"}),
+            Reason.UNSUPPORTED_OUTPUT,
+        ),
+    ]
+    for bad, reason in cases:
+        with pytest.raises(Refusal) as refused:
+            engine.submit(bad)
+        assert refused.value.reason is reason
+    assert engine.list() == []
+    engine.shutdown()
+
+
+def test_only_the_newest_finished_runs_are_kept(tmp_path: Path) -> None:
+    engine = make_engine(tmp_path, FakePipeline(), keepFinishedJobs=2)
+    for job in ("a", "b", "c", "d"):
+        finished(engine, engine.submit(request(tmp_path, job))[0].run_id)
+    engine.submit(request(tmp_path, "e"))
+    kept = [s.job_id for s in engine.list()]
+    assert kept[-1] == "ns/e" and len(kept) <= 3 and "ns/a" not in kept
+    engine.shutdown()
