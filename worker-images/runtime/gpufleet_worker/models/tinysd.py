@@ -5,8 +5,8 @@ hashed-word text encoder, a small UNet-style denoiser conditioned on time and te
 sampler with classifier-free guidance, and a fixed analytic latent codec), with weights
 drawn from a fixed seed instead of trained. It exercises everything a real model does on a
 worker (VRAM, steps, progress, cancellation, seeds, batches, PNG artifacts) and produces
-smooth abstract colour fields that depend on prompt and seed. It does not draw what the
-prompt says. Output is deterministic for a seed on a given device.
+abstract, noise-like colour patterns that depend on prompt and seed. It does not draw what
+the prompt says. Output is deterministic for a seed on a given device.
 """
 
 from __future__ import annotations
@@ -84,7 +84,12 @@ class ResBlock(nn.Module):
 
 
 class Denoiser(nn.Module):
-    """A two-level UNet that predicts the clean latent (x0) from a noisy one."""
+    """A two-level UNet that predicts the clean latent (x0) from a noisy one.
+
+    The prediction is preconditioned with a skip connection, as in EDM: at low noise it is
+    mostly the input itself, at high noise mostly the network. So light image-to-image edits
+    keep their input even though the network is untrained.
+    """
 
     def __init__(self) -> None:
         super().__init__()
@@ -99,14 +104,16 @@ class Denoiser(nn.Module):
         self.out = nn.Conv2d(WIDTH, LATENT_CHANNELS, 3, padding=1)
         self.palette = nn.Linear(EMBED, LATENT_CHANNELS)  # the prompt's overall colour
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, t: torch.Tensor, alpha: torch.Tensor, text: torch.Tensor
+    ) -> torch.Tensor:
         emb = self.time(timestep_embedding(t)) + text
         skip = self.down(self.stem(x), emb)
         h = self.mid(self.downsample(skip), emb)
         h = F.interpolate(h, size=skip.shape[-2:], mode="nearest")
         h = self.up(torch.cat([self.upconv(h), skip], dim=1), emb)
-        x0 = self.out(F.silu(self.out_norm(h))) + self.palette(text)[:, :, None, None]
-        return torch.tanh(x0)  # bounded like a real latent: no clipping needed
+        guess = torch.tanh(self.out(F.silu(self.out_norm(h))) + self.palette(text)[:, :, None, None])
+        return alpha.sqrt() * x + (1 - alpha) * guess
 
 
 class Codec(nn.Module):
@@ -194,7 +201,7 @@ class TinySD:
             a = self.alphas[t]
             a_prev = self.alphas[schedule[index + 1]] if index + 1 < len(schedule) else torch.ones(())
             timesteps = torch.full((2 * batch,), t, device=self.device)
-            x0_cond, x0_uncond = self.denoiser(latents.repeat(2, 1, 1, 1), timesteps, text).chunk(2)
+            x0_cond, x0_uncond = self.denoiser(latents.repeat(2, 1, 1, 1), timesteps, a, text).chunk(2)
             x0 = (x0_uncond + spec.guidance_scale * (x0_cond - x0_uncond)).clamp(-1, 1)
             eps = (latents - a.sqrt() * x0) / (1 - a).sqrt()
             latents = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps  # DDIM, eta = 0

@@ -1,0 +1,136 @@
+"""Real diffusers loading from a local directory, on a tiny pipeline this test builds and
+saves itself (random weights, nothing downloaded)."""
+
+from __future__ import annotations
+
+import json
+import string
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip(
+    "diffusers", reason="the diffusers extra is not installed (pip install 'gpufleet[diffusers]')"
+)
+pytest.importorskip(
+    "transformers", reason="the diffusers extra is not installed (pip install 'gpufleet[diffusers]')"
+)
+
+from gpufleet.api.inputs import JobInput, Task
+from gpufleet_worker.config import ModelSpec
+from gpufleet_worker.models import Cancelled, Generation, load_pipeline
+
+pytestmark = pytest.mark.slow
+
+
+def save_tiny_pipeline(directory: Path) -> Path:
+    import torch
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=32,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(32, 64),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=8,
+        norm_num_groups=32,
+    )
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        block_out_channels=(32, 64),
+        latent_channels=4,
+        norm_num_groups=32,
+    )
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=100,
+            hidden_size=32,
+            intermediate_size=37,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            max_position_embeddings=77,
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=1,
+        )
+    )
+    words = directory / "tokenizer-files"
+    words.mkdir(parents=True)
+    symbols = ["<|startoftext|>", "<|endoftext|>"]
+    symbols += [*string.ascii_lowercase, *(c + "</w>" for c in string.ascii_lowercase)]
+    (words / "vocab.json").write_text(json.dumps({s: i for i, s in enumerate(symbols)}))
+    (words / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = CLIPTokenizer(str(words / "vocab.json"), str(words / "merges.txt"), model_max_length=77)
+    scheduler = DDIMScheduler(
+        beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False
+    )
+    pipeline = StableDiffusionPipeline(
+        unet=unet,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    target = directory / "tiny-sd-diffusers"
+    pipeline.save_pretrained(target)
+    return target
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory: pytest.TempPathFactory):
+    directory = save_tiny_pipeline(tmp_path_factory.mktemp("models"))
+    spec = ModelSpec(name="tiny-diffusers", source=f"file://{directory}", vram="256Mi")
+    return load_pipeline(spec, "cpu")
+
+
+def run(pipeline, task: Task = Task.TEXT_TO_IMAGE, seed: int = 1, **fields: object):
+    job_input = JobInput.model_validate({"prompt": "a cat", "width": 64, "height": 64, "steps": 3} | fields)
+    image = Image.new("RGB", (64, 64), (10, 200, 10)) if task is Task.IMAGE_TO_IMAGE else None
+    steps: list[tuple[int, int]] = []
+    images = pipeline.generate(Generation(task, job_input, seed, image), lambda s, t: steps.append((s, t)))
+    return [np.asarray(i) for i in images], steps
+
+
+def test_text_to_image_reports_each_step_and_is_deterministic_for_a_seed(pipeline) -> None:
+    images, steps = run(pipeline, numImages=2)
+    assert steps == [(1, 3), (2, 3), (3, 3)]
+    assert [i.shape for i in images] == [(64, 64, 3)] * 2
+    again, _ = run(pipeline, numImages=2)
+    assert all(np.array_equal(a, b) for a, b in zip(images, again, strict=True))
+    other, _ = run(pipeline, seed=2, numImages=2)
+    assert not np.array_equal(images[0], other[0])
+
+
+def test_image_to_image_runs_the_strength_share_of_steps(pipeline) -> None:
+    images, steps = run(pipeline, Task.IMAGE_TO_IMAGE, steps=4, strength=0.5)
+    assert steps == [(1, 2), (2, 2)]
+    assert images[0].shape == (64, 64, 3)
+
+
+def test_a_step_hook_that_raises_stops_the_pipeline(pipeline) -> None:
+    def stop(step: int, total: int) -> None:
+        raise Cancelled()
+
+    job = Generation(Task.TEXT_TO_IMAGE, JobInput(prompt="a cat", width=64, height=64, steps=5), 1)
+    with pytest.raises(Cancelled):
+        pipeline.generate(job, stop)
+
+
+def test_a_directory_without_a_pipeline_is_refused(tmp_path: Path) -> None:
+    spec = ModelSpec(name="missing", source=f"file://{tmp_path}", vram="1Gi")
+    with pytest.raises(FileNotFoundError, match=r"model_index\.json"):
+        load_pipeline(spec, "cpu")

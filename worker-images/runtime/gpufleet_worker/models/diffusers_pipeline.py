@@ -1,0 +1,78 @@
+"""Diffusers pipelines loaded from a local model directory (the ``diffusers`` extra).
+
+Nothing is downloaded: the directory must hold a pipeline saved with ``save_pretrained``
+(model_index.json and its components). Text-to-image runs the pipeline itself;
+image-to-image runs the matching image-to-image pipeline over the same loaded weights.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from gpufleet.api.inputs import Task
+
+from . import Generation, StepHook, total_steps
+
+
+class DiffusersPipeline:
+    tasks = frozenset({Task.TEXT_TO_IMAGE, Task.IMAGE_TO_IMAGE})
+
+    def __init__(self, directory: str, device: str) -> None:
+        try:
+            from diffusers import DiffusionPipeline
+        except ImportError as error:
+            raise RuntimeError(
+                "file:// models need the diffusers extra: pip install 'gpufleet[diffusers]'"
+            ) from error
+        if not (Path(directory) / "model_index.json").is_file():
+            raise FileNotFoundError(f"{directory} holds no diffusers pipeline (no model_index.json)")
+        dtype = torch.float16 if device.startswith("cuda") else torch.float32
+        self.pipeline = DiffusionPipeline.from_pretrained(
+            directory, local_files_only=True, torch_dtype=dtype
+        ).to(device)
+        self.pipeline.set_progress_bar_config(disable=True)
+        self.device = device
+
+    def _for_run(self, task: Task) -> Any:
+        """A pipeline over the loaded weights with its own scheduler: schedulers keep
+        per-run state, so concurrent runs must not share one."""
+        from diffusers import AutoPipelineForImage2Image, AutoPipelineForText2Image
+
+        auto = AutoPipelineForText2Image if task is Task.TEXT_TO_IMAGE else AutoPipelineForImage2Image
+        pipeline = auto.from_pipe(self.pipeline, scheduler=copy.deepcopy(self.pipeline.scheduler))
+        pipeline.set_progress_bar_config(disable=True)
+        return pipeline
+
+    def generate(self, job: Generation, on_step: StepHook) -> list[Image.Image]:
+        spec = job.input
+        total = total_steps(job)
+
+        def step_end(_pipe: Any, step: int, _timestep: Any, tensors: dict) -> dict:
+            on_step(min(step + 1, total), total)  # raises Cancelled to stop between steps
+            return tensors
+
+        arguments: dict[str, Any] = {
+            "prompt": spec.prompt,
+            "negative_prompt": spec.negative_prompt or None,
+            "num_inference_steps": spec.steps,
+            "guidance_scale": spec.guidance_scale,
+            "num_images_per_prompt": spec.num_images,
+            # A CPU generator gives the same noise for a seed on every device.
+            "generator": torch.Generator().manual_seed(job.seed),
+            "callback_on_step_end": step_end,
+            "output_type": "pil",
+        }
+        if job.task is Task.TEXT_TO_IMAGE:
+            arguments |= {"width": spec.width, "height": spec.height}
+        else:
+            if job.image is None:
+                raise ValueError("input.image is required for image-to-image")
+            image = job.image.resize((spec.width, spec.height), Image.Resampling.BILINEAR)
+            arguments |= {"image": image, "strength": spec.strength}
+        with torch.inference_mode():
+            return list(self._for_run(job.task)(**arguments).images)
