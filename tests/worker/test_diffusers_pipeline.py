@@ -92,6 +92,9 @@ def save_tiny_pipeline(directory: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory: pytest.TempPathFactory):
+    import torch
+
+    torch.set_num_threads(1)  # as the worker does on CPU: shared CI cores thrash with more
     directory = save_tiny_pipeline(tmp_path_factory.mktemp("models"))
     spec = ModelSpec(name="tiny-diffusers", source=f"file://{directory}", vram="256Mi")
     return load_pipeline(spec, "cpu")
