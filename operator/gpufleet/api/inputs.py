@@ -82,14 +82,7 @@ class JobInput(CamelModel):
 
     model_config = ConfigDict(
         json_schema_extra=validations(
-            rule(
-                f"self.width * self.height <= {MAX_PIXELS}",
-                PIXEL_BUDGET_RULE,
-                message_expression=(
-                    f"'{PIXEL_BUDGET_RULE}; ' + string(self.width) + 'x' + string(self.height)"
-                    " + ' is ' + string(self.width * self.height)"
-                ),
-            )
+            rule(f"self.width * self.height <= {MAX_PIXELS}", PIXEL_BUDGET_RULE, field_path=".width")
         )
     )
 

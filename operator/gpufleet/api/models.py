@@ -234,7 +234,7 @@ SYSTEM_PRIORITY_RULE = "system-* priority classes are reserved for cluster compo
 def _key_rules(reserved_prefix: bool) -> dict[str, Any]:
     rules = [
         rule(
-            f"self.all(k, k.size() <= {MAX_QUALIFIED_NAME_CHARS} && k.matches('{QUALIFIED_NAME_PATTERN}'))",
+            f"self.all(k, k.size() <= {MAX_QUALIFIED_NAME_CHARS} && k.matches(r'{QUALIFIED_NAME_PATTERN}'))",
             KEY_SYNTAX_RULE,
         )
     ]
@@ -422,7 +422,9 @@ class WorkerPoolSpec(CamelModel):
     model_config = ConfigDict(
         json_schema_extra=validations(
             rule(
-                "!has(self.gpu) || !has(self.gpu.minMemory) || self.models.all(m, "
+                # Unparsable quantities are reported by their own fields' rules, not here.
+                "!has(self.gpu) || !has(self.gpu.minMemory) || !isQuantity(string(self.gpu.minMemory)) "
+                "|| self.models.all(m, !isQuantity(string(m.vram)) || "
                 f"{quantity_expr('m.vram')}.compareTo({quantity_expr('self.gpu.minMemory')}) <= 0)",
                 MODEL_FITS_GPU_RULE,
                 field_path=".models",
@@ -729,9 +731,8 @@ POOL_NAME_RULE = (
 )
 POOL_NAME_CEL = rule(
     f"self.metadata.name.size() <= {MAX_POOL_NAME_CHARS} "
-    f"&& self.metadata.name.matches('{DNS_LABEL_PATTERN}')",
+    f"&& self.metadata.name.matches(r'{DNS_LABEL_PATTERN}')",
     POOL_NAME_RULE,
-    field_path=".metadata.name",
 )
 
 

@@ -1,4 +1,4 @@
-"""Test support for the gpufleet API: hypothesis strategies for valid objects, manifest edits.
+"""Test support for the gpufleet API: strategies for valid objects, manifest edits, API calls.
 
 Needs the ``dev`` extra (hypothesis). The strategies walk the generated CRD schema, so they
 produce exactly the shapes the API server validates, then repair the cross-field rules
@@ -9,12 +9,16 @@ the last word.
 from __future__ import annotations
 
 import copy
+import json
 import string
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from hypothesis import strategies as st
+from kubernetes import client
+from kubernetes.client.rest import ApiException
 from pydantic import BaseModel, ValidationError
 
 from gpufleet import labels
@@ -249,3 +253,57 @@ def job_specs() -> st.SearchStrategy[models.GenerationJobSpec]:
 
 def job_statuses() -> st.SearchStrategy[models.GenerationJobStatus]:
     return _valid(models.GenerationJobStatus, lambda s: s, from_schema(_schema("GenerationJob", "status")))
+
+
+# --- API calls --------------------------------------------------------------------------------
+
+PLURALS = {"WorkerPool": "workerpools", "GenerationJob": "generationjobs"}
+
+
+class Refused(Exception):
+    """The API server refused a request; ``message`` is what it said."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"{status}: {message}")
+        self.status = status
+        self.message = message
+
+
+@dataclass
+class Objects:
+    """Create, update and read gpufleet objects with strict field validation, as kubectl does."""
+
+    api: client.CustomObjectsApi
+    namespace: str
+
+    def _call(self, method: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        try:
+            return method(models.GROUP, models.VERSION, self.namespace, *args, **kwargs)
+        except ApiException as error:
+            body = json.loads(error.body) if error.body else {}
+            raise Refused(error.status, body.get("message", str(error))) from None
+
+    def create(self, manifest: dict[str, Any], validation: str = "Strict") -> dict[str, Any]:
+        plural = PLURALS[manifest["kind"]]
+        return self._call(
+            self.api.create_namespaced_custom_object, plural, manifest, field_validation=validation
+        )
+
+    def replace(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        plural, name = PLURALS[manifest["kind"]], manifest["metadata"]["name"]
+        return self._call(
+            self.api.replace_namespaced_custom_object, plural, name, manifest, field_validation="Strict"
+        )
+
+    def replace_status(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        plural, name = PLURALS[manifest["kind"]], manifest["metadata"]["name"]
+        return self._call(
+            self.api.replace_namespaced_custom_object_status,
+            plural,
+            name,
+            manifest,
+            field_validation="Strict",
+        )
+
+    def get(self, kind: str, name: str) -> dict[str, Any]:
+        return self._call(self.api.get_namespaced_custom_object, PLURALS[kind], name)
