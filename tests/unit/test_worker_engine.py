@@ -196,7 +196,7 @@ def test_requests_for_what_the_worker_cannot_do_are_refused(tmp_path: Path) -> N
         with pytest.raises(Refusal) as refused:
             engine.submit(bad)
         assert refused.value.reason is reason
-    assert engine.list() == []
+    assert engine.runs() == []
     engine.shutdown()
 
 
@@ -205,6 +205,6 @@ def test_only_the_newest_finished_runs_are_kept(tmp_path: Path) -> None:
     for job in ("a", "b", "c", "d"):
         finished(engine, engine.submit(request(tmp_path, job))[0].run_id)
     engine.submit(request(tmp_path, "e"))
-    kept = [s.job_id for s in engine.list()]
+    kept = [s.job_id for s in engine.runs()]
     assert kept[-1] == "ns/e" and len(kept) <= 3 and "ns/a" not in kept
     engine.shutdown()

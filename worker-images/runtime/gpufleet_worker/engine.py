@@ -361,7 +361,7 @@ class Engine:
                 raise Refusal(Reason.NOT_FOUND, f"no run {run_id!r} on this worker")
             return run.status.model_copy(deep=True)
 
-    def list(self) -> list[JobStatus]:
+    def runs(self) -> list[JobStatus]:
         with self._lock:
             return [run.status.model_copy(deep=True) for run in self._runs.values()]
 

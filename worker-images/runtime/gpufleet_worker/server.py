@@ -197,7 +197,7 @@ def create_app(runtime: Runtime | None) -> FastAPI:
     @app.get(p.JOBS, response_model=p.JobList, responses=_errors(401), tags=["jobs"])
     def list_jobs(runtime: Authorized) -> p.JobList:
         """Every run this worker knows: running ones and the most recent finished ones."""
-        return p.JobList(jobs=runtime.engine.list())
+        return p.JobList(jobs=runtime.engine.runs())
 
     @app.get(p.JOB, response_model=p.JobStatus, responses=_errors(401, 404, 422), tags=["jobs"])
     def get_job(run_id: RunId, runtime: Authorized) -> p.JobStatus:
