@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import signal
 import sys
 import threading
@@ -25,9 +24,6 @@ def default_state_dir() -> Path:
 
 def up(args: argparse.Namespace) -> int:
     state_dir: Path = args.state_dir
-    if (state_dir / "etcd").exists():
-        # A previous run's data belongs to certificates that no longer exist.
-        shutil.rmtree(state_dir)
     print(f"starting the local fleet in {state_dir} ...", flush=True)
     cluster = LocalCluster(state_dir).start()
     stop = threading.Event()

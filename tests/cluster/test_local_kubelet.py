@@ -53,17 +53,11 @@ def read(core: client.CoreV1Api, namespace: str, name: str) -> client.V1Pod:
 def test_pod_runs_with_its_env_becomes_ready_through_probe_and_is_killed_on_delete(core, namespace):
     marker = f"marker-{uuid.uuid4().hex}"
     # An HTTP server bound to the pod's own loopback IP, found through the downward API.
-    server = [
-        sys.executable,
-        "-m",
-        "http.server",
-        "--bind",
-        "$(POD_IP)",
-        "8080",
-        "--directory",
-        "/tmp",
-        marker,
-    ]
+    serve = (
+        "import http.server, sys; "
+        "http.server.test(http.server.SimpleHTTPRequestHandler, port=8080, bind=sys.argv[1])"
+    )
+    server = [sys.executable, "-c", serve, "$(POD_IP)", marker]
     core.create_namespaced_pod(
         namespace,
         pod(

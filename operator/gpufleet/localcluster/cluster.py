@@ -60,15 +60,13 @@ class LocalCluster(ClusterAccess):
     workdir: Path
     nodes: tuple[simnodes.SimNode, ...] | list[simnodes.SimNode] = simnodes.DEFAULT_FLEET
     control_plane: ControlPlane = field(init=False)
+    kubeconfig: Path = field(init=False)
     kubelet: ManagedProcess | None = field(init=False, default=None)
     startup_seconds: float | None = None
 
     def __post_init__(self) -> None:
         self.control_plane = ControlPlane(self.workdir)
-
-    @property
-    def kubeconfig(self) -> Path:
-        return self.control_plane.kubeconfig
+        self.kubeconfig = self.control_plane.kubeconfig
 
     @property
     def server(self) -> str:
@@ -110,7 +108,9 @@ class LocalCluster(ClusterAccess):
             ready = {
                 n.metadata.name
                 for n in core.list_node().items
-                if any(c.type == "Ready" and c.status == "True" for c in n.status.conditions or [])
+                if n.metadata
+                and n.status
+                and any(c.type == "Ready" and c.status == "True" for c in n.status.conditions or [])
             }
             return names <= ready
 

@@ -9,6 +9,7 @@ the real scheduler and the real garbage collector.
 from __future__ import annotations
 
 import base64
+import shutil
 import ssl
 import time
 import urllib.request
@@ -82,6 +83,8 @@ class ControlPlane:
     def start(self) -> ControlPlane:
         started = time.monotonic()
         self.workdir.mkdir(parents=True, exist_ok=True)
+        # Every start is a fresh cluster: old data would belong to certificates that are gone.
+        shutil.rmtree(self.workdir / "etcd", ignore_errors=True)
         paths = {
             name: binaries.ensure(name)
             for name in ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")

@@ -64,6 +64,7 @@ LEASE_RENEW_SECONDS = 5
 # Local restarts back off faster than a real kubelet (10 s doubling to 5 min): tests wait on them.
 RESTART_BACKOFF_SECONDS = (1, 2, 4, 8, 16, 30)
 SA_TOKEN_SECONDS = 3600
+CONFIG_RETRY_SECONDS = 1.0
 
 
 def now_rfc3339() -> str:
@@ -272,14 +273,18 @@ class PodRunner(threading.Thread):
             self._run_simulated()
             return
         self.dir.mkdir(parents=True, exist_ok=True)
-        try:
-            mounts_by_volume = self._materialize_volumes()
-            self.containers = [self._container(c, mounts_by_volume) for c in spec["containers"]]
-        except PodSpecError as error:
-            self._report_config_error(error)
-            self.stop_requested.wait()
-            self._finish()
-            return
+        # Like the kubelet, retry until what the pod refers to exists (a Secret created
+        # after the pod, the namespace's kube-root-ca.crt ConfigMap that arrives a moment late).
+        while True:
+            try:
+                mounts_by_volume = self._materialize_volumes()
+                self.containers = [self._container(c, mounts_by_volume) for c in spec["containers"]]
+                break
+            except PodSpecError as error:
+                self._report_config_error(error)
+                if self.stop_requested.wait(CONFIG_RETRY_SECONDS):
+                    self._finish()
+                    return
         restart_policy = spec.get("restartPolicy", "Always")
         for container in self.containers:
             container.start()
@@ -457,7 +462,9 @@ class PodRunner(threading.Thread):
         response = self.kubelet.core.create_namespaced_service_account_token(
             spec.get("serviceAccountName", "default"), meta["namespace"], request
         )
-        return response.status.token
+        if response.status is None:
+            raise PodSpecError("CreateContainerConfigError", "TokenRequest returned no token")
+        return str(response.status.token)
 
     def _container(self, spec: Mapping, volumes: dict[str, tuple[Path, str | None]]) -> Container:
         mounts: dict[str, str] = {}
@@ -514,7 +521,8 @@ class PodRunner(threading.Thread):
 
     # -- status -----------------------------------------------------------------------------
     def _report_config_error(self, error: PodSpecError) -> None:
-        log.warning("pod %s/%s: %s", *self.key, error)
+        if not any(c.state.waiting == (error.reason, str(error)) for c in self.containers):
+            log.warning("pod %s/%s: %s", *self.key, error)
         self.containers = []
         for spec in self.pod["spec"]["containers"]:
             container = Container(spec, [], {}, self.dir, Path(os.devnull))
@@ -524,7 +532,7 @@ class PodRunner(threading.Thread):
 
     def _push_status(self) -> None:
         status = pod_status(
-            self.containers,
+            [c.state for c in self.containers],
             self.pod["spec"].get("restartPolicy", "Always"),
             self.pod_ip,
             HOST_IP,
@@ -560,7 +568,7 @@ class LocalKubelet:
         self.coordination = client.CoordinationV1Api(self.api)
         self.server = configuration.host
         self.api_port = int(self.server.rsplit(":", 1)[1])
-        self.ca_cert = Path(configuration.ssl_ca_cert)
+        self.ca_cert = Path(str(configuration.ssl_ca_cert))
         self.nodes = {n.name: n for n in nodes}
         self.state_dir = state_dir
         self.ips = IPPool()
@@ -632,7 +640,7 @@ class LocalKubelet:
                     listing = self.core.list_pod_for_all_namespaces(
                         field_selector="spec.nodeName!=", _preload_content=False
                     )
-                    body = json.loads(listing.data)
+                    body = json.loads(listing.data)  # type: ignore[attr-defined]  # raw response
                     for pod in body["items"]:
                         self.handle("ADDED", pod)
                     resource_version = body["metadata"]["resourceVersion"]

@@ -113,7 +113,7 @@ def translate_paths(value: str, mounts: Mapping[str, str]) -> str:
     """
     for mount_path in sorted(mounts, key=len, reverse=True):
         pattern = re.compile(r"(?<![\w./-])" + re.escape(mount_path.rstrip("/")) + r"(?=/|$|[\s:;,'\"])")
-        value = pattern.sub(lambda _m, host=mounts[mount_path]: host, value)
+        value = pattern.sub(mounts[mount_path].replace("\\", "\\\\"), value)
     return value
 
 

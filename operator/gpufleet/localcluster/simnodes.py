@@ -72,7 +72,13 @@ class SimNode:
         )
         return client.V1Node(
             metadata=client.V1ObjectMeta(name=self.name, labels=node_labels),
-            spec=client.V1NodeSpec(taints=[client.V1Taint(**t) for t in self.taints] or None),
+            spec=client.V1NodeSpec(
+                taints=[
+                    client.V1Taint(key=t["key"], value=t.get("value"), effect=t["effect"])
+                    for t in self.taints
+                ]
+                or None
+            ),
             status=client.V1NodeStatus(
                 capacity=capacity,
                 allocatable=capacity,
