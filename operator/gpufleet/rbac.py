@@ -1,0 +1,94 @@
+"""What the operator may do in the cluster: the one list its RBAC is generated from.
+
+The Helm chart renders these rules (``charts/gpufleet/files/rbac-rules.yaml`` is generated
+from here; a test fails on drift) and the operator's own tests run under exactly this
+identity. Every rule says why it exists. Deliberately absent: wildcards, ``escalate``,
+``bind``, ``impersonate``, ``pods/exec``, and reading Secrets: the operator derives each
+pool's worker token from its own key (mounted into its pod), so it only ever creates the
+token Secrets and never reads one back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gpufleet.api.models import GROUP
+
+
+@dataclass(frozen=True)
+class Rule:
+    api_groups: tuple[str, ...]
+    resources: tuple[str, ...]
+    verbs: tuple[str, ...]
+    reason: str
+
+    def manifest(self) -> dict[str, list[str]]:
+        return {
+            "apiGroups": list(self.api_groups),
+            "resources": list(self.resources),
+            "verbs": list(self.verbs),
+        }
+
+
+# Rules in every namespace the operator watches (a ClusterRole, or one Role per namespace).
+NAMESPACED_RULES: tuple[Rule, ...] = (
+    Rule(
+        (GROUP,),
+        ("workerpools", "generationjobs"),
+        ("get", "list", "watch", "patch"),
+        "watch pools and jobs; add and remove the job finalizer",
+    ),
+    Rule((GROUP,), ("generationjobs",), ("delete",), "delete finished jobs after ttlSecondsAfterFinished"),
+    Rule(
+        (GROUP,),
+        ("workerpools/status", "generationjobs/status"),
+        ("get", "patch", "update"),
+        "write what the operator observes to status (it never edits spec)",
+    ),
+    Rule(
+        ("",),
+        ("pods",),
+        ("get", "list", "watch", "create", "delete", "patch"),
+        "run worker pods; replace failed ones; remove drained ones; mark a worker draining",
+    ),
+    Rule(
+        ("",),
+        ("secrets",),
+        ("create",),
+        "create each pool's worker token Secret (never read: the token is derived, not fetched)",
+    ),
+    Rule(("", "events.k8s.io"), ("events",), ("create", "patch"), "report lifecycle steps as Events"),
+)
+
+# Cluster-scoped reads, needed in every mode.
+CLUSTER_RULES: tuple[Rule, ...] = (
+    Rule(
+        ("",),
+        ("nodes",),
+        ("get", "list", "watch"),
+        "read GPU Feature Discovery labels to tell whether any node has a GPU big enough for a job",
+    ),
+)
+
+# In the operator's own namespace only.
+OWN_NAMESPACE_RULES: tuple[Rule, ...] = (
+    Rule(
+        ("coordination.k8s.io",),
+        ("leases",),
+        ("get", "create", "update"),
+        "leader election: one active operator when several replicas run",
+    ),
+)
+
+
+def rules_document() -> dict[str, list[dict]]:
+    """All rule groups with their reasons, in the shape the chart's templates read."""
+
+    def rows(rules: tuple[Rule, ...]) -> list[dict]:
+        return [{**r.manifest(), "reason": r.reason} for r in rules]
+
+    return {
+        "namespaced": rows(NAMESPACED_RULES),
+        "cluster": rows(CLUSTER_RULES),
+        "ownNamespace": rows(OWN_NAMESPACE_RULES),
+    }
