@@ -8,6 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from gpufleet.api.conditions import (
+    REASON_MEANINGS,
     TERMINAL_PHASES,
     Condition,
     ConditionStatus,
@@ -103,6 +104,10 @@ def test_condition_shape_is_metav1(field: str, value: str) -> None:
     }
     with pytest.raises(ValidationError, match=field):
         Condition.model_validate(data | {field: value})
+
+
+def test_every_reason_is_explained() -> None:
+    assert set(REASON_MEANINGS) == set(Reason)
 
 
 def test_reasons_are_valid_condition_reasons() -> None:

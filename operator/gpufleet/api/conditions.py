@@ -59,21 +59,21 @@ class Reason(StrEnum):
     QUEUED = "Queued"
     DISPATCHED = "Dispatched"
     RUNNING = "Running"
-    RETRYING = "Retrying"  # an attempt failed; the job is back in the queue
-    UNSCHEDULABLE = "Unschedulable"  # no GPU the pool can get has the VRAM the job needs
+    RETRYING = "Retrying"
+    UNSCHEDULABLE = "Unschedulable"
     POOL_NOT_FOUND = "PoolNotFound"
-    MODEL_NOT_SERVED = "ModelNotServed"  # the pool does not serve spec.model
-    TASK_NOT_SERVED = "TaskNotServed"  # the pool does not accept spec.task
+    MODEL_NOT_SERVED = "ModelNotServed"
+    TASK_NOT_SERVED = "TaskNotServed"
     # jobs: finished
     COMPLETED = "Completed"
     OUT_OF_MEMORY = "OutOfMemory"
-    DEADLINE_EXCEEDED = "DeadlineExceeded"  # spec.timeoutSeconds passed
-    BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"  # spec.retry.maxAttempts used up
+    DEADLINE_EXCEEDED = "DeadlineExceeded"
+    BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"
     CANCELLED = "Cancelled"
-    WORKER_LOST = "WorkerLost"  # the worker died or was deleted under the job
-    WORKER_ERROR = "WorkerError"  # the worker reported the run failed
-    INVALID_INPUT = "InvalidInput"  # the worker refused the input
-    UPLOAD_FAILED = "UploadFailed"  # artifacts could not be written to spec.output.uri
+    WORKER_LOST = "WorkerLost"
+    WORKER_ERROR = "WorkerError"
+    INVALID_INPUT = "InvalidInput"
+    UPLOAD_FAILED = "UploadFailed"
     # pools
     RECONCILED = "Reconciled"
     WORKERS_READY = "WorkersReady"
@@ -81,8 +81,38 @@ class Reason(StrEnum):
     SCALING_UP = "ScalingUp"
     SCALING_DOWN = "ScalingDown"
     SCALED_TO_ZERO = "ScaledToZero"
-    INSUFFICIENT_GPUS = "InsufficientGPUs"  # pods cannot be scheduled: no matching GPU nodes
-    WORKERS_FAILING = "WorkersFailing"  # workers crash or never become ready
+    INSUFFICIENT_GPUS = "InsufficientGPUs"
+    WORKERS_FAILING = "WorkersFailing"
+
+
+# What each reason tells a user; docs/api.md lists these, and every reason must have one.
+REASON_MEANINGS: dict[Reason, str] = {
+    Reason.QUEUED: "The job waits in its pool's queue (status.queuePosition says where).",
+    Reason.DISPATCHED: "The job was sent to a worker and has not started there yet.",
+    Reason.RUNNING: "The job runs on status.worker.",
+    Reason.RETRYING: "An attempt failed; the job is back in the queue for another attempt.",
+    Reason.UNSCHEDULABLE: "No GPU the pool can get has the VRAM the job needs; the message has the numbers.",
+    Reason.POOL_NOT_FOUND: "spec.poolRef names no WorkerPool in the job's namespace.",
+    Reason.MODEL_NOT_SERVED: "The pool does not serve spec.model.",
+    Reason.TASK_NOT_SERVED: "The pool does not accept spec.task.",
+    Reason.COMPLETED: "The job succeeded; status.artifacts lists its outputs.",
+    Reason.OUT_OF_MEMORY: "The GPU ran out of memory running the job.",
+    Reason.DEADLINE_EXCEEDED: "The job ran longer than spec.timeoutSeconds.",
+    Reason.BACKOFF_LIMIT_EXCEEDED: "Every attempt allowed by spec.retry.maxAttempts failed.",
+    Reason.CANCELLED: "spec.cancel was set; the job was stopped.",
+    Reason.WORKER_LOST: "The worker died or was deleted while running the job.",
+    Reason.WORKER_ERROR: "The worker reported that the run failed.",
+    Reason.INVALID_INPUT: "The worker refused the job's input (for example an image it could not fetch).",
+    Reason.UPLOAD_FAILED: "The artifacts could not be written to spec.output.uri.",
+    Reason.RECONCILED: "The pool matches its spec.",
+    Reason.WORKERS_READY: "Every desired worker is ready.",
+    Reason.WORKERS_STARTING: "Workers are starting and not all are ready yet.",
+    Reason.SCALING_UP: "The pool is adding workers.",
+    Reason.SCALING_DOWN: "The pool is draining and removing workers.",
+    Reason.SCALED_TO_ZERO: "The pool was idle and has no workers; new jobs bring it back.",
+    Reason.INSUFFICIENT_GPUS: "Worker pods cannot be scheduled: no node has GPUs matching spec.gpu.",
+    Reason.WORKERS_FAILING: "Workers crash or never become ready.",
+}
 
 
 class Condition(CamelModel):

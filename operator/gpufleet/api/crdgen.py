@@ -21,6 +21,7 @@ from pydantic import BaseModel
 
 from gpufleet.api import models
 from gpufleet.api.cel import VALIDATIONS
+from gpufleet.api.conditions import REASON_MEANINGS, TERMINAL_PHASES, ConditionType, JobPhase, Reason
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 CRD_DIR = REPO_ROOT / "crds"
@@ -336,6 +337,17 @@ def field_reference() -> str:
     return "\n".join(out)
 
 
+def status_reference() -> str:
+    """Markdown lists of job phases, condition types and reasons, from conditions.py."""
+    flow = " -> ".join(f"`{p}`" for p in JobPhase if p not in TERMINAL_PHASES)
+    ends = " \\| ".join(f"`{p}`" for p in JobPhase if p in TERMINAL_PHASES)
+    out = ["### Job phases\n", f"{flow} -> {ends}", ""]
+    out += ["### Condition types\n", ", ".join(f"`{t}`" for t in ConditionType), ""]
+    out += ["### Reasons\n", "| reason | meaning |", "| --- | --- |"]
+    out += [f"| `{reason}` | {REASON_MEANINGS[reason]} |" for reason in Reason]
+    return "\n".join(out) + "\n"
+
+
 def render_api_doc(current: str) -> str:
     """docs/api.md with its generated section replaced by the current field reference."""
     before, found, rest = current.partition(DOC_BEGIN)
@@ -344,7 +356,7 @@ def render_api_doc(current: str) -> str:
     _, found, after = rest.partition(DOC_END)
     if not found:
         raise SchemaError(f"{API_DOC} lacks the marker {DOC_END!r}")
-    return f"{before}{DOC_BEGIN}\n\n{field_reference()}\n{DOC_END}{after}"
+    return f"{before}{DOC_BEGIN}\n\n{field_reference()}\n{status_reference()}\n{DOC_END}{after}"
 
 
 # --- command ----------------------------------------------------------------------------------
