@@ -203,3 +203,7 @@ def test_whole_objects_ignore_server_fields_but_not_unknown_spec_fields() -> Non
     assert models.GenerationJob.model_validate(manifest).metadata["uid"] == "u"
     with pytest.raises(ValidationError, match=r"spec\.bogus"):
         models.GenerationJob.model_validate(edited(manifest, set={"spec.bogus": 1}))
+
+
+def test_api_version_is_group_and_version() -> None:
+    assert f"{models.GROUP}/{models.VERSION}" == models.API_VERSION

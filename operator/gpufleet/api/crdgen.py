@@ -206,7 +206,7 @@ def _crd(
 
 
 def _column(name: str, path: str, type_: str, description: str, priority: int = 0) -> dict[str, Any]:
-    column = {"name": name, "type": type_, "jsonPath": path, "description": description}
+    column: dict[str, Any] = {"name": name, "type": type_, "jsonPath": path, "description": description}
     if priority:
         column["priority"] = priority
     return column
@@ -328,7 +328,7 @@ def field_reference() -> str:
             out.append(f"### {kind} `.{part}`\n")
             out.append("| field | type | required | default | description | rules |")
             out.append("| --- | --- | --- | --- | --- | --- |")
-            out.extend(_rows(root["properties"][part], part, False, skip=lambda p, part=part: p == part))
+            out.extend(_rows(root["properties"][part], part, False, skip=part.__eq__))
             out.append("")
             if part == "spec":
                 rules = root["properties"]["spec"].get(VALIDATIONS, []) + root.get(VALIDATIONS, [])

@@ -40,9 +40,9 @@ from gpufleet.api.inputs import (
 )
 from gpufleet.api.quantity import parse_quantity
 
-GROUP = "gpufleet.io"
+GROUP = labels.GROUP
 VERSION = "v1alpha1"
-API_VERSION = f"{GROUP}/{VERSION}"
+API_VERSION: Literal["gpufleet.io/v1alpha1"] = "gpufleet.io/v1alpha1"  # GROUP/VERSION, as a type
 
 MAX_MODELS = 32
 MAX_REPLICAS = 1000
