@@ -291,6 +291,12 @@ def _constraints_text(node: dict[str, Any]) -> str:
     ):
         if key in node:
             parts.append(f"{label} {node[key]}")
+    if "enum" in node.get("items", {}):
+        parts.append("entries one of " + ", ".join(f"`{v}`" for v in node["items"]["enum"]))
+    if node.get("x-kubernetes-list-type") == "set":
+        parts.append("entries unique")
+    elif node.get("x-kubernetes-list-type") == "map":
+        parts.append("unique by " + ", ".join(node["x-kubernetes-list-map-keys"]))
     parts.extend(rule["message"] for rule in node.get(VALIDATIONS, []))
     return "; ".join(parts)
 
