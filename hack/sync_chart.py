@@ -73,8 +73,43 @@ def chart_crd_template(crd_text: str, source: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+# Verbs that hand out more power than the rule itself grants.
+FORBIDDEN_VERBS = frozenset({"escalate", "bind", "impersonate"})
+# Subresources that reach into running containers or mint credentials.
+FORBIDDEN_RESOURCES = frozenset(
+    {"pods/exec", "pods/attach", "pods/portforward", "pods/proxy", "nodes/proxy", "services/proxy",
+     "serviceaccounts/token"}
+)  # fmt: skip
+
+
+def least_privilege_violations(rules: list[dict]) -> list[str]:
+    """What in ``rules`` (RBAC PolicyRules) breaks gpufleet's least-privilege policy.
+
+    No wildcards; no escalate, bind or impersonate; nothing that execs into or proxies to
+    pods; Secrets may only be created (the operator never reads one).
+    """
+    problems = []
+    for index, rule in enumerate(rules):
+        groups, resources, verbs = rule.get("apiGroups", []), rule.get("resources", []), rule.get("verbs", [])
+        where = f"rule {index} ({', '.join(resources)})"
+        if "*" in groups or "*" in verbs or any("*" in r for r in resources):
+            problems.append(f"{where}: wildcards are not allowed")
+        if rule.get("nonResourceURLs"):
+            problems.append(f"{where}: nonResourceURLs are not needed")
+        if bad := sorted(FORBIDDEN_VERBS & set(verbs)):
+            problems.append(f"{where}: verbs {bad} are not allowed")
+        if bad := sorted(FORBIDDEN_RESOURCES & set(resources)):
+            problems.append(f"{where}: resources {bad} are not allowed")
+        if "" in groups and "secrets" in resources and set(verbs) - {"create"}:
+            problems.append(f"{where}: Secrets may only be created, not {sorted(set(verbs) - {'create'})}")
+    return problems
+
+
 def rbac_rules_file(document: dict[str, list[dict]]) -> str:
-    """The rule groups as YAML for the chart's RBAC templates; every rule must give a reason."""
+    """The rule groups as YAML for the chart's RBAC templates.
+
+    Every rule must give a reason, and the rules must keep the least-privilege policy.
+    """
     for group, rules in document.items():
         for index, rule in enumerate(rules):
             missing = {"apiGroups", "resources", "verbs", "reason"} - rule.keys()
@@ -82,6 +117,8 @@ def rbac_rules_file(document: dict[str, list[dict]]) -> str:
                 raise SyncError(f"rbac rule {group}[{index}]: missing {sorted(missing)}")
             if not str(rule["reason"]).strip():
                 raise SyncError(f"rbac rule {group}[{index}]: reason is empty")
+        if problems := least_privilege_violations(rules):
+            raise SyncError(f"rbac rules {group}: " + "; ".join(problems))
     header = f"# {GENERATED.format(source='operator/gpufleet/rbac.py')}\n"
     return header + yaml.safe_dump(document, sort_keys=False, width=200)
 
