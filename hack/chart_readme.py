@@ -165,7 +165,9 @@ def render(values_text: str, schema: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--check", action="store_true", help="only check; exit 1 if README.md is stale")
     args = parser.parse_args(argv)
     try:
@@ -179,7 +181,10 @@ def main(argv: list[str] | None = None) -> int:
     current = README.read_text() if README.exists() else None
     if args.check:
         if current != text:
-            print(f"{README.relative_to(REPO_ROOT)} is stale: run `python hack/chart_readme.py`", file=sys.stderr)
+            print(
+                f"{README.relative_to(REPO_ROOT)} is stale: run `python hack/chart_readme.py`",
+                file=sys.stderr,
+            )
             return 1
         return 0
     if current != text:

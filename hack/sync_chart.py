@@ -77,9 +77,16 @@ def chart_crd_template(crd_text: str, source: str) -> str:
 FORBIDDEN_VERBS = frozenset({"escalate", "bind", "impersonate"})
 # Subresources that reach into running containers or mint credentials.
 FORBIDDEN_RESOURCES = frozenset(
-    {"pods/exec", "pods/attach", "pods/portforward", "pods/proxy", "nodes/proxy", "services/proxy",
-     "serviceaccounts/token"}
-)  # fmt: skip
+    {
+        "pods/exec",
+        "pods/attach",
+        "pods/portforward",
+        "pods/proxy",
+        "nodes/proxy",
+        "services/proxy",
+        "serviceaccounts/token",
+    }
+)
 
 
 def least_privilege_violations(rules: list[dict]) -> list[str]:
@@ -151,7 +158,8 @@ def argocd_cm(health_scripts: dict[str, str]) -> str:
     header = (
         f"# {GENERATED.format(source='docs/argocd/gpufleet.io/*/health.lua')}\n"
         "# Merge into Argo CD's configuration:\n"
-        "#   kubectl -n argocd patch configmap argocd-cm --type merge --patch-file docs/argocd/argocd-cm.yaml\n"
+        "#   kubectl -n argocd patch configmap argocd-cm --type merge \\\n"
+        "#     --patch-file docs/argocd/argocd-cm.yaml\n"
     )
     return header + yaml.dump(configmap, Dumper=LiteralDumper, sort_keys=False, width=200)
 
@@ -189,7 +197,9 @@ def stale_files(expected: dict[Path, str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--check", action="store_true", help="only check; exit 1 if anything is stale")
     args = parser.parse_args(argv)
     try:

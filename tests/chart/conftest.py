@@ -57,20 +57,30 @@ def helm_template(helm: Path) -> Callable[..., subprocess.CompletedProcess[str]]
     def run(values: dict[str, Any] | None = None, *extra: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [
-                str(helm), "template", RELEASE, str(CHART),
-                "--namespace", RELEASE_NAMESPACE,
-                "--kube-version", KUBE_VERSION,
+                str(helm),
+                "template",
+                RELEASE,
+                str(CHART),
+                "--namespace",
+                RELEASE_NAMESPACE,
+                "--kube-version",
+                KUBE_VERSION,
                 *helm_set_args(values or {}),
                 *extra,
             ],
-            capture_output=True, text=True, check=False, timeout=120,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=120,
+        )
 
     return run
 
 
 @pytest.fixture(scope="session")
-def render(helm_template: Callable[..., subprocess.CompletedProcess[str]]) -> Callable[..., list[dict[str, Any]]]:
+def render(
+    helm_template: Callable[..., subprocess.CompletedProcess[str]],
+) -> Callable[..., list[dict[str, Any]]]:
     """The chart's manifests for ``values``; fails the test with helm's message if it refuses."""
 
     def run(values: dict[str, Any] | None = None, *extra: str) -> list[dict[str, Any]]:
@@ -79,4 +89,3 @@ def render(helm_template: Callable[..., subprocess.CompletedProcess[str]]) -> Ca
         return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
     return run
-

@@ -60,8 +60,11 @@ def health(kind: str, obj: dict[str, Any], tmp_path: Path) -> tuple[str, str]:
     driver.write_text(DRIVER)
     result = subprocess.run(
         [LUA, str(driver), str(data), str(HEALTH_DIR / kind / "health.lua")],
-        capture_output=True, text=True, check=False, timeout=30,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=30,
+    )
     assert result.returncode == 0, result.stderr
     status, message = result.stdout.split("\n", 1)
     return status, message.removesuffix("\n")
@@ -113,10 +116,15 @@ def test_driver_reports_a_broken_script(tmp_path):
     assert LUA is not None
     result = subprocess.run(
         [LUA, str(tmp_path / "driver.lua"), str(tmp_path / "obj.lua"), str(broken)],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert result.returncode != 0 and "health script returned number" in result.stderr
 
 
 def test_lua_literal_escapes_strings_and_nests():
-    assert lua_literal({"a": [1, True, None], "b": 'say "hi"\n'}) == '{["a"] = {1, true, nil}, ["b"] = "say \\"hi\\"\\n"}'
+    assert (
+        lua_literal({"a": [1, True, None], "b": 'say "hi"\n'})
+        == '{["a"] = {1, true, nil}, ["b"] = "say \\"hi\\"\\n"}'
+    )

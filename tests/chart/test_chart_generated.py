@@ -33,8 +33,10 @@ spec:
 def test_generated_files_are_current(script):
     result = subprocess.run(
         [sys.executable, str(REPO_ROOT / "hack" / f"{script}.py"), "--check"],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
 
 
@@ -135,7 +137,7 @@ def test_readme_lists_every_key_with_type_default_and_comment():
     assert len(docs) > 50
     for doc in docs:
         assert f"| `{doc.key}` |" in readme
-    assert '| `replicas` | integer | `1` | Operator replicas.' in readme
+    assert "| `replicas` | integer | `1` | Operator replicas." in readme
     assert "| `image.pullPolicy` | string (Always, IfNotPresent, Never) |" in readme
 
 
@@ -152,8 +154,14 @@ def test_readme_row_comes_from_the_comment_above_the_key():
 @pytest.mark.parametrize(
     ("text", "problem"),
     [
-        ("replicas: 2\n# The image.\nimage:\n  # Its tag.\n  tag: v1\n", "values.yaml:1: key replicas has no comment"),
-        ("# How many.\nreplicas: 2\n# The image.\nimage:\n  tag: v1\n", "values.yaml:5: key image.tag has no comment"),
+        (
+            "replicas: 2\n# The image.\nimage:\n  # Its tag.\n  tag: v1\n",
+            "values.yaml:1: key replicas has no comment",
+        ),
+        (
+            "# How many.\nreplicas: 2\n# The image.\nimage:\n  tag: v1\n",
+            "values.yaml:5: key image.tag has no comment",
+        ),
         (
             "# How many.\nreplicas: 2\n# The image.\nimage:\n  # Its tag.\n  tag: v1\n  # Typo.\n  tga: v1\n",
             "key image.tga is not declared in values.schema.json",

@@ -37,8 +37,10 @@ def operator_container(docs: list[dict[str, Any]]) -> dict[str, Any]:
 def test_helm_lint_passes(helm, values):
     result = subprocess.run(
         [str(helm), "lint", str(CHART), "--strict", "--kube-version", KUBE_VERSION, *helm_set_args(values)],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "0 chart(s) failed" in result.stdout
 
@@ -46,8 +48,10 @@ def test_helm_lint_passes(helm, values):
 def test_helm_lint_fails_on_a_bad_value(helm):
     result = subprocess.run(
         [str(helm), "lint", str(CHART), "--kube-version", KUBE_VERSION, "--set", "replicas=two"],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert result.returncode != 0
     assert "/replicas" in result.stdout + result.stderr
 
@@ -114,7 +118,9 @@ def test_default_setup_is_cluster_wide(render):
     roles = {d["metadata"]["name"] for d in find(docs, "ClusterRole")}
     assert roles == {"gf-gpufleet", "gf-gpufleet-cluster"}
     binding = only(docs, "ClusterRoleBinding", "gf-gpufleet")
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "gf-gpufleet", "namespace": RELEASE_NAMESPACE}]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "gf-gpufleet", "namespace": RELEASE_NAMESPACE}
+    ]
     # The only Role is the Lease's, in the release namespace.
     assert [(r["metadata"]["name"], r["metadata"]["namespace"]) for r in find(docs, "Role")] == [
         ("gf-gpufleet-own-namespace", RELEASE_NAMESPACE)
@@ -157,12 +163,21 @@ def test_rendered_rbac_keeps_least_privilege(render, values):
         ({"apiGroups": ["*"], "resources": ["pods"], "verbs": ["get"]}, "wildcards"),
         ({"apiGroups": [""], "resources": ["pods"], "verbs": ["*"]}, "wildcards"),
         ({"apiGroups": [""], "resources": ["*/status"], "verbs": ["get"]}, "wildcards"),
-        ({"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["roles"], "verbs": ["escalate"]}, "escalate"),
+        (
+            {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["roles"], "verbs": ["escalate"]},
+            "escalate",
+        ),
         ({"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["roles"], "verbs": ["bind"]}, "bind"),
         ({"apiGroups": [""], "resources": ["users"], "verbs": ["impersonate"]}, "impersonate"),
         ({"apiGroups": [""], "resources": ["pods/exec"], "verbs": ["create"]}, "pods/exec"),
-        ({"apiGroups": [""], "resources": ["serviceaccounts/token"], "verbs": ["create"]}, "serviceaccounts/token"),
-        ({"apiGroups": [""], "resources": ["secrets"], "verbs": ["create", "get"]}, "Secrets may only be created"),
+        (
+            {"apiGroups": [""], "resources": ["serviceaccounts/token"], "verbs": ["create"]},
+            "serviceaccounts/token",
+        ),
+        (
+            {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create", "get"]},
+            "Secrets may only be created",
+        ),
         ({"apiGroups": [""], "resources": ["secrets"], "verbs": ["list"]}, "Secrets may only be created"),
     ],
 )
@@ -206,7 +221,9 @@ def test_operator_pod_runs_restricted(render):
 
 
 def test_operator_command_flags_probes_and_key(render):
-    docs = render({"artifacts": {"s3": {"endpoint": "http://minio.storage:9000", "credentialsSecret": "s3-creds"}}})
+    docs = render(
+        {"artifacts": {"s3": {"endpoint": "http://minio.storage:9000", "credentialsSecret": "s3-creds"}}}
+    )
     container = operator_container(docs)
     assert container["command"] == ["gpufleet", "operator"]
     assert container["args"] == [
@@ -244,7 +261,10 @@ def test_an_existing_token_key_secret_replaces_the_generated_one(render):
 
 @pytest.mark.parametrize(
     ("replicas", "strategy", "pdb"),
-    [(1, {"type": "Recreate"}, False), (3, {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}}, True)],
+    [
+        (1, {"type": "Recreate"}, False),
+        (3, {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}}, True),
+    ],
 )
 def test_one_replica_recreates_several_elect_a_leader(render, replicas, strategy, pdb):
     docs = render({"replicas": replicas})
@@ -287,7 +307,9 @@ def test_network_policies_let_only_the_operator_reach_workers_and_keep_dns(rende
 def test_worker_network_policy_namespaces_can_be_listed_in_cluster_wide_mode(render):
     assert find(render(), "NetworkPolicy", "gf-gpufleet-workers") == []
     docs = render({"networkPolicy": {"workerNamespaces": ["gpu-team"]}})
-    assert [p["metadata"]["namespace"] for p in find(docs, "NetworkPolicy", "gf-gpufleet-workers")] == ["gpu-team"]
+    assert [p["metadata"]["namespace"] for p in find(docs, "NetworkPolicy", "gf-gpufleet-workers")] == [
+        "gpu-team"
+    ]
     assert find(render({"networkPolicy": {"enabled": False}}), "NetworkPolicy") == []
 
 
@@ -295,7 +317,9 @@ def test_metrics_service_selects_the_operator(render):
     docs = render()
     service = only(docs, "Service", "gf-gpufleet-metrics")
     assert service["spec"]["selector"] == only(docs, "Deployment")["spec"]["selector"]["matchLabels"]
-    assert service["spec"]["ports"] == [{"name": "metrics", "port": 8080, "targetPort": "metrics", "protocol": "TCP"}]
+    assert service["spec"]["ports"] == [
+        {"name": "metrics", "port": 8080, "targetPort": "metrics", "protocol": "TCP"}
+    ]
 
 
 def test_service_monitor_and_alerts_are_optional(render):
@@ -320,8 +344,9 @@ def test_service_monitor_and_alerts_are_optional(render):
     }
     assert "gpufleet_queue_depth[7m]" in rules["GpufleetQueueNotDraining"]["expr"]
     assert "gpufleet_jobs_finished_total[7m]" in rules["GpufleetQueueNotDraining"]["expr"]
-    assert "gpufleet_pool_ready_workers < on (namespace, pool) gpufleet_pool_desired_workers" in (
-        rules["GpufleetWorkersNotReady"]["expr"]
+    assert (
+        "gpufleet_pool_ready_workers < on (namespace, pool) gpufleet_pool_desired_workers"
+        in (rules["GpufleetWorkersNotReady"]["expr"])
     )
     assert 'outcome="Failed"' in rules["GpufleetJobsFailing"]["expr"]
     assert rules["GpufleetJobsFailing"]["expr"].rstrip().endswith("> 0.5")
