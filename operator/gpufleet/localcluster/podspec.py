@@ -199,7 +199,7 @@ def pod_status(
             condition("PodScheduled", True),
         ],
         "containerStatuses": [c.status() for c in containers],
-        "qosClass": (previous or {}).get("qosClass", "BestEffort"),
+        # No qosClass: the API server sets it at creation and refuses any change to it.
     }
     if pod_ip:
         status["podIP"] = pod_ip
