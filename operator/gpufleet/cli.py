@@ -13,6 +13,7 @@ import sys
 import threading
 from pathlib import Path
 
+from gpufleet.controller import main as controller_main
 from gpufleet.localcluster import binaries
 from gpufleet.localcluster.cluster import LocalCluster
 
@@ -65,6 +66,11 @@ def main(argv: list[str] | None = None) -> int:
         "--exit-after-start", action="store_true", help="stop again once everything is up (a smoke test)"
     )
     up_parser.set_defaults(func=up)
+    operator_parser = commands.add_parser(
+        "operator", help="run the operator (in a pod, or against $KUBECONFIG)"
+    )
+    controller_main.add_arguments(operator_parser)
+    operator_parser.set_defaults(func=controller_main.run)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

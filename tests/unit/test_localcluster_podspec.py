@@ -118,3 +118,12 @@ def test_pod_status_keeps_transition_time_of_unchanged_conditions():
     assert ready == {"type": "Ready", "status": "True", "lastTransitionTime": "t1", "lastProbeTime": None}
     not_ready = pod_status([terminated(1)], "Always", "127.1.0.2", "127.0.0.1", "t0", "t3", previous=second)
     assert next(c for c in not_ready["conditions"] if c["type"] == "Ready")["lastTransitionTime"] == "t3"
+
+
+def test_translate_paths_never_rewrites_a_rewritten_path():
+    # The pod's own directory lives under /tmp, which the pod also mounts (emptyDir).
+    mounts = {"/var/run/token": "/tmp/pods/a/volumes/token", "/tmp": "/tmp/pods/a/volumes/tmp"}
+    assert (
+        translate_paths("--token-file=/var/run/token/t", mounts) == "--token-file=/tmp/pods/a/volumes/token/t"
+    )
+    assert translate_paths("/tmp/x", mounts) == "/tmp/pods/a/volumes/tmp/x"

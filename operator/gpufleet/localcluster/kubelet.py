@@ -43,6 +43,8 @@ import httpx
 from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
 
+from gpufleet import labels
+
 from . import simnodes
 from .controlplane import write_kubeconfig
 from .podspec import (
@@ -485,6 +487,7 @@ class PodRunner(threading.Thread):
             "KUBERNETES_SERVICE_HOST": "127.0.0.1",
             "KUBERNETES_SERVICE_PORT": str(self.kubelet.api_port),
         }
+        base.update(self._simulated_gpu_env(spec))
         env = container_env(self.pod, spec, self.pod_ip or "", HOST_IP, self._lookup, base)
         if token_file:
             kubeconfig = write_kubeconfig(
@@ -495,11 +498,12 @@ class PodRunner(threading.Thread):
                 token=Path(token_file).read_text(),
             )
             env["KUBECONFIG"] = str(kubeconfig)
-        env = {k: translate_paths(v, mounts) for k, v in env.items()}
+        # Expand with the container's own view of paths, then translate each result once.
         argv = [
             translate_paths(expand(a, env), mounts)
             for a in [*(spec.get("command") or []), *(spec.get("args") or [])]
         ]
+        env = {k: translate_paths(v, mounts) for k, v in env.items()}
         if not spec.get("command"):
             raise PodSpecError(
                 "CreateContainerConfigError",
@@ -518,6 +522,19 @@ class PodRunner(threading.Thread):
             if exec_ := (spec.get(probe_key) or {}).get("exec"):
                 exec_["command"] = [translate_paths(expand(a, env), mounts) for a in exec_["command"]]
         return Container(spec, argv, env, cwd, self.dir / f"{spec['name']}.log")
+
+    def _simulated_gpu_env(self, spec: Mapping) -> dict[str, str]:
+        """What a device plugin would expose: the node's GPU class, for the GPUs the container asked for."""
+        node = self.kubelet.nodes[self.pod["spec"]["nodeName"]]
+        limits = (spec.get("resources") or {}).get("limits") or {}
+        wanted = int(limits.get(labels.GPU_RESOURCE, 0) or 0)
+        if not wanted or not node.gpu_count:
+            return {}
+        return {
+            "GPUFLEET_SIMULATED_GPU_PRODUCT": node.gpu_product or "Simulated-GPU",
+            "GPUFLEET_SIMULATED_GPU_MEMORY": f"{node.gpu_memory_mib}Mi",
+            "GPUFLEET_SIMULATED_GPU_COUNT": str(wanted),
+        }
 
     # -- status -----------------------------------------------------------------------------
     def _report_config_error(self, error: PodSpecError) -> None:

@@ -111,10 +111,13 @@ def translate_paths(value: str, mounts: Mapping[str, str]) -> str:
     Processes here share the host's filesystem, so ``/var/run/secrets/x/token`` in an
     argument or env value becomes ``<pod dir>/volumes/x/token``. Longest mount first.
     """
-    for mount_path in sorted(mounts, key=len, reverse=True):
-        pattern = re.compile(r"(?<![\w./-])" + re.escape(mount_path.rstrip("/")) + r"(?=/|$|[\s:;,'\"])")
-        value = pattern.sub(mounts[mount_path].replace("\\", "\\\\"), value)
-    return value
+    if not mounts:
+        return value
+    # One pass over all mounts (longest first), so a rewritten path is never rewritten again.
+    by_path = {path.rstrip("/") or "/": host for path, host in mounts.items()}
+    alternatives = "|".join(re.escape(p) for p in sorted(by_path, key=len, reverse=True))
+    pattern = re.compile(r"(?<![\w./-])(" + alternatives + r")(?=/|$|[\s:;,'\"])")
+    return pattern.sub(lambda match: by_path[match.group(1)], value)
 
 
 @dataclass

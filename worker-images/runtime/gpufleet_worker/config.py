@@ -23,6 +23,7 @@ Config file (YAML or JSON, camelCase)::
     keepFinishedJobs: 1000
 
 Environment: ``GPUFLEET_WORKER_CONFIG`` (config file path), ``POD_NAME``,
+``GPUFLEET_SIMULATED_GPU_PRODUCT`` / ``_MEMORY`` / ``_COUNT`` (the simulated GPU),
 ``GPUFLEET_S3_ENDPOINT``, ``AWS_REGION``, and the S3 credentials ``AWS_ACCESS_KEY_ID`` /
 ``AWS_SECRET_ACCESS_KEY``, which are read from the environment only (never from the file).
 """
@@ -205,6 +206,15 @@ def load_config(argv: list[str] | None = None, env: dict[str, str] | None = None
     image_fetch = dict(data.get("imageFetch") or data.get("image_fetch") or {})
     if env.get("POD_NAME") and "name" not in data:
         data["name"] = env["POD_NAME"]
+    # Set by a simulated device plugin (the local cluster's kubelet) the way the NVIDIA
+    # container runtime exposes real GPUs: the node's GPU class, for CPU-only machines.
+    for key, variable in (
+        ("product", "GPUFLEET_SIMULATED_GPU_PRODUCT"),
+        ("memory", "GPUFLEET_SIMULATED_GPU_MEMORY"),
+        ("count", "GPUFLEET_SIMULATED_GPU_COUNT"),
+    ):
+        if env.get(variable):
+            simulated[key] = env[variable]
     if env.get("GPUFLEET_S3_ENDPOINT"):
         s3["endpointUrl"] = env["GPUFLEET_S3_ENDPOINT"]
     if env.get("AWS_REGION"):

@@ -1,0 +1,1 @@
+"""The operator: kopf handlers and the loops that apply the pure decisions in gpufleet.core."""

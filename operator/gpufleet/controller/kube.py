@@ -1,0 +1,144 @@
+"""Thin async access to the API server for what the operator writes (reads come from watches)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import secrets
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.client.rest import ApiException
+
+from gpufleet.api.models import GROUP, VERSION
+
+log = logging.getLogger("gpufleet.kube")
+POOLS, JOBS = "workerpools", "generationjobs"
+COMPONENT = "gpufleet-operator"
+
+
+def load_client() -> client.ApiClient:
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+    configuration = client.Configuration.get_default_copy()
+    configuration.connection_pool_maxsize = 32
+    return client.ApiClient(configuration)
+
+
+class Kube:
+    def __init__(self, api: client.ApiClient) -> None:
+        self.core = client.CoreV1Api(api)
+        self.custom = client.CustomObjectsApi(api)
+        self.events = client.EventsV1Api(api)
+        self.coordination = client.CoordinationV1Api(api)
+
+    async def patch_status(
+        self, plural: str, namespace: str, name: str, status: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        """Merge-patches ``status``; returns the object as now stored, None if it was deleted."""
+        try:
+            return await asyncio.to_thread(
+                self.custom.patch_namespaced_custom_object_status,
+                GROUP,
+                VERSION,
+                namespace,
+                plural,
+                name,
+                {"status": status},
+            )
+        except ApiException as error:
+            if error.status != 404:
+                raise
+            return None
+
+    async def patch_metadata(
+        self, plural: str, namespace: str, name: str, metadata: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        try:
+            return await asyncio.to_thread(
+                self.custom.patch_namespaced_custom_object,
+                GROUP,
+                VERSION,
+                namespace,
+                plural,
+                name,
+                {"metadata": metadata},
+            )
+        except ApiException as error:
+            if error.status not in (404, 409):
+                raise
+            return None
+
+    async def delete_job(self, namespace: str, name: str) -> None:
+        try:
+            await asyncio.to_thread(
+                self.custom.delete_namespaced_custom_object, GROUP, VERSION, namespace, JOBS, name
+            )
+        except ApiException as error:
+            if error.status != 404:
+                raise
+
+    async def create_pod(self, namespace: str, manifest: dict[str, Any]) -> bool:
+        """Creates the pod; False when one of that name exists already (idempotent)."""
+        try:
+            await asyncio.to_thread(self.core.create_namespaced_pod, namespace, manifest)
+            return True
+        except ApiException as error:
+            if error.status == 409:
+                return False
+            raise
+
+    async def delete_pod(self, namespace: str, name: str, uid: str | None = None) -> None:
+        body = client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=uid) if uid else None)
+        try:
+            await asyncio.to_thread(self.core.delete_namespaced_pod, name, namespace, body=body)
+        except ApiException as error:
+            if error.status not in (404, 409):
+                raise
+
+    async def patch_pod_labels(self, namespace: str, name: str, pod_labels: dict[str, str | None]) -> None:
+        try:
+            await asyncio.to_thread(
+                self.core.patch_namespaced_pod, name, namespace, {"metadata": {"labels": pod_labels}}
+            )
+        except ApiException as error:
+            if error.status != 404:
+                raise
+
+    async def create_secret(self, namespace: str, manifest: dict[str, Any]) -> None:
+        try:
+            await asyncio.to_thread(self.core.create_namespaced_secret, namespace, manifest)
+        except ApiException as error:
+            if error.status != 409:
+                raise
+
+    async def event(self, obj: dict[str, Any], reason: str, note: str, warning: bool = False) -> None:
+        """Records a Kubernetes Event about ``obj``; failures are logged, never raised."""
+        meta = obj["metadata"]
+        now = dt.datetime.now(dt.UTC)
+        body = client.EventsV1Event(
+            metadata=client.V1ObjectMeta(
+                name=f"{meta['name']}.{secrets.token_hex(8)}", namespace=meta["namespace"]
+            ),
+            event_time=now,
+            reporting_controller=f"{GROUP}/operator",
+            reporting_instance=COMPONENT,
+            action=reason,
+            reason=reason,
+            note=note[:1024],
+            type="Warning" if warning else "Normal",
+            regarding=client.V1ObjectReference(
+                api_version=obj.get("apiVersion"),
+                kind=obj.get("kind"),
+                name=meta["name"],
+                namespace=meta["namespace"],
+                uid=meta.get("uid"),
+            ),
+        )
+        try:
+            await asyncio.to_thread(self.events.create_namespaced_event, meta["namespace"], body)
+        except Exception as error:  # an event is worth a log line, never a failed reconcile
+            log.warning("event %s on %s/%s not recorded: %s", reason, meta["namespace"], meta["name"], error)

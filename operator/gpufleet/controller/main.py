@@ -1,0 +1,64 @@
+"""``gpufleet operator``: leader election, metrics, then the kopf operator."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import kopf
+from kubernetes import client
+from prometheus_client import start_http_server
+
+from gpufleet.core.workerpod import WorkerEnv
+
+from . import handlers
+from .kube import load_client
+from .leader import LeaderElector
+from .state import read_key
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    scope = parser.add_mutually_exclusive_group()
+    scope.add_argument("--namespace", action="append", default=[], help="watch this namespace (repeatable)")
+    scope.add_argument("--all-namespaces", action="store_true", help="watch every namespace (default)")
+    parser.add_argument(
+        "--token-key-file",
+        type=Path,
+        required=True,
+        help="secret key the pools' worker tokens are derived from",
+    )
+    parser.add_argument("--leader-election-namespace", help="hold a Lease here; omit to run without election")
+    parser.add_argument("--metrics-port", type=int, default=8080)
+    parser.add_argument("--health-port", type=int, default=8081)
+    parser.add_argument("--bind-address", default="0.0.0.0", help="address for metrics and health")
+    parser.add_argument("--worker-s3-endpoint", help="S3 endpoint URL the workers write artifacts to")
+    parser.add_argument(
+        "--worker-s3-secret",
+        help="Secret (in each pool's namespace) with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY",
+    )
+    parser.add_argument("--worker-port", type=int, default=8080, help=argparse.SUPPRESS)
+    parser.add_argument("-v", "--verbose", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    kopf.configure(verbose=args.verbose)  # sets up logging for kopf and for us
+    for noisy in ("kubernetes", "httpx", "httpcore", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    handlers.SETTINGS.update(
+        token_key=read_key(args.token_key_file),
+        worker_env=WorkerEnv(
+            s3_endpoint=args.worker_s3_endpoint, s3_credentials_secret=args.worker_s3_secret
+        ),
+        worker_port=args.worker_port,
+    )
+    if args.leader_election_namespace:
+        LeaderElector(client.CoordinationV1Api(load_client()), args.leader_election_namespace).acquire()
+    start_http_server(args.metrics_port, addr=args.bind_address)
+    kopf.run(
+        standalone=True,
+        clusterwide=not args.namespace,
+        namespaces=args.namespace,
+        liveness_endpoint=f"http://{args.bind_address}:{args.health_port}/healthz",
+    )
+    return 0

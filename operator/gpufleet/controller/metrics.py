@@ -1,0 +1,30 @@
+"""The operator's Prometheus metrics (names are what dashboards, alerts and KEDA use)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+QUEUE_DEPTH = Gauge("gpufleet_queue_depth", "Jobs waiting in a pool's queue", ["namespace", "pool"])
+READY_WORKERS = Gauge("gpufleet_pool_ready_workers", "Workers ready to take jobs", ["namespace", "pool"])
+DESIRED_WORKERS = Gauge(
+    "gpufleet_pool_desired_workers", "Workers the pool should have", ["namespace", "pool"]
+)
+TRANSITIONS = Counter("gpufleet_job_transitions_total", "Job phase changes written", ["phase"])
+FINISHED = Counter("gpufleet_jobs_finished_total", "Jobs that ended", ["namespace", "pool", "outcome"])
+RUN_SECONDS = Histogram(
+    "gpufleet_job_run_seconds",
+    "From first dispatch to success",
+    buckets=(1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600),
+)
+DISPATCH_ERRORS = Counter("gpufleet_dispatch_errors_total", "Dispatches a worker refused or never answered")
+RECONCILE_ERRORS = Counter("gpufleet_reconcile_errors_total", "Pool reconcile rounds that raised", ["pool"])
+
+
+def count_transition(phase: str) -> None:
+    TRANSITIONS.labels(str(phase)).inc()
+
+
+def finished(namespace: str, pool: str, outcome: str, seconds: float) -> None:
+    FINISHED.labels(namespace, pool, outcome).inc()
+    if outcome == "succeeded":
+        RUN_SECONDS.observe(seconds)

@@ -1,0 +1,107 @@
+"""Decisions about one GenerationJob: how much VRAM it needs, whether its pool can ever run
+it, when to retry, when it has run out of time. Pure functions over plain values."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from gpufleet.api.conditions import Reason
+from gpufleet.api.models import GenerationJobSpec, WorkerPoolSpec
+from gpufleet.api.quantity import parse_quantity
+
+GIB = 2**30
+# Working memory of a diffusion run beyond the resident weights: a fixed part for the
+# sampler's buffers plus activations that grow with the pixels generated at once.
+BASE_WORKING_BYTES = 256 * 2**20
+BYTES_PER_PIXEL = 2048
+
+
+@dataclass(frozen=True)
+class GpuClass:
+    """A kind of GPU some node has (from its GPU Feature Discovery labels)."""
+
+    product: str
+    memory_bytes: int
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a job cannot be queued now; the job stays Pending with this reason and message."""
+
+    reason: Reason
+    message: str
+
+
+def working_vram(spec: GenerationJobSpec) -> int:
+    """VRAM the job needs besides its model's weights: spec.vram, else an estimate from the input."""
+    if spec.vram is not None:
+        return parse_quantity(spec.vram).value()
+    pixels = spec.input.width * spec.input.height * spec.input.num_images
+    return BASE_WORKING_BYTES + pixels * BYTES_PER_PIXEL
+
+
+def gib(size: int) -> str:
+    return f"{size / GIB:.2f}Gi"
+
+
+def pool_gpu_classes(pool: WorkerPoolSpec, cluster: list[GpuClass], min_memory: int) -> list[GpuClass]:
+    """The GPU classes a pool's workers can land on."""
+    allowed = set(pool.gpu.products)
+    return [c for c in cluster if c.memory_bytes >= min_memory and (not allowed or c.product in allowed)]
+
+
+def refusal(spec: GenerationJobSpec, pool: WorkerPoolSpec | None, classes: list[GpuClass]) -> Refusal | None:
+    """Why the job cannot join its pool's queue, or None when it can.
+
+    ``classes`` are the GPU classes the pool can get (see `pool_gpu_classes`).
+    """
+    if pool is None:
+        return Refusal(
+            Reason.POOL_NOT_FOUND, f"WorkerPool {spec.pool_ref.name!r} does not exist in this namespace"
+        )
+    models = {m.name: m for m in pool.models}
+    if spec.model not in models:
+        return Refusal(
+            Reason.MODEL_NOT_SERVED,
+            f"pool {spec.pool_ref.name!r} serves {sorted(models)}, not {spec.model!r}",
+        )
+    if spec.task not in pool.tasks:
+        return Refusal(
+            Reason.TASK_NOT_SERVED,
+            f"pool {spec.pool_ref.name!r} accepts tasks {[t.value for t in pool.tasks]}, "
+            f"not {spec.task.value!r}",
+        )
+    needed = parse_quantity(models[spec.model].vram).value() + working_vram(spec)
+    largest = max((c.memory_bytes for c in classes), default=0)
+    if needed > largest:
+        where = (
+            f"the largest GPU the pool can get has {gib(largest)}"
+            if classes
+            else "no node has a GPU that matches the pool's spec.gpu"
+        )
+        return Refusal(
+            Reason.UNSCHEDULABLE,
+            f"the job needs {gib(needed)} of VRAM per GPU (model {spec.model} "
+            f"{gib(needed - working_vram(spec))} + working memory {gib(working_vram(spec))}); {where}",
+        )
+    return None
+
+
+def retry_delay(attempts: int, max_attempts: int, backoff_seconds: int) -> float | None:
+    """Seconds to wait before the next attempt after ``attempts`` failed ones; None when exhausted."""
+    if attempts >= max_attempts:
+        return None
+    return float(backoff_seconds * 2 ** max(0, attempts - 1))
+
+
+def past_deadline(start_time: datetime | None, timeout_seconds: int, now: datetime) -> bool:
+    return start_time is not None and now >= start_time + timedelta(seconds=timeout_seconds)
+
+
+def ttl_expired(completion_time: datetime | None, ttl_seconds: int | None, now: datetime) -> bool:
+    return (
+        completion_time is not None
+        and ttl_seconds is not None
+        and now >= completion_time + timedelta(seconds=ttl_seconds)
+    )

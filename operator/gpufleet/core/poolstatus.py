@@ -1,0 +1,135 @@
+"""A WorkerPool's status from its pods, the workers' inventories and its jobs. Pure."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from gpufleet.api.conditions import (
+    Condition,
+    ConditionStatus,
+    ConditionType,
+    JobPhase,
+    Reason,
+    kstatus_conditions,
+)
+from gpufleet.api.models import WorkerPool
+from gpufleet_worker import protocol
+
+
+def _condition(
+    type_: ConditionType, value: bool, reason: str, message: str, generation: int, now: dt.datetime
+) -> Condition:
+    return Condition(
+        type=type_,
+        status=ConditionStatus.TRUE if value else ConditionStatus.FALSE,
+        reason=reason,
+        message=message,
+        observed_generation=generation,
+        last_transition_time=now,
+    )
+
+
+def pool_status(
+    pool: WorkerPool,
+    active: list[dict],
+    ready: list[dict],
+    inventories: dict[str, protocol.Inventory],
+    jobs: list[dict],
+    desired: int,
+    queue_depth: int,
+    label_selector: str,
+    now: dt.datetime,
+    unschedulable: bool,
+) -> dict[str, Any]:
+    """The pool's ``status`` as written to the API server (conditions keep their transition times)."""
+    generation = pool.metadata.get("generation", 1)
+    running: dict[str, list[str]] = {}
+    for job in jobs:
+        status = job.get("status") or {}
+        if status.get("phase") in (JobPhase.DISPATCHED, JobPhase.RUNNING):
+            running.setdefault((status.get("worker") or {}).get("pod", ""), []).append(
+                job["metadata"]["name"]
+            )
+    workers = []
+    for pod in sorted(active, key=lambda p: p["metadata"]["name"]):
+        name = pod["metadata"]["name"]
+        inventory = inventories.get(name)
+        workers.append(
+            {
+                "pod": name,
+                **({"node": pod["spec"]["nodeName"]} if pod["spec"].get("nodeName") else {}),
+                "ready": any(p["metadata"]["name"] == name for p in ready) and inventory is not None,
+                "gpus": [
+                    {
+                        "id": g.uuid,
+                        "product": g.product,
+                        "memoryTotal": str(g.memory_total_bytes),
+                        "memoryReserved": str(g.reserved_bytes),
+                        "memoryFree": str(g.admittable_bytes),
+                    }
+                    for g in (inventory.gpus if inventory else [])
+                ],
+                "loadedModels": sorted(
+                    m.name
+                    for m in (inventory.models if inventory else [])
+                    if m.state == protocol.ModelState.LOADED
+                ),
+                "jobs": sorted(running.get(name, [])),
+            }
+        )
+    ready_count = sum(1 for w in workers if w["ready"])
+    if unschedulable:
+        reason, message = (
+            Reason.INSUFFICIENT_GPUS,
+            "worker pods cannot be scheduled: no node has free GPUs matching spec.gpu",
+        )
+    elif ready_count < desired:
+        reason, message = Reason.WORKERS_STARTING, f"{ready_count} of {desired} workers ready"
+    elif desired == 0:
+        reason, message = Reason.SCALED_TO_ZERO, "no workers wanted"
+    else:
+        reason, message = Reason.WORKERS_READY, f"{ready_count} of {desired} workers ready"
+    settled = ready_count >= desired and len(active) == desired
+    conditions = kstatus_conditions(
+        ready=settled,
+        reconciling=not settled and not unschedulable,
+        stalled=unschedulable,
+        reason=reason,
+        message=message,
+        observed_generation=generation,
+        now=now,
+    )
+    conditions += [
+        _condition(
+            ConditionType.SCALING,
+            len(active) != desired,
+            Reason.SCALING_UP
+            if len(active) < desired
+            else Reason.SCALING_DOWN
+            if len(active) > desired
+            else Reason.RECONCILED,
+            f"{len(active)} workers, {desired} desired",
+            generation,
+            now,
+        ),
+        _condition(ConditionType.DEGRADED, 0 < ready_count < desired, reason, message, generation, now),
+    ]
+    previous = {c.type: c for c in pool.status.conditions}
+    rendered = []
+    for condition in conditions:
+        old = previous.get(condition.type)
+        if old is not None and old.status == condition.status:
+            condition = condition.model_copy(update={"last_transition_time": old.last_transition_time})
+        rendered.append(condition.model_dump(mode="json", by_alias=True, exclude_none=True))
+    return {
+        "observedGeneration": generation,
+        "replicas": len(active),
+        "desiredReplicas": desired,
+        "readyReplicas": ready_count,
+        "selector": label_selector,
+        "queueDepth": queue_depth,
+        "runningJobs": sum(len(v) for v in running.values()),
+        "workers": workers,
+        "conditions": rendered,
+    }

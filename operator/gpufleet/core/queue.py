@@ -1,0 +1,40 @@
+"""Queue order of a pool's waiting jobs: priority first, FIFO within a priority, with aging.
+
+Aging raises a job's effective priority by one level for every ``aging_seconds`` it has
+waited, so a steady stream of high-priority work cannot starve low-priority jobs forever.
+Ties keep arrival order (FIFO), then the name, so the order is total and stable.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+DEFAULT_AGING_SECONDS = 300.0
+
+
+@dataclass(frozen=True)
+class WaitingJob:
+    """A job waiting in a pool's queue, as the queue needs to see it."""
+
+    key: str  # namespace/name
+    priority: int
+    enqueued_at: float  # seconds (epoch) when it entered the queue: creation or last requeue
+
+
+def effective_priority(job: WaitingJob, now: float, aging_seconds: float = DEFAULT_AGING_SECONDS) -> int:
+    waited = max(0.0, now - job.enqueued_at)
+    return job.priority + (math.floor(waited / aging_seconds) if aging_seconds > 0 else 0)
+
+
+def order(
+    jobs: Iterable[WaitingJob], now: float, aging_seconds: float = DEFAULT_AGING_SECONDS
+) -> list[WaitingJob]:
+    """Jobs in dispatch order: highest effective priority, then earliest arrival, then name."""
+    return sorted(jobs, key=lambda j: (-effective_priority(j, now, aging_seconds), j.enqueued_at, j.key))
+
+
+def positions(ordered: Sequence[WaitingJob]) -> dict[str, int]:
+    """1-based queue position of each job, for ``status.queuePosition``."""
+    return {job.key: index for index, job in enumerate(ordered, start=1)}
