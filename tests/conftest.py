@@ -14,10 +14,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 from kubernetes import client
 
+from gpufleet.api import crdgen
 from gpufleet.localcluster import simnodes
 from gpufleet.localcluster.cluster import ExistingCluster, LocalCluster
+from gpufleet.localcluster.s3server import S3Server
 from gpufleet.localcluster.waiting import wait_for
 
 # The default mixed GPU fleet plus process-less nodes for scale tests (tainted: only pods
@@ -61,3 +64,46 @@ def namespace(cluster: LocalCluster, core: client.CoreV1Api, request: pytest.Fix
     )
     yield name
     core.delete_namespace(name)
+
+
+FIELD_MANAGER = "gpufleet-tests"
+
+
+def _established(crd: client.V1CustomResourceDefinition) -> bool:
+    return any(c.type == "Established" and c.status == "True" for c in (crd.status.conditions or []))
+
+
+@pytest.fixture(scope="session")
+def gpufleet_crds(cluster: LocalCluster | ExistingCluster) -> list[str]:
+    """Server-side apply crds/*.yaml and wait until both are Established."""
+    api = client.ApiextensionsV1Api(cluster.api_client())
+    names = []
+    for path in sorted(crdgen.CRD_DIR.glob("*.yaml")):
+        crd = yaml.safe_load(path.read_text())
+        api.patch_custom_resource_definition(
+            crd["metadata"]["name"],
+            crd,
+            field_manager=FIELD_MANAGER,
+            force=True,
+            _content_type="application/apply-patch+yaml",
+        )
+        names.append(crd["metadata"]["name"])
+    for name in names:
+        wait_for(
+            lambda name=name: api.read_custom_resource_definition(name),
+            _established,
+            60,
+            what=f"{name} Established",
+        )
+    return names
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """One MinIO for the session, on a free loopback port with a temporary data folder."""
+    server = S3Server().start()
+    print(f"\nS3 server up in {server.startup_seconds:.1f}s at {server.endpoint}")
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -1,5 +1,4 @@
-"""Fixtures for worker tests: the real S3-compatible server (tests using it are marked ``s3``)
-and workers started as processes."""
+"""Fixtures for worker tests: workers started as processes (the S3 server is in tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -15,20 +14,8 @@ import httpx
 import pytest
 
 from gpufleet.localcluster.processes import ManagedProcess, ProcessExited, free_port
-from gpufleet.localcluster.s3server import S3Server
 from gpufleet.localcluster.waiting import wait_for
 from gpufleet_worker.protocol import AUTH_HEADER, auth_header_value
-
-
-@pytest.fixture(scope="session")
-def s3_server() -> Iterator[S3Server]:
-    """One MinIO for the session, on a free loopback port with a temporary data folder."""
-    server = S3Server().start()
-    print(f"\nS3 server up in {server.startup_seconds:.1f}s at {server.endpoint}")
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 class WorkerProcess:
