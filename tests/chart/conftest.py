@@ -18,8 +18,6 @@ from gpufleet.localcluster import binaries
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHART = REPO_ROOT / "charts" / "gpufleet"
-# helm built from source reports Kubernetes v1.20 unless told; the chart needs >= 1.30.
-KUBE_VERSION = "1.36.0"
 RELEASE = "gf"
 RELEASE_NAMESPACE = "gpufleet-system"
 
@@ -63,8 +61,6 @@ def helm_template(helm: Path) -> Callable[..., subprocess.CompletedProcess[str]]
                 str(CHART),
                 "--namespace",
                 RELEASE_NAMESPACE,
-                "--kube-version",
-                KUBE_VERSION,
                 *helm_set_args(values or {}),
                 *extra,
             ],

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import CHART, KUBE_VERSION, RELEASE_NAMESPACE, helm_set_args, load_hack_module
+from .conftest import CHART, RELEASE_NAMESPACE, helm_set_args, load_hack_module
 
 sync_chart = load_hack_module("sync_chart")
 
@@ -36,7 +36,7 @@ def operator_container(docs: list[dict[str, Any]]) -> dict[str, Any]:
 @pytest.mark.parametrize("values", [{}, NAMESPACED], ids=["default", "namespaced"])
 def test_helm_lint_passes(helm, values):
     result = subprocess.run(
-        [str(helm), "lint", str(CHART), "--strict", "--kube-version", KUBE_VERSION, *helm_set_args(values)],
+        [str(helm), "lint", str(CHART), "--strict", *helm_set_args(values)],
         capture_output=True,
         text=True,
         check=False,
@@ -47,7 +47,7 @@ def test_helm_lint_passes(helm, values):
 
 def test_helm_lint_fails_on_a_bad_value(helm):
     result = subprocess.run(
-        [str(helm), "lint", str(CHART), "--kube-version", KUBE_VERSION, "--set", "replicas=two"],
+        [str(helm), "lint", str(CHART), "--set", "replicas=two"],
         capture_output=True,
         text=True,
         check=False,
