@@ -1,0 +1,367 @@
+"""A discrete-event simulation of one WorkerPool: pods, model loads, GPU sharing, the queue.
+
+What it models (README.md says the same for readers of the results):
+
+- A worker is a pod with one GPU. It holds its GPU from creation until it exits. It serves
+  after a pod start delay (scheduling and container start, uniform `Timing.pod_start_s`).
+- A worker keeps up to `Pool.models_per_worker` models loaded (least recently used ones go,
+  never one a placed job needs). A job for a model its worker lacks waits for a model load: a
+  cold start, lognormal with median `Timing.load_median_s` and p90 `Timing.load_p90_s`. Jobs
+  placed while that model loads wait for the same load.
+- Up to `Pool.max_jobs_per_gpu` jobs share a GPU when their VRAM fits. Jobs sharing it run
+  slower: k jobs together progress at `throughput(k)` GPUs' worth, split evenly.
+- The queue is FIFO (requeued jobs go to the back). A job goes to a ready, serving worker
+  with room for it, preferring one that holds (or is loading) its model, then the fullest.
+- A draining worker takes no new jobs and exits once idle. A terminating worker (a pod
+  deleted by a Deployment) takes no new jobs; after the grace period its jobs are killed and
+  requeued.
+
+Figures: a job's *queue wait* runs from its arrival to its placement on a worker (for a job
+whose pod was killed, to its last placement). Its *start delay* runs on to the start of the
+inference that completes it, so it adds the model load the job waited for. A *cold start* is
+one model load. *GPU-seconds used* is the time GPUs were held by the pool's
+pods; *idle* is the part of it in which a GPU neither ran a job nor loaded a model.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from bench.autoscale.trace import GiB, Trace, TraceJob
+
+
+@dataclass(frozen=True)
+class Pool:
+    """The simulated WorkerPool: its GPUs and its autoscaling fields."""
+
+    gpu_vram: int = 24 * GiB
+    max_jobs_per_gpu: int = 2
+    models_per_worker: int = 2
+    min_replicas: int = 0
+    max_replicas: int = 16
+    target_jobs_per_worker: int = 2
+    scale_up_stabilization_s: float = 0
+    scale_down_stabilization_s: float = 120  # as in examples/workerpool.yaml
+    idle_before_zero_s: float = 300
+    sharing_gain: float = 0.3  # each extra job on a GPU adds this much throughput
+
+    def throughput(self, k: int) -> float:
+        return 1.0 + self.sharing_gain * (k - 1)
+
+    def concurrency(self, vram: int) -> int:
+        return min(self.max_jobs_per_gpu, self.gpu_vram // vram)
+
+
+@dataclass(frozen=True)
+class Timing:
+    pod_start_s: tuple[float, float] = (10.0, 20.0)
+    load_median_s: float = 23.0
+    load_p90_s: float = 42.0
+    load_bounds_s: tuple[float, float] = (5.0, 300.0)
+    termination_grace_s: float = 30.0  # Kubernetes' default terminationGracePeriodSeconds
+
+    @property
+    def load_sigma(self) -> float:
+        return math.log(self.load_p90_s / self.load_median_s) / 1.2815515655446004  # z(0.9)
+
+
+@dataclass(eq=False)
+class SimJob:
+    spec: TraceJob
+    enqueued_at: float
+    remaining: float
+    placed: float | None = None  # when the current attempt went to a worker
+    start: float | None = None  # inference start of the current attempt
+    finish: float | None = None
+    worker: Worker | None = None
+    attempts: int = 0
+
+
+@dataclass(eq=False)
+class Worker:
+    name: str
+    created_at: float
+    ready: bool = False
+    draining: bool = False
+    terminating: bool = False
+    models: dict[str, float] = field(default_factory=dict)  # loaded model -> last used
+    loading: dict[str, float] = field(default_factory=dict)  # model -> load done at
+    jobs: list[SimJob] = field(default_factory=list)  # placed: loading or running
+    running: list[SimJob] = field(default_factory=list)
+    vram_used: int = 0
+    last_update: float = 0.0
+    version: int = 0
+    active_since: float | None = None
+    active_s: float = 0.0
+    ready_at: float | None = None
+
+    @property
+    def serving(self) -> bool:
+        return not (self.draining or self.terminating)
+
+    @property
+    def accepting(self) -> bool:
+        return self.ready and self.serving
+
+
+@dataclass(frozen=True)
+class Result:
+    policy: str
+    trace: str
+    waits: np.ndarray  # seconds from arrival to the final placement on a worker, per finished job
+    start_delays: np.ndarray  # seconds from arrival to the start of the final inference
+    cold_starts: int
+    gpu_s: float
+    idle_gpu_s: float
+    interrupted: int  # job attempts killed with their pod
+    unfinished: int
+    peak_workers: int
+
+
+@dataclass(frozen=True)
+class Loop:
+    """A policy's control loop: `body` runs every `period_s` seconds from `offset_s`."""
+
+    period_s: float
+    offset_s: float
+    body: Callable[[Sim], None]
+
+
+class Sim:
+    def __init__(self, trace: Trace, pool: Pool, timing: Timing, seed: int, tail_s: float = 3600.0) -> None:
+        self.trace, self.pool, self.timing = trace, pool, timing
+        self.rng = np.random.default_rng(seed)
+        self.end = trace.horizon + tail_s
+        self.now = 0.0
+        self.jobs = [SimJob(j, j.arrival, j.work) for j in trace.jobs]
+        self.queue: list[SimJob] = []
+        self.workers: dict[str, Worker] = {}
+        # (time, sequence, kind, payload): "arrive" SimJob, "tick" loop index, otherwise
+        # (Worker, detail): "ready" / "kill" None, "load" the model, "finish" the worker's version.
+        self._events: list[tuple[float, int, str, Any]] = []
+        self._seq = itertools.count()
+        self._names = itertools.count()
+        self.cold_starts = 0
+        self.interrupted = 0
+        self.gpu_s = 0.0
+        self.idle_gpu_s = 0.0
+        self.peak_workers = 0
+
+    # --- what policies do -------------------------------------------------------------------
+
+    def create_worker(self) -> Worker:
+        w = Worker(name=f"w{next(self._names)}", created_at=self.now, last_update=self.now)
+        self.workers[w.name] = w
+        self.peak_workers = max(self.peak_workers, len(self.workers))
+        self._push(self.now + self.rng.uniform(*self.timing.pod_start_s), "ready", (w, None))
+        return w
+
+    def drain(self, w: Worker) -> None:
+        w.draining = True
+        if not w.jobs:
+            self._remove(w)
+
+    def resume(self, w: Worker) -> None:
+        w.draining = False
+        self._dispatch()
+
+    def terminate(self, w: Worker) -> None:
+        """Delete the pod: it takes no new jobs, and its jobs die after the grace period."""
+        w.terminating = True
+        if not w.jobs:
+            self._remove(w)
+        else:
+            self._push(self.now + self.timing.termination_grace_s, "kill", (w, None))
+
+    def queued_and_running(self) -> int:
+        return len(self.queue) + sum(len(w.jobs) for w in self.workers.values())
+
+    # --- the run ----------------------------------------------------------------------------
+
+    def run(self, policy_name: str, loops: list[Loop]) -> Result:
+        for job in self.jobs:
+            self._push(job.spec.arrival, "arrive", job)
+        for i, loop in enumerate(loops):
+            self._push(loop.offset_s, "tick", i)
+        while self._events:
+            t, _, kind, payload = heapq.heappop(self._events)
+            if t > self.end:
+                break
+            self.now = t
+            if kind == "arrive":
+                self.queue.append(payload)
+                self._dispatch()
+            elif kind == "tick":
+                loop = loops[payload]
+                loop.body(self)
+                self._push(t + loop.period_s, "tick", payload)
+            else:
+                worker, detail = payload
+                if worker.name not in self.workers or self.workers[worker.name] is not worker:
+                    continue  # gone
+                if kind == "ready":
+                    worker.ready, worker.ready_at = True, t
+                    self._dispatch()
+                elif kind == "load":
+                    self._loaded(worker, detail)
+                elif kind == "finish" and detail == worker.version:
+                    self._finished(worker)
+                elif kind == "kill":
+                    self._kill(worker)
+        self.now = self.end
+        for w in list(self.workers.values()):
+            self._remove(w)
+        done = [j for j in self.jobs if j.finish is not None]
+        return Result(
+            policy=policy_name,
+            trace=self.trace.name,
+            waits=np.array([(j.placed or 0.0) - j.spec.arrival for j in done]),
+            start_delays=np.array([(j.start or 0.0) - j.spec.arrival for j in done]),
+            cold_starts=self.cold_starts,
+            gpu_s=self.gpu_s,
+            idle_gpu_s=self.idle_gpu_s,
+            interrupted=self.interrupted,
+            unfinished=len(self.jobs) - len(done),
+            peak_workers=self.peak_workers,
+        )
+
+    # --- mechanics --------------------------------------------------------------------------
+
+    def _push(self, t: float, kind: str, payload: Any) -> None:
+        heapq.heappush(self._events, (t, next(self._seq), kind, payload))
+
+    def _fits(self, w: Worker, job: SimJob) -> bool:
+        return len(w.jobs) < self.pool.max_jobs_per_gpu and w.vram_used + job.spec.vram <= self.pool.gpu_vram
+
+    def _dispatch(self) -> None:
+        if not self.queue:
+            return
+        open_ = [w for w in self.workers.values() if w.accepting and len(w.jobs) < self.pool.max_jobs_per_gpu]
+        if not open_:
+            return
+        left: list[SimJob] = []
+        for i, job in enumerate(self.queue):
+            fitting = [w for w in open_ if self._fits(w, job)]
+            if not fitting:
+                left.append(job)
+                continue
+            model = job.spec.model
+            w = min(
+                fitting,
+                key=lambda w: (model not in w.models and model not in w.loading, -w.vram_used),
+            )
+            self._place(job, w)
+            if len(w.jobs) >= self.pool.max_jobs_per_gpu:
+                open_.remove(w)
+                if not open_:
+                    left.extend(self.queue[i + 1 :])
+                    break
+        self.queue = left
+
+    def _place(self, job: SimJob, w: Worker) -> None:
+        job.worker, job.placed = w, self.now
+        job.attempts += 1
+        w.jobs.append(job)
+        w.vram_used += job.spec.vram
+        model = job.spec.model
+        if model in w.models:
+            self._start(w, job)
+        elif model not in w.loading:
+            self.load(w, model)
+
+    def load(self, w: Worker, model: str) -> None:
+        """Load `model` on `w` (the oracle also calls this to load ahead of its jobs)."""
+        self._evict_for_one(w)
+        lo, hi = self.timing.load_bounds_s
+        median, sigma = self.timing.load_median_s, self.timing.load_sigma
+        seconds = float(np.clip(self.rng.lognormal(math.log(median), sigma), lo, hi))
+        w.loading[model] = self.now + seconds
+        self.cold_starts += 1
+        self._push(self.now + seconds, "load", (w, model))
+        self._activity(w)
+
+    def _evict_for_one(self, w: Worker) -> None:
+        needed = {j.spec.model for j in w.jobs}
+        while len(w.models) + len(w.loading) >= self.pool.models_per_worker:
+            spare = [m for m in w.models if m not in needed]
+            if not spare:
+                return
+            del w.models[min(spare, key=w.models.__getitem__)]
+
+    def _loaded(self, w: Worker, model: str) -> None:
+        del w.loading[model]
+        w.models[model] = self.now
+        for job in w.jobs:
+            if job.spec.model == model and job.start is None:
+                self._start(w, job)
+        self._activity(w)
+
+    def _advance(self, w: Worker) -> None:
+        if w.running:
+            rate = self.pool.throughput(len(w.running)) / len(w.running)
+            for job in w.running:
+                job.remaining -= (self.now - w.last_update) * rate
+        w.last_update = self.now
+
+    def _reschedule(self, w: Worker) -> None:
+        w.version += 1
+        if w.running:
+            rate = self.pool.throughput(len(w.running)) / len(w.running)
+            soonest = min(j.remaining for j in w.running)
+            self._push(self.now + max(soonest, 0.0) / rate, "finish", (w, w.version))
+
+    def _start(self, w: Worker, job: SimJob) -> None:
+        self._advance(w)
+        job.start = self.now
+        w.models[job.spec.model] = self.now
+        w.running.append(job)
+        self._reschedule(w)
+        self._activity(w)
+
+    def _finished(self, w: Worker) -> None:
+        self._advance(w)
+        done = [j for j in w.running if j.remaining <= 1e-6]
+        for job in done:
+            job.finish = self.now
+            w.running.remove(job)
+            w.jobs.remove(job)
+            w.vram_used -= job.spec.vram
+            w.models[job.spec.model] = self.now
+        self._reschedule(w)
+        self._activity(w)
+        if not w.serving and not w.jobs:
+            self._remove(w)
+        self._dispatch()
+
+    def _kill(self, w: Worker) -> None:
+        for job in w.jobs:
+            self.interrupted += 1
+            job.placed, job.start, job.worker, job.remaining = None, None, None, job.spec.work
+            job.enqueued_at = self.now
+            self.queue.append(job)
+        w.jobs, w.running = [], []
+        self._remove(w)
+        self._dispatch()
+
+    def _activity(self, w: Worker) -> None:
+        active = bool(w.running or w.loading)
+        if active and w.active_since is None:
+            w.active_since = self.now
+        elif not active and w.active_since is not None:
+            w.active_s += self.now - w.active_since
+            w.active_since = None
+
+    def _remove(self, w: Worker) -> None:
+        w.running, w.loading = [], {}
+        self._activity(w)
+        held = self.now - w.created_at
+        self.gpu_s += held
+        self.idle_gpu_s += held - w.active_s
+        del self.workers[w.name]
