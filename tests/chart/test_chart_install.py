@@ -8,6 +8,7 @@ may and may not do; `helm uninstall` leaves nothing of the release but the CRDs.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import subprocess
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from kubernetes import client
 
 from gpufleet.localcluster.waiting import wait_for
@@ -25,6 +27,8 @@ from gpufleet.localcluster.waiting import wait_for
 from .conftest import CHART, helm_set_args
 
 pytestmark = [pytest.mark.cluster, pytest.mark.localkubelet, pytest.mark.slow]
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 CRD_NAMES = ("workerpools.gpufleet.io", "generationjobs.gpufleet.io")
 # Kinds a release of the chart creates; after uninstall none may carry its instance label.
@@ -131,6 +135,12 @@ def operator_pod(core: client.CoreV1Api, release: Release) -> client.V1Pod:
     return pods[0] if pods else None
 
 
+def pod_ready(pod: client.V1Pod | None) -> bool:
+    return pod is not None and any(
+        c.type == "Ready" and c.status == "True" for c in (pod.status.conditions or [])
+    )
+
+
 def process_of_pod(pod_name: str) -> tuple[list[str], dict[str, str]]:
     """Command line and environment of the local process the stand-in runs for ``pod_name``."""
     for proc in Path("/proc").iterdir():
@@ -150,8 +160,6 @@ def process_of_pod(pod_name: str) -> tuple[list[str], dict[str, str]]:
 
 def token_user(api: client.ApiClient, kubeconfig: Path) -> str:
     """Who the API server says the token in ``kubeconfig`` belongs to (a TokenReview)."""
-    import yaml
-
     token = yaml.safe_load(kubeconfig.read_text())["users"][0]["user"]["token"]
     review = client.AuthenticationV1Api(api).create_token_review(
         client.V1TokenReview(spec=client.V1TokenReviewSpec(token=token))
@@ -165,16 +173,9 @@ def test_operator_pod_runs_as_the_charts_service_account(cluster, core, install,
     release = install({"watchNamespaces": [watched]})
     pod = wait_for(
         lambda: operator_pod(core, release),
-        lambda p: (
-            p is not None
-            and p.status.container_statuses
-            and (
-                p.status.container_statuses[0].state.running
-                or p.status.container_statuses[0].state.terminated
-            )
-        ),
+        pod_ready,
         120,
-        what="the operator pod to be started by the local kubelet",
+        what="the operator pod to be run by the local kubelet and pass its health probes",
     )
     assert pod.spec.service_account_name == release.service_account
     assert pod.spec.node_name == "cpu-0", "the operator belongs on a node without GPU taints"
@@ -265,3 +266,45 @@ def test_uninstall_removes_everything_but_the_crds(cluster, core, install, extra
     wait_for(leftovers, lambda names: names == [], 60, what=f"every object of release {release.name} to go")
     crds = json.loads(cluster.kubectl("get", "crd", *CRD_NAMES, "-o", "json").stdout)["items"]
     assert sorted(c["metadata"]["name"] for c in crds) == sorted(CRD_NAMES)
+
+
+@pytest.mark.s3
+def test_sample_pool_and_job_succeed_under_the_chart(cluster, core, install, extra_namespaces, s3_server):
+    watched, _ = extra_namespaces
+    bucket = s3_server.create_bucket(f"chart-{uuid.uuid4().hex[:8]}")
+    cluster.kubectl(
+        "create", "secret", "generic", "s3-credentials", "-n", watched,
+        f"--from-literal=AWS_ACCESS_KEY_ID={s3_server.access_key}",
+        f"--from-literal=AWS_SECRET_ACCESS_KEY={s3_server.secret_key}",
+    )  # fmt: skip
+    release = install(
+        {
+            "watchNamespaces": [watched],
+            "artifacts": {"s3": {"endpoint": s3_server.endpoint, "credentialsSecret": "s3-credentials"}},
+        }
+    )
+    wait_for(lambda: operator_pod(core, release), pod_ready, 120, what="the operator pod to be ready")
+    pool = yaml.safe_load((EXAMPLES / "workerpool.yaml").read_text())
+    job = yaml.safe_load((EXAMPLES / "text-to-image.yaml").read_text())
+    job["spec"]["output"]["uri"] = f"s3://{bucket}/{watched}/"
+    cluster.kubectl("apply", "-n", watched, "-f", "-", input=yaml.safe_dump_all([pool, job]))
+
+    def status() -> dict[str, Any]:
+        got = cluster.kubectl("get", "generationjob", job["metadata"]["name"], "-n", watched, "-o", "json")
+        return json.loads(got.stdout).get("status") or {}
+
+    done = wait_for(
+        status,
+        lambda s: s.get("phase") in ("Succeeded", "Failed", "Cancelled"),
+        300,
+        what="the sample job to finish",
+    )
+    assert done["phase"] == "Succeeded", done
+    assert len(done["artifacts"]) == job["spec"]["input"]["numImages"]
+    s3 = s3_server.client()
+    for artifact in done["artifacts"]:
+        key = artifact["url"].removeprefix(f"s3://{bucket}/")
+        body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        assert hashlib.sha256(body).hexdigest() == artifact["sha256"]
+    conditions = {c["type"]: c["status"] for c in done["conditions"]}
+    assert conditions == {"Ready": "True", "Reconciling": "False", "Stalled": "False"}
