@@ -127,18 +127,17 @@ def install(cluster: Any, namespace: str, helm: Path, tmp_path: Path) -> Iterato
         release.run_helm("uninstall", release.name, "--wait", check=False)
 
 
-def operator_pod(core: client.CoreV1Api, release: Release) -> client.V1Pod:
+def operator_pod(core: client.CoreV1Api, release: Release) -> client.V1Pod | None:
     pods = core.list_namespaced_pod(
         release.namespace, label_selector=f"app.kubernetes.io/instance={release.name}"
     ).items
-    assert len(pods) <= 1, [p.metadata.name for p in pods]
+    assert len(pods) <= 1, f"{len(pods)} operator pods"
     return pods[0] if pods else None
 
 
 def pod_ready(pod: client.V1Pod | None) -> bool:
-    return pod is not None and any(
-        c.type == "Ready" and c.status == "True" for c in (pod.status.conditions or [])
-    )
+    conditions = (pod.status.conditions if pod and pod.status else None) or []
+    return any(c.type == "Ready" and c.status == "True" for c in conditions)
 
 
 def process_of_pod(pod_name: str) -> tuple[list[str], dict[str, str]]:
@@ -164,8 +163,9 @@ def token_user(api: client.ApiClient, kubeconfig: Path) -> str:
     review = client.AuthenticationV1Api(api).create_token_review(
         client.V1TokenReview(spec=client.V1TokenReviewSpec(token=token))
     )
-    assert review.status.authenticated, review.status.error
-    return review.status.user.username
+    status = review.status
+    assert status is not None and status.authenticated and status.user, status
+    return str(status.user.username)
 
 
 def test_operator_pod_runs_as_the_charts_service_account(cluster, core, install, extra_namespaces):
