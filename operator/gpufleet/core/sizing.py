@@ -20,10 +20,10 @@ of 1 gives 1. The recommendation is the sum of shares rounded up, within
 [minReplicas, maxReplicas]. Jobs too big for one GPU of the pool count for nothing (more
 workers would not run them; the operator reports them Unschedulable).
 
-Scale to zero. While the pool has no queued or running job it can run, but for less than
-idleSecondsBeforeZero, the recommendation is at least one worker (a warm worker rides out a
-short lull). Once idle that long, and minReplicas is 0, the pool goes to zero at once: the idle
-time is the stabilization of that step. The first job then recommends at least one worker,
+Scale to zero. While the pool has had no queued or running job it can run for less than
+idleSecondsBeforeZero, a pool that has workers keeps one warm (it rides out a short lull).
+Once idle that long, and minReplicas is 0, the pool goes to zero at once: the idle time is
+the stabilization of that step. The first job then recommends at least one worker,
 subject to the scale-up window like any other increase.
 
 Stabilization is the HorizontalPodAutoscaler's: the size rises only to the *lowest*
