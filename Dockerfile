@@ -1,0 +1,21 @@
+# The gpufleet operator image (what charts/gpufleet runs as `gpufleet operator ...`).
+# Build from the repository root:  docker build -t ghcr.io/gpufleet/operator:dev .
+# Runs as a non-root user with a read-only root filesystem: the chart mounts an emptyDir
+# for temporary files and points TMPDIR at it.
+FROM python:3.11-slim AS build
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY operator ./operator
+COPY worker-images/runtime ./worker-images/runtime
+RUN python -m venv /opt/gpufleet \
+ && /opt/gpufleet/bin/pip install --no-cache-dir .
+
+FROM python:3.11-slim
+COPY --from=build /opt/gpufleet /opt/gpufleet
+ENV PATH=/opt/gpufleet/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1
+USER 65532:65532
+EXPOSE 8080 8081
+ENTRYPOINT ["gpufleet"]
+CMD ["operator", "--help"]
