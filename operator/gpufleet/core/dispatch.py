@@ -4,6 +4,11 @@ The workers' view is what their inventories reported, less what this round (and 
 dispatch not yet visible in an inventory) has already reserved, so a round can never
 over-commit a GPU. A job that does not fit now is skipped and smaller ones behind it may
 go (backfill); aging in the queue order keeps skipped jobs from waiting forever.
+
+A job keeps away from the workers that lost an earlier attempt of it while another ready
+worker could take it, even if that worker is busy now; when none could (a one-worker pool,
+whose replacement pod keeps its name, or every worker lost an attempt) the avoided workers
+are used rather than leaving the job queued for ever.
 """
 
 from __future__ import annotations
@@ -50,15 +55,39 @@ def plan(ordered: Sequence[QueuedJob], workers: Iterable[Worker], mix: DemandMix
     waiting: dict[str, NoFit] = {}
     for job in ordered:
         demand = Demand(gpus=job.gpus, vram=job.vram, products=job.products)
-        view = fleet
-        if job.avoid:
-            eligible = fleet.eligible & ~np.isin(np.array(fleet.worker_names), list(job.avoid))
-            eligible.flags.writeable = False
-            view = dataclasses.replace(fleet, eligible=eligible)
+        view, avoided = _without_avoided(fleet, job, demand)
         result = placement.place(view, Job(demand, job.model), mix)
         if isinstance(result, NoFit):
+            if avoided:
+                result = dataclasses.replace(
+                    result,
+                    reason=f"{result.reason}; not on {', '.join(avoided)}, which lost an earlier attempt "
+                    "of this job, while another worker could take it",
+                )
             waiting[job.key] = result
             continue
         fleet = placement.commit(fleet, result)
         assignments.append(Assignment(job.key, result))
     return Plan(tuple(assignments), waiting)
+
+
+def _without_avoided(fleet: Fleet, job: QueuedJob, demand: Demand) -> tuple[Fleet, list[str]]:
+    """The fleet as ``job`` may use it, and the names of the eligible workers kept from it.
+
+    Avoided workers stay out only while some other eligible worker could take the job were it
+    idle (enough GPUs of an allowed product, each with the VRAM in total)."""
+    names = np.array(fleet.worker_names, dtype=object)
+    avoided = fleet.eligible & np.isin(names, list(job.avoid))
+    if not avoided.any():
+        return fleet, []
+    big_enough = (
+        (fleet.vram_total >= demand.vram_on(fleet.vram_total))
+        & fleet.allowed(demand.products)
+        & (fleet.eligible & ~avoided)[fleet.gpu_worker]
+    )
+    hosts = np.bincount(fleet.gpu_worker[big_enough], minlength=len(names)) >= demand.gpus
+    if not hosts.any():
+        return fleet, []
+    eligible = fleet.eligible & ~avoided
+    eligible.flags.writeable = False
+    return dataclasses.replace(fleet, eligible=eligible), sorted(names[avoided])
