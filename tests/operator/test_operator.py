@@ -1,0 +1,224 @@
+"""The operator on the real control plane, with real worker processes and the real S3 server."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from kubernetes import client
+
+from gpufleet import labels
+
+pytestmark = [pytest.mark.cluster, pytest.mark.localkubelet, pytest.mark.s3]
+
+
+def worker_pids(pod_name: str) -> list[int]:
+    """Local processes of a worker pod (the stand-in runs them with POD_NAME in their env)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if (
+                b"gpufleet-worker" in (proc / "cmdline").read_bytes()
+                and f"POD_NAME={pod_name}\0".encode() in (proc / "environ").read_bytes()
+            ):
+                pids.append(int(proc.name))
+        except OSError:
+            continue
+    return pids
+
+
+def test_jobs_run_in_priority_order_without_overcommit_and_artifacts_match(fleet, s3_server):
+    priorities = [0, 10, 5, 0, 10, 5, 0, 10, 5, 0, 10, 5, 0, 10, 5, 0, 10, 5, 100, -5]
+    fleet.pool("sd", replicas=0, min_memory="20Gi", max_jobs_per_gpu=2)
+    for i, priority in enumerate(priorities):  # all queued before any worker exists
+        fleet.job(f"j{i}", priority=priority, steps=6)
+    for i in range(len(priorities)):
+        fleet.wait_phase(f"j{i}", "Queued")
+    fleet.custom.patch_namespaced_custom_object_scale(
+        "gpufleet.io", "v1alpha1", fleet.namespace, "workerpools", "sd", {"spec": {"replicas": 2}}
+    )
+
+    dispatch_order: list[str] = []
+    samples: list[str] = []
+    done = threading.Event()
+
+    def watch() -> None:
+        seen = set()
+        while not done.is_set():
+            for job in fleet.jobs():
+                name, phase = job["metadata"]["name"], job.get("status", {}).get("phase")
+                if phase in ("Dispatched", "Running", "Succeeded") and name not in seen:
+                    seen.add(name)
+                    dispatch_order.append(name)
+            for inventory in fleet.inventories("sd"):
+                for gpu in inventory.gpus:
+                    if (
+                        gpu.reserved_bytes > gpu.memory_total_bytes
+                        or gpu.running_jobs > inventory.max_jobs_per_gpu
+                    ):
+                        samples.append(f"{inventory.worker} {gpu.uuid}: {gpu}")
+            time.sleep(0.2)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        for i in range(len(priorities)):
+            fleet.wait_phase(f"j{i}", "Succeeded", timeout=240)
+    finally:
+        done.set()
+        watcher.join(5)
+
+    assert samples == [], "a GPU was over-committed"
+    for pod in fleet.worker_pods("sd"):
+        node = fleet.core.read_node(pod.spec.node_name)
+        assert int(node.metadata.labels[labels.GPU_MEMORY_MIB]) >= 20 * 1024
+    # The highest priorities went first: every priority-10+ job before any priority-0 or lower one.
+    rank = {name: dispatch_order.index(name) for name in dispatch_order}
+    high = [f"j{i}" for i, p in enumerate(priorities) if p >= 10]
+    low = [f"j{i}" for i, p in enumerate(priorities) if p <= 0]
+    assert max(rank[n] for n in high) < min(rank[n] for n in low), dispatch_order
+    assert rank["j18"] < 4, dispatch_order  # priority 100: in the first round (2 workers x 2 slots)
+
+    s3 = s3_server.client()
+    for i in range(len(priorities)):
+        status = fleet.get_job(f"j{i}")["status"]
+        assert status["attempts"] == 1 and status["reason"] == "Completed"
+        assert [c["type"] for c in status["conditions"] if c["status"] == "True"] == ["Ready"]
+        for artifact in status["artifacts"]:
+            bucket, key = artifact["url"].removeprefix("s3://").split("/", 1)
+            data = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+            assert hashlib.sha256(data).hexdigest() == artifact["sha256"]
+            assert len(data) == artifact["sizeBytes"]
+    pool = fleet.get_pool("sd")["status"]
+    assert pool["readyReplicas"] == 2 and pool["replicas"] == 2
+    assert pool["selector"] == "app.kubernetes.io/name=gpufleet-worker,gpufleet.io/pool=sd"
+    assert {w["gpus"][0]["product"] for w in pool["workers"]} <= {"NVIDIA-L4", "NVIDIA-A100-SXM4-80GB"}
+
+
+def test_job_needing_more_vram_than_any_gpu_stays_pending_unschedulable(fleet):
+    fleet.pool("sd", replicas=0)
+    fleet.job("huge", vram="200Gi")
+    job = fleet.wait_job("huge", lambda j: j.get("status", {}).get("reason") == "Unschedulable", 60)
+    status = job["status"]
+    assert status["phase"] == "Pending"
+    assert "201.00Gi" in status["message"] and "80.00Gi" in status["message"], status["message"]
+
+
+def test_job_naming_missing_pool_waits_then_runs_when_pool_appears(fleet):
+    fleet.job("early", pool="later")
+    job = fleet.wait_job("early", lambda j: j.get("status", {}).get("reason") == "PoolNotFound", 60)
+    assert job["status"]["phase"] == "Pending" and "later" in job["status"]["message"]
+    fleet.pool("later", replicas=1)
+    fleet.wait_phase("early", "Succeeded", timeout=120)
+
+
+def test_killed_worker_process_gives_job_to_another_worker_as_attempt_two(fleet):
+    fleet.pool("sd", replicas=2)
+    fleet.wait_ready_workers("sd", 2)
+    fleet.job("long", steps=250, size=128, retry={"maxAttempts": 3, "backoffSeconds": 1})
+    running = fleet.wait_job(
+        "long",
+        lambda j: (
+            j.get("status", {}).get("phase") == "Running"
+            and j["status"].get("progress", {}).get("step", 0) >= 2
+        ),
+        120,
+    )
+    first_worker = running["status"]["worker"]["pod"]
+    for pid in worker_pids(first_worker):
+        os.kill(pid, signal.SIGKILL)
+    done = fleet.wait_phase("long", "Succeeded", "Failed", timeout=240)
+    assert done["status"]["phase"] == "Succeeded", done["status"]
+    assert done["status"]["attempts"] == 2
+    assert done["status"]["worker"]["pod"] != first_worker
+
+
+def test_attempts_past_the_limit_fail_with_a_reason(fleet):
+    fleet.pool("sd", replicas=1)
+    fleet.wait_ready_workers("sd", 1)
+    fleet.job("fragile", steps=250, size=128, retry={"maxAttempts": 1, "backoffSeconds": 0})
+    running = fleet.wait_job("fragile", lambda j: j.get("status", {}).get("phase") == "Running", 120)
+    for pid in worker_pids(running["status"]["worker"]["pod"]):
+        os.kill(pid, signal.SIGKILL)
+    failed = fleet.wait_phase("fragile", "Failed", timeout=120)
+    assert failed["status"]["reason"] == "BackoffLimitExceeded"
+    assert "1 attempts" in failed["status"]["message"]
+    assert {c["type"]: c["status"] for c in failed["status"]["conditions"]}["Stalled"] == "True"
+
+
+def test_cancel_and_delete_stop_the_run_on_its_worker(fleet):
+    fleet.pool("sd", replicas=1, max_jobs_per_gpu=4)
+    fleet.wait_ready_workers("sd", 1)
+    fleet.job("to-cancel", steps=250, size=128)
+    fleet.job("to-delete", steps=250, size=128)
+    for name in ("to-cancel", "to-delete"):
+        fleet.wait_job(name, lambda j: j.get("status", {}).get("phase") == "Running", 120)
+    fleet.patch_job("to-cancel", {"cancel": True})
+    fleet.custom.delete_namespaced_custom_object(
+        "gpufleet.io", "v1alpha1", fleet.namespace, "generationjobs", "to-delete"
+    )
+    cancelled = fleet.wait_phase("to-cancel", "Cancelled", timeout=60)
+    assert cancelled["status"]["reason"] == "Cancelled"
+
+    def gone() -> bool:
+        try:
+            fleet.get_job("to-delete")
+        except client.ApiException as error:
+            return error.status == 404
+        return False
+
+    from gpufleet.localcluster.waiting import wait_for
+
+    wait_for(gone, bool, 60, what="deleted job to go")
+    runs = {run.job_id: run for worker_runs in fleet.worker_runs("sd").values() for run in worker_runs}
+    for name in ("to-cancel", "to-delete"):
+        run = wait_for(
+            lambda name=name: {r.job_id: r for w in fleet.worker_runs("sd").values() for r in w}[
+                f"{fleet.namespace}/{name}"
+            ],
+            lambda r: r.phase.value != "Running",
+            30,
+            what=f"{name} stopped on its worker",
+        )
+        assert run.phase.value == "Cancelled" and run.vram_reserved_bytes == 0
+    assert runs
+
+
+def test_job_past_its_timeout_fails(fleet):
+    fleet.pool("sd", replicas=1)
+    fleet.job("slow", steps=250, size=256, timeoutSeconds=3)
+    failed = fleet.wait_phase("slow", "Failed", timeout=120)
+    assert failed["status"]["reason"] == "DeadlineExceeded"
+
+
+def test_operator_killed_three_times_runs_every_job_once(fleet, operator):
+    fleet.pool("sd", replicas=2, max_jobs_per_gpu=4)
+    fleet.wait_ready_workers("sd", 2)
+    names = [f"r{i}" for i in range(30)]
+    for name in names:
+        fleet.job(name, steps=40, size=64)
+    for _ in range(3):
+        time.sleep(3)
+        operator.kill()
+        time.sleep(1)
+        operator.start()
+    for name in names:
+        fleet.wait_phase(name, "Succeeded", timeout=300)
+    runs: dict[tuple[str, int], list[str]] = {}
+    for worker, worker_runs in fleet.worker_runs("sd").items():
+        for run in worker_runs:
+            runs.setdefault((run.job_id, run.attempt), []).append(worker)
+    for name in names:
+        status = fleet.get_job(name)["status"]
+        key = f"{fleet.namespace}/{name}"
+        attempts_run = [k for k in runs if k[0] == key]
+        # One attempt ran, on one worker, once: its artifacts were written once.
+        assert attempts_run == [(key, status["attempts"])], (name, attempts_run)
+        assert len(runs[(key, status["attempts"])]) == 1
