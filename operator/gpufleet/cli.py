@@ -7,15 +7,18 @@ gpufleet up      bring up the local fleet: a real control plane on loopback with
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import shutil
 import signal
 import sys
 import threading
 from pathlib import Path
 
 from gpufleet.controller import main as controller_main
-from gpufleet.localcluster import binaries
+from gpufleet.localcluster import binaries, demo
 from gpufleet.localcluster.cluster import LocalCluster
+from gpufleet.localcluster.s3server import S3Server
 
 
 def default_state_dir() -> Path:
@@ -26,27 +29,35 @@ def default_state_dir() -> Path:
 def up(args: argparse.Namespace) -> int:
     state_dir: Path = args.state_dir
     print(f"starting the local fleet in {state_dir} ...", flush=True)
-    cluster = LocalCluster(state_dir).start()
+    shutil.rmtree(state_dir, ignore_errors=True)  # every run starts a fresh fleet
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    try:
+    with contextlib.ExitStack() as running:
+        cluster = LocalCluster(state_dir).start()
+        running.callback(cluster.stop)
         print(
             f"control plane up in {cluster.control_plane.startup_seconds:.1f}s; "
             f"fleet ready in {cluster.startup_seconds:.1f}s"
         )
         print(cluster.kubectl("get", "nodes", "-L", "nvidia.com/gpu.product,nvidia.com/gpu.memory").stdout)
-        kubectl = binaries.ensure("kubectl")
-        print("point kubectl at it with:")
+        s3 = S3Server(state_dir / "s3").start()
+        running.callback(s3.stop)
+        s3.create_bucket(demo.BUCKET)
+        operator = demo.start_operator(cluster, s3, state_dir / "operator")
+        running.callback(operator.stop)
+        print(f"S3 server at {s3.endpoint}; operator running (log: {operator.workdir})", flush=True)
+        if not args.no_demo:
+            demo.run_sample_job(cluster, s3, operator, stop)
+        print("\npoint kubectl at it with:")
         print(f"  export KUBECONFIG={cluster.kubeconfig}")
-        print(f"  alias kubectl={kubectl}")
+        print(f"  alias kubectl={binaries.ensure('kubectl')}")
+        print("  kubectl get wp,gj -A -o wide")
         if args.exit_after_start:
             return 0
         print("Ctrl-C stops the fleet and every process it started.", flush=True)
         stop.wait()
-    finally:
-        cluster.stop()
-        print("local fleet stopped")
+    print("local fleet stopped")
     return 0
 
 
@@ -63,8 +74,11 @@ def main(argv: list[str] | None = None) -> int:
         help="where certificates, logs, the kubeconfig and pod files go (default: %(default)s)",
     )
     up_parser.add_argument(
-        "--exit-after-start", action="store_true", help="stop again once everything is up (a smoke test)"
+        "--exit-after-start",
+        action="store_true",
+        help="stop again once everything is up and the sample job ran (a smoke test)",
     )
+    up_parser.add_argument("--no-demo", action="store_true", help="skip the sample pool and job")
     up_parser.set_defaults(func=up)
     operator_parser = commands.add_parser(
         "operator", help="run the operator (in a pod, or against $KUBECONFIG)"

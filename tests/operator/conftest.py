@@ -3,156 +3,39 @@
 from __future__ import annotations
 
 import base64
-import os
-import secrets
-import signal
-import sys
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from kubernetes import client
 
-from gpufleet import rbac
 from gpufleet.api.models import GROUP, VERSION
 from gpufleet.core.workerpod import token_secret_name
-from gpufleet.localcluster.controlplane import write_kubeconfig
-from gpufleet.localcluster.processes import ManagedProcess, free_port
+from gpufleet.localcluster.fleet import OperatorProcess, install_operator_identity
 from gpufleet.localcluster.s3server import S3Server
 from gpufleet.localcluster.waiting import wait_for
 from gpufleet_worker import protocol
 
-OPERATOR_NAMESPACE = "gpufleet-system"
-OPERATOR_SA = "gpufleet-operator"
 BUCKET = "gpufleet-artifacts"
 S3_SECRET = "gpufleet-s3"
-
-
-def _rules(rules: list[dict]) -> list[client.V1PolicyRule]:
-    return [
-        client.V1PolicyRule(api_groups=r["apiGroups"], resources=r["resources"], verbs=r["verbs"])
-        for r in rules
-    ]
-
-
-def install_rbac(api: client.ApiClient) -> None:
-    """The operator's identity: a ServiceAccount bound to the rules gpufleet.rbac declares."""
-    core, authz = client.CoreV1Api(api), client.RbacAuthorizationV1Api(api)
-    document = rbac.rules_document()
-    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=OPERATOR_NAMESPACE)))
-    core.create_namespaced_service_account(
-        OPERATOR_NAMESPACE, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name=OPERATOR_SA))
-    )
-    subject = [client.RbacV1Subject(kind="ServiceAccount", name=OPERATOR_SA, namespace=OPERATOR_NAMESPACE)]
-    authz.create_cluster_role(
-        client.V1ClusterRole(
-            metadata=client.V1ObjectMeta(name=OPERATOR_SA),
-            rules=_rules(document["namespaced"] + document["cluster"]),
-        )
-    )
-    authz.create_cluster_role_binding(
-        client.V1ClusterRoleBinding(
-            metadata=client.V1ObjectMeta(name=OPERATOR_SA),
-            subjects=subject,
-            role_ref=client.V1RoleRef(
-                api_group="rbac.authorization.k8s.io", kind="ClusterRole", name=OPERATOR_SA
-            ),
-        )
-    )
-    authz.create_namespaced_role(
-        OPERATOR_NAMESPACE,
-        client.V1Role(metadata=client.V1ObjectMeta(name=OPERATOR_SA), rules=_rules(document["ownNamespace"])),
-    )
-    authz.create_namespaced_role_binding(
-        OPERATOR_NAMESPACE,
-        client.V1RoleBinding(
-            metadata=client.V1ObjectMeta(name=OPERATOR_SA),
-            subjects=subject,
-            role_ref=client.V1RoleRef(api_group="rbac.authorization.k8s.io", kind="Role", name=OPERATOR_SA),
-        ),
-    )
-
-
-class OperatorProcess:
-    """``gpufleet operator`` run as the operator's ServiceAccount; can be killed and restarted."""
-
-    def __init__(self, cluster: Any, workdir: Path, s3: S3Server) -> None:
-        self.cluster = cluster
-        self.workdir = workdir
-        self.s3 = s3
-        self.key_file = workdir / "token-key"
-        self.key_file.write_text(secrets.token_hex(32))
-        core = client.CoreV1Api(cluster.api_client())
-        token = core.create_namespaced_service_account_token(
-            OPERATOR_SA,
-            OPERATOR_NAMESPACE,
-            client.AuthenticationV1TokenRequest(
-                spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=7200)
-            ),
-        ).status.token
-        self.kubeconfig = write_kubeconfig(
-            workdir / "operator.kubeconfig",
-            cluster.server,
-            cluster.control_plane.ca_cert,
-            OPERATOR_SA,
-            token=token,
-        )
-        self.process: ManagedProcess | None = None
-        self.starts = 0
-
-    def start(self) -> None:
-        self.starts += 1
-        self.health_port = free_port()
-        self.process = ManagedProcess(
-            "operator",
-            [
-                sys.executable,
-                "-m",
-                "gpufleet.cli",
-                "operator",
-                "--token-key-file",
-                str(self.key_file),
-                "--leader-election-namespace",
-                OPERATOR_NAMESPACE,
-                "--worker-s3-endpoint",
-                self.s3.endpoint,
-                "--worker-s3-secret",
-                S3_SECRET,
-                "--bind-address",
-                "127.0.0.1",
-                "--metrics-port",
-                str(free_port()),
-                "--health-port",
-                str(self.health_port),
-            ],
-            self.workdir / f"operator-{self.starts}.log",
-            env={**os.environ, "KUBECONFIG": str(self.kubeconfig)},
-        )
-
-    def kill(self) -> None:
-        """SIGKILL: no cleanup, no goodbye, as when a node dies."""
-        assert self.process is not None
-        os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.stop(0)
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.stop(10)
-
-    def log_tail(self) -> str:
-        return self.process.log_tail(60) if self.process else ""
 
 
 @pytest.fixture(scope="session")
 def operator(
     cluster: Any, gpufleet_crds: list[str], s3_server: S3Server, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OperatorProcess]:
-    install_rbac(cluster.api_client())
+    install_operator_identity(cluster.api_client())
     s3_server.create_bucket(BUCKET)
-    process = OperatorProcess(cluster, tmp_path_factory.mktemp("operator"), s3_server)
+    process = OperatorProcess(
+        cluster.api_client(),
+        cluster.server,
+        cluster.control_plane.ca_cert,
+        tmp_path_factory.mktemp("operator"),
+        s3_server.endpoint,
+        S3_SECRET,
+    )
     process.start()
     try:
         yield process
@@ -175,7 +58,7 @@ def fleet_namespace(
             },
         ),
     )
-    if operator.process is None or not operator.process.alive():
+    if not operator.alive():
         operator.start()
     return namespace
 
