@@ -41,8 +41,11 @@ def working_vram(spec: GenerationJobSpec) -> int:
     return BASE_WORKING_BYTES + pixels * BYTES_PER_PIXEL
 
 
-def gib(size: int) -> str:
-    return f"{size / GIB:.2f}Gi"
+def gib(size: int, *, up: bool = False) -> str:
+    """``size`` in GiB with two decimals, rounded down, or up: a need is never shown smaller
+    than it is, nor a capacity larger, so a refusal never reads "needs 16.00Gi, has 16.00Gi"."""
+    hundredths = -(-size * 100 // GIB) if up else size * 100 // GIB
+    return f"{hundredths // 100}.{hundredths % 100:02d}Gi"
 
 
 def pool_gpu_classes(pool: WorkerPoolSpec, cluster: list[GpuClass], min_memory: int) -> list[GpuClass]:
@@ -82,8 +85,9 @@ def refusal(spec: GenerationJobSpec, pool: WorkerPoolSpec | None, classes: list[
         )
         return Refusal(
             Reason.UNSCHEDULABLE,
-            f"the job needs {gib(needed)} of VRAM per GPU (model {spec.model} "
-            f"{gib(needed - working_vram(spec))} + working memory {gib(working_vram(spec))}); {where}",
+            f"the job needs {gib(needed, up=True)} of VRAM per GPU (model {spec.model} "
+            f"{gib(needed - working_vram(spec), up=True)} + working memory "
+            f"{gib(working_vram(spec), up=True)}); {where}",
         )
     return None
 

@@ -1,0 +1,257 @@
+"""Decisions about one job (gpufleet.core.jobs): VRAM, refusals with numbers, retries, deadline, TTL."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gpufleet.api import testing
+from gpufleet.api.conditions import Reason
+from gpufleet.api.models import GenerationJobSpec, WorkerPoolSpec
+from gpufleet.api.quantity import parse_quantity
+from gpufleet.core import jobs
+from gpufleet.core.jobs import GpuClass, gib, pool_gpu_classes, refusal, retry_delay, working_vram
+
+GiB = 2**30
+MiB = 2**20
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+A100 = GpuClass("NVIDIA-A100-SXM4-80GB", 80 * GiB)
+L4 = GpuClass("NVIDIA-L4", 24 * GiB)
+T4 = GpuClass("Tesla-T4", 16 * GiB)
+CLUSTER = [T4, L4, A100]
+
+
+def example(name: str) -> dict[str, Any]:
+    return yaml.safe_load((EXAMPLES / name).read_text())["spec"]
+
+
+def pool_spec(**changes: Any) -> WorkerPoolSpec:
+    spec = example("workerpool.yaml")
+    spec.update(changes)
+    return WorkerPoolSpec.model_validate(spec)
+
+
+def job_spec(**changes: Any) -> GenerationJobSpec:
+    spec = example("text-to-image.yaml")
+    spec.update(changes)
+    return GenerationJobSpec.model_validate(spec)
+
+
+def shown_gib(message: str, after: str) -> float:
+    """The first ``N.NNGi`` in ``message`` after the text ``after``."""
+    match = re.search(re.escape(after) + r".*?(\d+\.\d\d)Gi", message)
+    assert match, f"no number after {after!r} in {message!r}"
+    return float(match.group(1))
+
+
+# --- working VRAM -----------------------------------------------------------------------------
+
+
+def test_working_vram_is_spec_vram_when_given() -> None:
+    assert working_vram(job_spec(vram="3Gi")) == 3 * GiB
+    assert working_vram(job_spec(vram="1500Mi")) == 1500 * MiB
+
+
+def test_working_vram_estimate_from_the_input() -> None:
+    spec = job_spec(vram=None)
+    pixels = 512 * 512 * 2  # the example asks for two 512x512 images
+    assert working_vram(spec) == jobs.BASE_WORKING_BYTES + pixels * jobs.BYTES_PER_PIXEL
+
+
+@settings(max_examples=100, deadline=None)
+@given(spec=testing.job_specs())
+def test_the_estimate_grows_with_the_pixels_generated_at_once(spec: GenerationJobSpec) -> None:
+    estimate = working_vram(spec.model_copy(update={"vram": None}))
+    assert estimate > jobs.BASE_WORKING_BYTES
+    bigger = spec.input.model_copy(update={"num_images": spec.input.num_images + 1})
+    assert working_vram(spec.model_copy(update={"vram": None, "input": bigger})) > estimate
+    if spec.vram is not None:
+        assert working_vram(spec) == parse_quantity(spec.vram).value()
+
+
+# --- the pool's GPU classes -------------------------------------------------------------------
+
+
+def test_pool_gpu_classes_need_the_minimum_memory_and_an_allowed_product() -> None:
+    assert pool_gpu_classes(pool_spec(), CLUSTER, 16 * GiB) == CLUSTER
+    assert pool_gpu_classes(pool_spec(), CLUSTER, 16 * GiB + 1) == [L4, A100]
+    only_l4 = pool_spec(gpu={"minMemory": "16Gi", "products": ["NVIDIA-L4"]})
+    assert pool_gpu_classes(only_l4, CLUSTER, 16 * GiB) == [L4]
+    assert pool_gpu_classes(only_l4, [T4, A100], 16 * GiB) == []
+    assert pool_gpu_classes(pool_spec(), [], 1) == []
+
+
+# --- refusals ---------------------------------------------------------------------------------
+
+
+def test_a_job_that_fits_is_not_refused() -> None:
+    assert refusal(job_spec(), pool_spec(), CLUSTER) is None
+
+
+def test_missing_pool() -> None:
+    refused = refusal(job_spec(), None, CLUSTER)
+    assert refused is not None
+    assert refused.reason is Reason.POOL_NOT_FOUND
+    assert "'sd15'" in refused.message and "does not exist" in refused.message
+
+
+def test_model_not_served_lists_what_is_served() -> None:
+    refused = refusal(job_spec(model="sdxl"), pool_spec(), CLUSTER)
+    assert refused is not None
+    assert refused.reason is Reason.MODEL_NOT_SERVED
+    assert "['tiny-sd']" in refused.message and "'sdxl'" in refused.message
+
+
+def test_task_not_served_lists_what_is_accepted() -> None:
+    refused = refusal(job_spec(), pool_spec(tasks=["image-to-image"]), CLUSTER)
+    assert refused is not None
+    assert refused.reason is Reason.TASK_NOT_SERVED
+    assert "['image-to-image']" in refused.message and "'text-to-image'" in refused.message
+
+
+def test_the_first_problem_is_reported_pool_then_model_then_task_then_vram() -> None:
+    nothing_fits = job_spec(model="sdxl", vram="1Ti")
+    pool = pool_spec(tasks=["image-to-image"])
+    assert refusal(nothing_fits, None, []).reason is Reason.POOL_NOT_FOUND  # type: ignore[union-attr]
+    assert refusal(nothing_fits, pool, []).reason is Reason.MODEL_NOT_SERVED  # type: ignore[union-attr]
+    assert refusal(job_spec(vram="1Ti"), pool, []).reason is Reason.TASK_NOT_SERVED  # type: ignore[union-attr]
+
+
+def test_more_vram_than_any_gpu_gives_both_numbers() -> None:
+    refused = refusal(job_spec(vram="100Gi"), pool_spec(), CLUSTER)
+    assert refused is not None
+    assert refused.reason is Reason.UNSCHEDULABLE
+    # The model's 2Gi plus the job's 100Gi, against the A100's 80Gi.
+    assert "needs 102.00Gi" in refused.message
+    assert "model tiny-sd 2.00Gi + working memory 100.00Gi" in refused.message
+    assert "largest GPU the pool can get has 80.00Gi" in refused.message
+
+
+def test_the_products_limit_which_gpus_count() -> None:
+    only_l4 = pool_spec(gpu={"minMemory": "16Gi", "products": ["NVIDIA-L4"]})
+    classes = pool_gpu_classes(only_l4, CLUSTER, 16 * GiB)
+    refused = refusal(job_spec(vram="30Gi"), only_l4, classes)
+    assert refused is not None and refused.reason is Reason.UNSCHEDULABLE
+    assert "has 24.00Gi" in refused.message  # the A100 is not allowed
+
+
+def test_no_matching_gpu_class_names_spec_gpu() -> None:
+    refused = refusal(job_spec(vram="1Gi"), pool_spec(), [])
+    assert refused is not None
+    assert refused.reason is Reason.UNSCHEDULABLE
+    assert "spec.gpu" in refused.message
+    assert "needs 3.00Gi" in refused.message
+
+
+def test_exactly_the_largest_gpu_fits() -> None:
+    assert refusal(job_spec(vram="78Gi"), pool_spec(), CLUSTER) is None  # 2Gi model + 78Gi = 80Gi
+    assert refusal(job_spec(vram=str(78 * GiB + 1)), pool_spec(), CLUSTER) is not None
+
+
+def test_the_numbers_differ_even_when_the_need_is_just_over_the_gpu() -> None:
+    """A need a few KiB over the largest GPU must not read "needs 80.00Gi ... has 80.00Gi"."""
+    refused = refusal(job_spec(vram=str(78 * GiB + 128 * 1024)), pool_spec(), CLUSTER)
+    assert refused is not None
+    needed, largest = shown_gib(refused.message, "needs"), shown_gib(refused.message, "can get has")
+    assert needed > largest == 80.0
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    spec=testing.job_specs(),
+    pool=testing.pool_specs(),
+    classes=st.lists(
+        st.builds(GpuClass, st.sampled_from(["A", "B", "C"]), st.integers(1, 128 * GiB)), max_size=4
+    ),
+)
+def test_refusal_is_none_exactly_when_pool_model_task_and_vram_fit(
+    spec: GenerationJobSpec, pool: WorkerPoolSpec, classes: list[GpuClass]
+) -> None:
+    served = {m.name: m for m in pool.models}
+    spec = spec.model_copy(update={"model": next(iter(served)), "task": pool.tasks[0]})
+    needed = parse_quantity(served[spec.model].vram).value() + working_vram(spec)
+    largest = max((c.memory_bytes for c in classes), default=0)
+    refused = refusal(spec, pool, classes)
+    if needed <= largest:
+        assert refused is None
+        return
+    assert refused is not None and refused.reason is Reason.UNSCHEDULABLE
+    shown_need = shown_gib(refused.message, "needs")
+    if classes:
+        # Both numbers, rounded so that the one shown as needed is above the one available.
+        assert shown_need > shown_gib(refused.message, "can get has")
+        assert shown_gib(refused.message, "can get has") <= largest / GiB
+    else:
+        assert "spec.gpu" in refused.message
+    assert shown_need >= needed / GiB
+
+
+@pytest.mark.parametrize(
+    ("size", "down", "up"),
+    [
+        (0, "0.00Gi", "0.00Gi"),
+        (GiB, "1.00Gi", "1.00Gi"),
+        (GiB + 1, "1.00Gi", "1.01Gi"),
+        (GiB - 1, "0.99Gi", "1.00Gi"),
+    ],
+)
+def test_gib_rounds_down_or_up_never_towards_the_wrong_side(size: int, down: str, up: str) -> None:
+    assert gib(size) == down
+    assert gib(size, up=True) == up
+
+
+# --- retries, deadline, TTL -------------------------------------------------------------------
+
+
+def test_retry_delay_doubles_from_the_backoff() -> None:
+    assert [retry_delay(n, 5, 10) for n in range(1, 6)] == [10.0, 20.0, 40.0, 80.0, None]
+
+
+def test_retries_exhausted() -> None:
+    assert retry_delay(3, 3, 10) is None
+    assert retry_delay(4, 3, 10) is None
+    assert retry_delay(1, 1, 10) is None  # one attempt in all: nothing to retry
+
+
+def test_zero_backoff_retries_at_once() -> None:
+    assert retry_delay(1, 3, 0) == 0.0
+    assert retry_delay(2, 3, 0) == 0.0
+
+
+@settings(max_examples=200, deadline=None)
+@given(attempts=st.integers(0, 120), max_attempts=st.integers(1, 100), backoff=st.integers(0, 3600))
+def test_retry_delay_is_none_exactly_when_attempts_are_used_up(
+    attempts: int, max_attempts: int, backoff: int
+) -> None:
+    delay = retry_delay(attempts, max_attempts, backoff)
+    assert (delay is None) == (attempts >= max_attempts)
+    if delay is not None:
+        assert delay >= backoff
+        following = retry_delay(attempts + 1, max_attempts, backoff)
+        if following is not None and attempts >= 1:
+            assert following == 2 * delay
+
+
+T0 = datetime(2026, 11, 22, 10, 0, 0, tzinfo=UTC)
+
+
+def test_deadline() -> None:
+    assert not jobs.past_deadline(None, 60, T0)  # never started
+    assert not jobs.past_deadline(T0, 60, T0 + timedelta(seconds=59.999))
+    assert jobs.past_deadline(T0, 60, T0 + timedelta(seconds=60))
+    assert jobs.past_deadline(T0, 60, T0 + timedelta(days=1))
+
+
+def test_ttl() -> None:
+    assert not jobs.ttl_expired(None, 60, T0)  # not finished
+    assert not jobs.ttl_expired(T0, None, T0 + timedelta(days=3650))  # kept when omitted
+    assert not jobs.ttl_expired(T0, 60, T0 + timedelta(seconds=59))
+    assert jobs.ttl_expired(T0, 60, T0 + timedelta(seconds=60))
+    assert jobs.ttl_expired(T0, 0, T0)  # 0: deleted as soon as it finished
