@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 from kubernetes import client
@@ -308,3 +309,28 @@ def test_sample_pool_and_job_succeed_under_the_chart(cluster, core, install, ext
         assert hashlib.sha256(body).hexdigest() == artifact["sha256"]
     conditions = {c["type"]: c["status"] for c in done["conditions"]}
     assert conditions == {"Ready": "True", "Reconciling": "False", "Stalled": "False"}
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="gpufleet operator serves /healthz only after it wins the Lease, so a standby fails "
+    "its liveness probe and is restarted over and over",
+)
+def test_a_standby_replica_waits_healthy_while_one_operator_leads(cluster, core, install, extra_namespaces):
+    watched, _ = extra_namespaces
+    release = install({"watchNamespaces": [watched], "replicas": 2})
+    selector = f"app.kubernetes.io/instance={release.name}"
+
+    def running_pods() -> list[client.V1Pod]:
+        pods = core.list_namespaced_pod(release.namespace, label_selector=selector).items
+        return [p for p in pods if p.status and p.status.pod_ip and p.status.phase == "Running"]
+
+    pods = wait_for(running_pods, lambda pods: len(pods) == 2, 120, what="two operator pods running")
+    wait_for(running_pods, lambda pods: any(pod_ready(p) for p in pods), 120, what="a leader to be ready")
+
+    def healthy(pod: client.V1Pod) -> bool:
+        assert pod.status is not None
+        return httpx.get(f"http://{pod.status.pod_ip}:8081/healthz", timeout=2).status_code == 200
+
+    for pod in pods:
+        wait_for(lambda pod=pod: healthy(pod), bool, 60, what=f"/healthz of {pod.metadata.name}")
