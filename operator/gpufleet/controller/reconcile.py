@@ -19,10 +19,19 @@ from pydantic import ValidationError
 from gpufleet import labels
 from gpufleet.api.conditions import TERMINAL_PHASES, JobPhase, Reason, job_conditions
 from gpufleet.api.models import GenerationJob, WorkerPool
-from gpufleet.core import dispatch, queue
+from gpufleet.api.quantity import parse_quantity
+from gpufleet.core import dispatch, queue, sizing
 from gpufleet.core import jobs as jobrules
 from gpufleet.core.placement import Demand, Gpu, Worker, observe
-from gpufleet.core.workerpod import TOKEN_KEY, pod_labels, selector, token_secret_name, worker_pod
+from gpufleet.core.poolstatus import pool_status
+from gpufleet.core.workerpod import (
+    TOKEN_KEY,
+    min_memory_bytes,
+    pod_labels,
+    selector,
+    token_secret_name,
+    worker_pod,
+)
 from gpufleet_worker import protocol
 
 from . import follow, metrics
@@ -126,15 +135,12 @@ async def reconcile_pool(
                 warning=True,
             )
     active = [p for p in pods if pod_active(p)]
-    desired = pool.spec.replicas
-    running_jobs_by_worker = {p["metadata"]["name"]: 0 for p in active}
+    busy = {p["metadata"]["name"]: 0 for p in active}
     for job in job_bodies:
         worker = ((job.get("status") or {}).get("worker") or {}).get("pod")
         phase = (job.get("status") or {}).get("phase")
-        if worker in running_jobs_by_worker and phase in (JobPhase.DISPATCHED, JobPhase.RUNNING):
-            running_jobs_by_worker[worker] += 1
-    await scale(op, pool, body, active, desired, running_jobs_by_worker, gpu_classes)
-
+        if worker in busy and phase in (JobPhase.DISPATCHED, JobPhase.RUNNING):
+            busy[worker] += 1
     ready = [
         p
         for p in active
@@ -163,6 +169,12 @@ async def reconcile_pool(
                 memory.mix = observe(
                     memory.mix, Demand(gpus=pool.spec.gpu.count, vram=jobrules.working_vram(job.spec))
                 )
+
+    decision = size_pool(
+        pool, memory, active, ready, inventories, busy, [job for _, job in waiting], job_bodies
+    )
+    await scale(op, pool, body, active, decision, busy, gpu_classes)
+    desired = decision.desired_replicas
 
     ordered = queue.order([w for w, _ in waiting], time.time())
     by_key = {w.key: job for w, job in waiting}
@@ -205,20 +217,18 @@ async def reconcile_pool(
         op,
         pool,
         memory,
-        pods,
         active,
         ready,
         inventories,
         job_bodies,
         desired,
         len(ordered) - len(dispatched),
+        decision.cluster_full,
     )
     metrics.QUEUE_DEPTH.labels(namespace, name).set(len(ordered) - len(dispatched))
 
 
 def _min_memory(pool: WorkerPool) -> int:
-    from gpufleet.core.workerpod import min_memory_bytes
-
     return min_memory_bytes(pool)
 
 
@@ -419,61 +429,142 @@ def fleet_workers(
     return workers
 
 
+def size_pool(
+    pool: WorkerPool,
+    memory: PoolMemory,
+    active: list[dict],
+    ready: list[dict],
+    inventories: dict[str, protocol.Inventory],
+    busy: dict[str, int],
+    queued: list[GenerationJob],
+    job_bodies: list[dict],
+) -> sizing.Decision:
+    """The pool's size from its queue (or spec.replicas), via gpufleet.core.sizing."""
+    autoscaling = pool.spec.autoscaling
+    policy = (
+        None
+        if autoscaling is None
+        else sizing.Policy(
+            min_replicas=autoscaling.min_replicas,
+            max_replicas=autoscaling.max_replicas,
+            target_jobs_per_worker=autoscaling.target_jobs_per_worker,
+            scale_up_stabilization_seconds=autoscaling.scale_up_stabilization_seconds,
+            scale_down_stabilization_seconds=autoscaling.scale_down_stabilization_seconds,
+            idle_seconds_before_zero=autoscaling.idle_seconds_before_zero,
+        )
+    )
+    ready_names = {p["metadata"]["name"] for p in ready}
+    views = []
+    for pod in active:
+        name = pod["metadata"]["name"]
+        inventory = inventories.get(name)
+        created = dt.datetime.fromisoformat(pod["metadata"]["creationTimestamp"].replace("Z", "+00:00"))
+        views.append(
+            sizing.WorkerView(
+                name=name,
+                ready=name in ready_names and inventory is not None,
+                schedulable=not pod_unschedulable(pod),
+                draining=bool(pod["metadata"].get("labels", {}).get(DRAINING)),
+                busy_jobs=busy.get(name, 0),
+                gpu_vram_total=tuple(g.memory_total_bytes for g in inventory.gpus) if inventory else (),
+                loaded_models=frozenset(m.name for m in inventory.models) if inventory else frozenset(),
+                started_at=created.timestamp(),
+            )
+        )
+    model_vram = {m.name: parse_quantity(m.vram).value() for m in pool.spec.models}
+
+    def as_job(job: GenerationJob) -> sizing.Job:
+        # What one job holds on a GPU: its model's weights and its working memory.
+        return sizing.Job(
+            name=job.metadata["name"],
+            model=job.spec.model,
+            priority=job.spec.priority,
+            vram=model_vram.get(job.spec.model, 0) + jobrules.working_vram(job.spec),
+        )
+
+    running = []
+    for body in job_bodies:
+        if (body.get("status") or {}).get("phase") in (JobPhase.DISPATCHED, JobPhase.RUNNING):
+            try:
+                running.append(as_job(GenerationJob.model_validate(body)))
+            except ValidationError:
+                continue
+    shape = sizing.worker_shape(_min_memory(pool), pool.spec.gpu.count, pool.spec.gpu.max_jobs_per_gpu, views)
+    decision = sizing.decide(
+        policy,
+        replicas=pool.spec.replicas,
+        shape=shape,
+        queued=[as_job(j) for j in queued],
+        running=running,
+        workers=views,
+        state=memory.sizing,
+        now=time.time(),
+    )
+    memory.sizing = decision.state
+    return decision
+
+
 async def scale(
     op: Operator,
     pool: WorkerPool,
     body: dict,
     active: list[dict],
-    desired: int,
+    decision: sizing.Decision,
     busy: dict[str, int],
     gpu_classes: list[jobrules.GpuClass],
 ) -> None:
-    """Creates missing workers; drains surplus ones (idle first) and removes them once idle."""
+    """Applies a sizing decision: resume or drain workers, create missing ones, remove drained idle ones.
+
+    A busy worker is never removed: it is marked draining (no new jobs) and deleted once idle.
+    """
     namespace, name = pool.metadata["namespace"], pool.metadata["name"]
+    metrics.DESIRED_WORKERS.labels(namespace, name).set(decision.desired_replicas)
+    if decision.desired_replicas != memory_desired(op, pool):
+        await op.kube.event(body, decision.reason.value, decision.message())
+    for pod_name in decision.resume:
+        await op.kube.patch_pod_labels(namespace, pod_name, {DRAINING: None})
+    for pod_name in decision.drain:
+        await op.kube.patch_pod_labels(namespace, pod_name, {DRAINING: "true"})
+    draining = (
+        {p["metadata"]["name"] for p in active if p["metadata"].get("labels", {}).get(DRAINING)}
+        - set(decision.resume)
+    ) | set(decision.drain)
+    serving = [p for p in active if p["metadata"]["name"] not in draining]
     names = {p["metadata"]["name"] for p in active}
-    keep = [p for p in active if not p["metadata"].get("labels", {}).get(DRAINING)]
-    surplus = len(keep) - desired
-    if surplus < 0:
-        index = 0
-        classes_mib = sorted({c.memory_bytes // 2**20 for c in gpu_classes})
-        for _ in range(-surplus):
-            while f"{name}-{index}" in names:
-                index += 1
-            pod_name = f"{name}-{index}"
-            names.add(pod_name)
-            if await op.kube.create_pod(namespace, worker_pod(pool, pod_name, classes_mib, op.worker_env)):
-                await op.kube.event(body, "WorkerCreated", f"created worker {pod_name}")
-    elif surplus > 0:
-        # Idle workers go first; a busy one is only marked draining and removed when idle.
-        chosen = sorted(keep, key=lambda p: (busy.get(p["metadata"]["name"], 0) > 0, -_index(p)))[:surplus]
-        for pod in chosen:
-            await op.kube.patch_pod_labels(namespace, pod["metadata"]["name"], {DRAINING: "true"})
+    index = 0
+    classes_mib = sorted({c.memory_bytes // 2**20 for c in gpu_classes})
+    for _ in range(decision.desired_replicas - len(serving)):
+        while f"{name}-{index}" in names:
+            index += 1
+        pod_name = f"{name}-{index}"
+        names.add(pod_name)
+        if await op.kube.create_pod(namespace, worker_pod(pool, pod_name, classes_mib, op.worker_env)):
+            await op.kube.event(body, "WorkerCreated", f"created worker {pod_name}")
     for pod in active:
         pod_name = pod["metadata"]["name"]
-        if pod["metadata"].get("labels", {}).get(DRAINING) and busy.get(pod_name, 0) == 0:
+        if pod_name in draining and busy.get(pod_name, 0) == 0:
             await op.kube.delete_pod(namespace, pod_name, pod["metadata"]["uid"])
-            await op.kube.event(body, "WorkerRemoved", f"removed drained worker {pod_name}")
+            await op.kube.event(body, "WorkerRemoved", f"removed drained worker {pod_name} (idle)")
 
 
-def _index(pod: dict) -> int:
-    suffix = pod["metadata"]["name"].rsplit("-", 1)[-1]
-    return int(suffix) if suffix.isdigit() else 0
+def memory_desired(op: Operator, pool: WorkerPool) -> int | None:
+    return (op.pool(pool.metadata["namespace"], pool.metadata["name"]).last_status or {}).get(
+        "desiredReplicas"
+    )
 
 
 async def write_pool_status(
     op: Operator,
     pool: WorkerPool,
     memory: PoolMemory,
-    pods: list[dict],
     active: list[dict],
     ready: list[dict],
     inventories: dict[str, protocol.Inventory],
     job_bodies: list[dict],
     desired: int,
     queue_depth: int,
+    cluster_full: bool,
 ) -> None:
-    from gpufleet.core.poolstatus import pool_status
-
     status = pool_status(
         pool,
         active,
@@ -484,10 +575,9 @@ async def write_pool_status(
         queue_depth,
         selector(pool.metadata["name"]),
         now_utc(),
-        any(pod_unschedulable(p) for p in active),
+        cluster_full,
     )
     if status != memory.last_status:
         await op.kube.patch_status(POOLS, pool.metadata["namespace"], pool.metadata["name"], status)
         memory.last_status = status
     metrics.READY_WORKERS.labels(pool.metadata["namespace"], pool.metadata["name"]).set(len(ready))
-    metrics.DESIRED_WORKERS.labels(pool.metadata["namespace"], pool.metadata["name"]).set(desired)

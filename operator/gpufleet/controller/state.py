@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 
 from gpufleet.core.placement import DemandMix
+from gpufleet.core.sizing import SizingState
 from gpufleet.core.workerpod import WorkerEnv
 
 from .kube import Kube
@@ -23,6 +24,7 @@ class PoolMemory:
     observed: set[str] = field(default_factory=set)  # jobs already counted in the mix
     token_secret_for: str | None = None  # pool uid whose token Secret exists
     last_status: dict | None = None
+    sizing: SizingState = field(default_factory=SizingState)
 
 
 @dataclass
