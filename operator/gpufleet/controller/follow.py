@@ -174,6 +174,7 @@ async def follow(op: Operator, pool: WorkerPool, job: GenerationJob, token: str,
                 return
             await asyncio.sleep(1)
             continue
+        assert pod is not None
         client = WorkerClient(op.http, pod["status"]["podIP"], token, op.worker_port)
         try:
             current = await client.get(run)

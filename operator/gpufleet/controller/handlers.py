@@ -81,22 +81,22 @@ async def close(**_: Any) -> None:
 
 
 @kopf.on.event(GROUP, VERSION, "workerpools")
-def pool_event(event: dict, namespace: str, name: str, body: Any, **_: Any) -> None:
+def pool_event(event: Any, namespace: Any, name: Any, body: Any, **_: Any) -> None:
     _track(POOLS, (namespace, name), event.get("type"), body)
 
 
 @kopf.on.event(GROUP, VERSION, "generationjobs")
-def job_event(event: dict, namespace: str, name: str, body: Any, **_: Any) -> None:
+def job_event(event: Any, namespace: Any, name: Any, body: Any, **_: Any) -> None:
     _track(JOB_BODIES, (namespace, name), event.get("type"), body)
 
 
 @kopf.on.event("", "v1", "pods", labels={labels.POOL: kopf.PRESENT})
-def pod_event(event: dict, namespace: str, name: str, body: Any, **_: Any) -> None:
+def pod_event(event: Any, namespace: Any, name: Any, body: Any, **_: Any) -> None:
     _track(PODS, (namespace, name), event.get("type"), body)
 
 
 @kopf.on.event("", "v1", "nodes")
-def node_event(event: dict, name: str, labels: dict, **_: Any) -> None:
+def node_event(event: Any, name: Any, labels: Any, **_: Any) -> None:
     from gpufleet import labels as keys
 
     memory = labels.get(keys.GPU_MEMORY_MIB)
@@ -107,7 +107,7 @@ def node_event(event: dict, name: str, labels: dict, **_: Any) -> None:
 
 
 @kopf.daemon(GROUP, VERSION, "workerpools", cancellation_timeout=5.0)
-async def pool_daemon(namespace: str, name: str, stopped: kopf.DaemonStopped, **_: Any) -> None:
+async def pool_daemon(namespace: Any, name: Any, stopped: kopf.DaemonStopped, **_: Any) -> None:
     """Reconciles one pool every second, for as long as it exists."""
     while not stopped:
         body = POOLS.get((namespace, name))

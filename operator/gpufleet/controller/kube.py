@@ -6,7 +6,7 @@ import asyncio
 import datetime as dt
 import logging
 import secrets
-from typing import Any
+from typing import Any, cast
 
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
@@ -40,7 +40,7 @@ class Kube:
     ) -> dict[str, Any] | None:
         """Merge-patches ``status``; returns the object as now stored, None if it was deleted."""
         try:
-            return await asyncio.to_thread(
+            stored = await asyncio.to_thread(
                 self.custom.patch_namespaced_custom_object_status,
                 GROUP,
                 VERSION,
@@ -49,6 +49,7 @@ class Kube:
                 name,
                 {"status": status},
             )
+            return cast(dict[str, Any], stored)
         except ApiException as error:
             if error.status != 404:
                 raise
@@ -58,7 +59,7 @@ class Kube:
         self, plural: str, namespace: str, name: str, metadata: dict[str, Any]
     ) -> dict[str, Any] | None:
         try:
-            return await asyncio.to_thread(
+            stored = await asyncio.to_thread(
                 self.custom.patch_namespaced_custom_object,
                 GROUP,
                 VERSION,
@@ -67,6 +68,7 @@ class Kube:
                 name,
                 {"metadata": metadata},
             )
+            return cast(dict[str, Any], stored)
         except ApiException as error:
             if error.status not in (404, 409):
                 raise
@@ -84,7 +86,7 @@ class Kube:
     async def create_pod(self, namespace: str, manifest: dict[str, Any]) -> bool:
         """Creates the pod; False when one of that name exists already (idempotent)."""
         try:
-            await asyncio.to_thread(self.core.create_namespaced_pod, namespace, manifest)
+            await asyncio.to_thread(self.core.create_namespaced_pod, namespace, manifest)  # type: ignore[arg-type]
             return True
         except ApiException as error:
             if error.status == 409:
@@ -110,7 +112,7 @@ class Kube:
 
     async def create_secret(self, namespace: str, manifest: dict[str, Any]) -> None:
         try:
-            await asyncio.to_thread(self.core.create_namespaced_secret, namespace, manifest)
+            await asyncio.to_thread(self.core.create_namespaced_secret, namespace, manifest)  # type: ignore[arg-type]
         except ApiException as error:
             if error.status != 409:
                 raise

@@ -136,9 +136,9 @@ async def reconcile_pool(
             )
     active = [p for p in pods if pod_active(p)]
     busy = {p["metadata"]["name"]: 0 for p in active}
-    for job in job_bodies:
-        worker = ((job.get("status") or {}).get("worker") or {}).get("pod")
-        phase = (job.get("status") or {}).get("phase")
+    for listed in job_bodies:
+        worker = ((listed.get("status") or {}).get("worker") or {}).get("pod")
+        phase = (listed.get("status") or {}).get("phase")
         if worker in busy and phase in (JobPhase.DISPATCHED, JobPhase.RUNNING):
             busy[worker] += 1
     ready = [
@@ -386,7 +386,7 @@ def fleet_workers(
 ) -> list[Worker]:
     """The placer's view: each worker's GPUs as reported, less reservations it has not reported yet."""
     # Jobs the operator dispatched that a worker's inventory does not list yet still hold VRAM.
-    pending: dict[str, list[tuple[str, int]]] = {}
+    pending: dict[str, list[tuple[str, str | None]]] = {}
     for body in job_bodies:
         status = body.get("status") or {}
         worker = status.get("worker") or {}

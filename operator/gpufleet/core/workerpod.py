@@ -147,8 +147,8 @@ def worker_pod(pool: WorkerPool, name: str, gpu_classes_mib: list[int], env: Wor
     container_env += [e.model_dump(mode="json", by_alias=True, exclude_none=True) for e in template.env]
     resources: dict[str, dict[str, str]] = {"requests": {}, "limits": {}}
     if template.resources is not None:
-        resources["requests"].update(template.resources.requests)
-        resources["limits"].update(template.resources.limits)
+        resources["requests"].update({k: str(v) for k, v in template.resources.requests.items()})
+        resources["limits"].update({k: str(v) for k, v in template.resources.limits.items()})
     resources["limits"][labels.GPU_RESOURCE] = str(spec.gpu.count)
     resources["requests"][labels.GPU_RESOURCE] = str(spec.gpu.count)
     pod_spec: dict[str, Any] = {
