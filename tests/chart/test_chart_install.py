@@ -311,11 +311,6 @@ def test_sample_pool_and_job_succeed_under_the_chart(cluster, core, install, ext
     assert conditions == {"Ready": "True", "Reconciling": "False", "Stalled": "False"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gpufleet operator serves /healthz only after it wins the Lease, so a standby fails "
-    "its liveness probe and is restarted over and over",
-)
 def test_a_standby_replica_waits_healthy_while_one_operator_leads(cluster, core, install, extra_namespaces):
     watched, _ = extra_namespaces
     release = install({"watchNamespaces": [watched], "replicas": 2})

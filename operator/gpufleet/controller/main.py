@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import http.server
 import logging
+import threading
 from pathlib import Path
 
 import kopf
@@ -41,6 +43,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-v", "--verbose", action="store_true")
 
 
+class StandbyHealth:
+    """``/healthz`` for a replica that is alive and waiting to lead."""
+
+    def __init__(self, address: str, port: int) -> None:
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                ok = self.path.split("?")[0] == "/healthz"
+                self.send_response(200 if ok else 404)
+                self.end_headers()
+                self.wfile.write(b"standby\n" if ok else b"")
+
+            def log_message(self, *_: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer((address, port), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, name="standby-health", daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
 def run(args: argparse.Namespace) -> int:
     kopf.configure(verbose=args.verbose)  # sets up logging for kopf and for us
     for noisy in ("kubernetes", "httpx", "httpcore", "urllib3"):
@@ -53,7 +78,13 @@ def run(args: argparse.Namespace) -> int:
         worker_port=args.worker_port,
     )
     if args.leader_election_namespace:
-        LeaderElector(client.CoordinationV1Api(load_client()), args.leader_election_namespace).acquire()
+        # A standby replica is healthy while it waits for the Lease: answer /healthz until
+        # it leads, then hand the port to kopf's own liveness endpoint.
+        standby = StandbyHealth(args.bind_address, args.health_port)
+        try:
+            LeaderElector(client.CoordinationV1Api(load_client()), args.leader_election_namespace).acquire()
+        finally:
+            standby.close()
     start_http_server(args.metrics_port, addr=args.bind_address)
     kopf.run(
         standalone=True,
