@@ -17,12 +17,12 @@ import time
 import httpx
 from pydantic import ValidationError
 
+import gpufleet_worker.protocol as protocol
 from gpufleet import labels
 from gpufleet.api.conditions import JobPhase, Reason
 from gpufleet.api.models import GenerationJob, WorkerPool
 from gpufleet.core import jobs as jobrules
 from gpufleet.core.placement import Placement
-from gpufleet_worker import protocol
 
 from . import metrics
 from .kube import JOBS

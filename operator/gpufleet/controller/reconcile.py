@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 from pydantic import ValidationError
 
+import gpufleet_worker.protocol as protocol
 from gpufleet import labels
 from gpufleet.api.conditions import TERMINAL_PHASES, JobPhase, Reason, job_conditions
 from gpufleet.api.models import GenerationJob, WorkerPool
@@ -32,7 +33,6 @@ from gpufleet.core.workerpod import (
     token_secret_name,
     worker_pod,
 )
-from gpufleet_worker import protocol
 
 from . import follow, metrics
 from .kube import JOBS, POOLS

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import httpx
 
-from gpufleet_worker import protocol
+import gpufleet_worker.protocol as protocol
 
 TIMEOUT = httpx.Timeout(5.0, read=10.0)
 

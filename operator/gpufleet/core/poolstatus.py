@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+import gpufleet_worker.protocol as protocol
 from gpufleet.api.conditions import (
     Condition,
     ConditionStatus,
@@ -14,7 +15,6 @@ from gpufleet.api.conditions import (
     kstatus_conditions,
 )
 from gpufleet.api.models import WorkerPool
-from gpufleet_worker import protocol
 
 
 def _condition(
@@ -86,6 +86,12 @@ def pool_status(
         )
     elif ready_count < desired:
         reason, message = Reason.WORKERS_STARTING, f"{ready_count} of {desired} workers ready"
+    elif len(active) > desired:
+        # Surplus workers drain their jobs before they go: not ready yet, and not for lack of workers.
+        reason, message = (
+            Reason.SCALING_DOWN,
+            f"{len(active)} workers, {desired} desired: draining {len(active) - desired}",
+        )
     elif desired == 0:
         reason, message = Reason.SCALED_TO_ZERO, "no workers wanted"
     else:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 from kubernetes import client
@@ -57,7 +57,10 @@ def run_sample_job(
     last = None
     deadline = time.monotonic() + timeout
     while not stop.is_set():
-        body = custom.get_namespaced_custom_object(GROUP, VERSION, NAMESPACE, "generationjobs", job)
+        body = cast(
+            dict[str, Any],
+            custom.get_namespaced_custom_object(GROUP, VERSION, NAMESPACE, "generationjobs", job),
+        )
         status = body.get("status") or {}
         progress = status.get("progress") or {}
         percent = f" {progress.get('percent', 0)}%" if status.get("phase") == "Running" else ""

@@ -6,6 +6,7 @@ RBAC of ``gpufleet.rbac``, the way the Helm chart runs it in a real cluster.
 
 from __future__ import annotations
 
+import functools
 import os
 import secrets
 import signal
@@ -41,12 +42,15 @@ def apply_crds(api: client.ApiClient) -> list[str]:
             _content_type="application/apply-patch+yaml",
         )
         names.append(crd["metadata"]["name"])
+
+    def established(crd: client.V1CustomResourceDefinition) -> bool:
+        conditions = crd.status.conditions if crd.status else None
+        return any(c.type == "Established" and c.status == "True" for c in conditions or [])
+
     for name in names:
         wait_for(
-            lambda name=name: extensions.read_custom_resource_definition(name),
-            lambda crd: any(
-                c.type == "Established" and c.status == "True" for c in (crd.status.conditions or [])
-            ),
+            functools.partial(extensions.read_custom_resource_definition, name),
+            established,
             60,
             what=f"{name} Established",
         )
@@ -114,17 +118,15 @@ class OperatorProcess:
         self.key_file = workdir / "token-key"
         self.key_file.write_text(secrets.token_hex(32))
         self.key_file.chmod(0o600)
-        token = (
-            client.CoreV1Api(api)
-            .create_namespaced_service_account_token(
-                OPERATOR_SA,
-                OPERATOR_NAMESPACE,
-                client.AuthenticationV1TokenRequest(
-                    spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=24 * 3600)
-                ),
-            )
-            .status.token
+        request = client.AuthenticationV1TokenRequest(
+            spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=24 * 3600)
         )
+        issued = client.CoreV1Api(api).create_namespaced_service_account_token(
+            OPERATOR_SA, OPERATOR_NAMESPACE, request
+        )
+        if issued.status is None:
+            raise RuntimeError(f"no token issued for {OPERATOR_NAMESPACE}/{OPERATOR_SA}")
+        token = issued.status.token
         self.kubeconfig = write_kubeconfig(
             workdir / "operator.kubeconfig", server, ca_cert, OPERATOR_SA, token=token
         )
