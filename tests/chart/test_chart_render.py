@@ -348,7 +348,7 @@ def test_service_monitor_and_alerts_are_optional(render):
         "gpufleet_pool_ready_workers < on (namespace, pool) gpufleet_pool_desired_workers"
         in (rules["GpufleetWorkersNotReady"]["expr"])
     )
-    assert 'outcome="Failed"' in rules["GpufleetJobsFailing"]["expr"]
+    assert 'outcome="failed"' in rules["GpufleetJobsFailing"]["expr"]
     assert rules["GpufleetJobsFailing"]["expr"].rstrip().endswith("> 0.5")
     # Prometheus' own template syntax reaches the rule untouched by Helm.
     assert "{{ $labels.pool }}" in rules["GpufleetQueueNotDraining"]["annotations"]["summary"]

@@ -44,7 +44,8 @@ class LeaderElector:
         self.api = coordination
         self.namespace = namespace
         self.name = name
-        self.identity = identity or f"{socket.gethostname()}-{os.getpid()}"
+        # The pod name when run in a pod (the chart sets POD_NAME), else host and process.
+        self.identity = identity or os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
 
     def _try_acquire(self) -> bool:
         now = _now()
