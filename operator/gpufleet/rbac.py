@@ -68,6 +68,12 @@ CLUSTER_RULES: tuple[Rule, ...] = (
         ("get", "list", "watch"),
         "read GPU Feature Discovery labels to tell whether any node has a GPU big enough for a job",
     ),
+    Rule(
+        ("apiextensions.k8s.io",),
+        ("customresourcedefinitions",),
+        ("get", "list", "watch"),
+        "notice the gpufleet CRDs when they are installed or upgraded after the operator started",
+    ),
 )
 
 # In the operator's own namespace only.

@@ -70,8 +70,6 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.persistence.finalizer = f"{GROUP}/operator"
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
-    # The resources are known; scanning CRDs would need a permission the operator does not have.
-    settings.scanning.disabled = True
     STATE["op"] = Operator(kube=Kube(load_client()), http=httpx.AsyncClient(), **SETTINGS)
     asyncio.get_running_loop().create_task(orphans(), name="orphan-jobs")
 
