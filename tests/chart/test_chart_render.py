@@ -127,7 +127,7 @@ def test_default_setup_is_cluster_wide(render):
     ]
 
 
-def test_namespaced_setup_has_a_role_per_namespace_and_reads_only_nodes_cluster_wide(render):
+def test_namespaced_setup_has_a_role_per_namespace_and_only_reads_cluster_wide(render):
     docs = render(NAMESPACED)
     container = operator_container(docs)
     assert "--all-namespaces" not in container["args"]
@@ -138,7 +138,12 @@ def test_namespaced_setup_has_a_role_per_namespace_and_reads_only_nodes_cluster_
     cluster_roles = find(docs, "ClusterRole")
     assert [r["metadata"]["name"] for r in cluster_roles] == ["gf-gpufleet-cluster"]
     assert cluster_roles[0]["rules"] == [
-        {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]}
+        {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]},
+        {
+            "apiGroups": ["apiextensions.k8s.io"],
+            "resources": ["customresourcedefinitions"],
+            "verbs": ["get", "list", "watch"],
+        },
     ]
     rules = sync_chart.yaml.safe_load((CHART / "files" / "rbac-rules.yaml").read_text())
     expected = [{k: r[k] for k in ("apiGroups", "resources", "verbs")} for r in rules["namespaced"]]
