@@ -10,9 +10,10 @@ import time
 from pathlib import Path
 
 import pytest
-from kubernetes import client
+from kubernetes import client, watch
 
 from gpufleet import labels
+from gpufleet.localcluster.waiting import wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.localkubelet, pytest.mark.s3]
 
@@ -49,14 +50,28 @@ def test_jobs_run_in_priority_order_without_overcommit_and_artifacts_match(fleet
     samples: list[str] = []
     done = threading.Event()
 
-    def watch() -> None:
-        seen = set()
+    def record_dispatches() -> None:
+        # A watch delivers every status change in order, so no dispatch slips between samples.
+        seen: set[str] = set()
+        stream = watch.Watch()
+        for event in stream.stream(
+            fleet.custom.list_namespaced_custom_object,
+            "gpufleet.io",
+            "v1alpha1",
+            fleet.namespace,
+            "generationjobs",
+            timeout_seconds=300,
+        ):
+            job = event["object"]
+            name, phase = job["metadata"]["name"], job.get("status", {}).get("phase")
+            if phase in ("Dispatched", "Running", "Succeeded") and name not in seen:
+                seen.add(name)
+                dispatch_order.append(name)
+            if done.is_set():
+                stream.stop()
+
+    def sample_inventories() -> None:
         while not done.is_set():
-            for job in fleet.jobs():
-                name, phase = job["metadata"]["name"], job.get("status", {}).get("phase")
-                if phase in ("Dispatched", "Running", "Succeeded") and name not in seen:
-                    seen.add(name)
-                    dispatch_order.append(name)
             for inventory in fleet.inventories("sd"):
                 for gpu in inventory.gpus:
                     if (
@@ -66,14 +81,21 @@ def test_jobs_run_in_priority_order_without_overcommit_and_artifacts_match(fleet
                         samples.append(f"{inventory.worker} {gpu.uuid}: {gpu}")
             time.sleep(0.2)
 
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
+    watchers = [
+        threading.Thread(target=record_dispatches, daemon=True),
+        threading.Thread(target=sample_inventories, daemon=True),
+    ]
+    for watcher in watchers:
+        watcher.start()
     try:
         for i in range(len(priorities)):
             fleet.wait_phase(f"j{i}", "Succeeded", timeout=240)
     finally:
         done.set()
-        watcher.join(5)
+        watchers[1].join(5)
+    wait_for(
+        lambda: dispatch_order, lambda seen: len(seen) == len(priorities), 30, what="every dispatch watched"
+    )
 
     assert samples == [], "a GPU was over-committed"
     for pod in fleet.worker_pods("sd"):
