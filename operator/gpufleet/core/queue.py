@@ -36,5 +36,5 @@ def order(
 
 
 def positions(ordered: Sequence[WaitingJob]) -> dict[str, int]:
-    """1-based queue position of each job, for ``status.queuePosition``."""
+    """1-based queue position of each job (``status.queuePosition`` is 0-based: this less one)."""
     return {job.key: index for index, job in enumerate(ordered, start=1)}
