@@ -54,21 +54,25 @@ def test_jobs_run_in_priority_order_without_overcommit_and_artifacts_match(fleet
         # A watch delivers every status change in order, so no dispatch slips between samples.
         seen: set[str] = set()
         stream = watch.Watch()
-        for event in stream.stream(
+        events = stream.stream(
             fleet.custom.list_namespaced_custom_object,
             "gpufleet.io",
             "v1alpha1",
             fleet.namespace,
             "generationjobs",
             timeout_seconds=300,
-        ):
-            job = event["object"]
-            name, phase = job["metadata"]["name"], job.get("status", {}).get("phase")
-            if phase in ("Dispatched", "Running", "Succeeded") and name not in seen:
-                seen.add(name)
-                dispatch_order.append(name)
-            if done.is_set():
-                stream.stop()
+        )
+        try:
+            for event in events:
+                job = event["object"]
+                name, phase = job["metadata"]["name"], job.get("status", {}).get("phase")
+                if phase in ("Dispatched", "Running", "Succeeded") and name not in seen:
+                    seen.add(name)
+                    dispatch_order.append(name)
+                if len(seen) == len(priorities):
+                    return
+        finally:
+            stream.stop()
 
     def sample_inventories() -> None:
         while not done.is_set():
