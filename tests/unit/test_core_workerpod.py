@@ -187,7 +187,7 @@ def test_min_memory_defaults_to_the_largest_model() -> None:
 
 
 def test_user_node_selector_terms_are_anded_with_the_gpu_needs() -> None:
-    user = {
+    user: dict[str, Any] = {
         "requiredDuringSchedulingIgnoredDuringExecution": {
             "nodeSelectorTerms": [
                 {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]},
@@ -201,7 +201,7 @@ def test_user_node_selector_terms_are_anded_with_the_gpu_needs() -> None:
             }
         ],
     }
-    anti = {"preferredDuringSchedulingIgnoredDuringExecution": []}
+    anti: dict[str, Any] = {"preferredDuringSchedulingIgnoredDuringExecution": []}
     spec = example_spec(affinity={"nodeAffinity": user, "podAntiAffinity": anti})
     wp = pool(spec)
     manifest = worker_pod(wp, "sd15-0", CLASSES_MIB, ENV)
@@ -285,7 +285,7 @@ def test_unsafe_overrides_never_reach_the_pod(template: dict[str, Any]) -> None:
 # --- properties over every valid pool ---------------------------------------------------------
 
 
-USER_NODE_AFFINITIES = [
+USER_NODE_AFFINITIES: list[dict[str, Any] | None] = [
     None,
     {},
     {"requiredDuringSchedulingIgnoredDuringExecution": {}},
