@@ -163,6 +163,32 @@ def set_condition(conditions: Iterable[Condition], new: Condition) -> list[Condi
     return result
 
 
+def boolean_condition(
+    type_: str, value: bool, reason: str, message: str, observed_generation: int, now: datetime
+) -> Condition:
+    """A True/False condition, transitioned ``now`` (`merge_conditions` keeps older times)."""
+    return Condition(
+        type=type_,
+        status=ConditionStatus.TRUE if value else ConditionStatus.FALSE,
+        reason=reason,
+        message=message,
+        observed_generation=observed_generation,
+        last_transition_time=now,
+    )
+
+
+def merge_conditions(previous: Iterable[Condition], new: Iterable[Condition]) -> list[dict]:
+    """``new`` as written to status: a condition whose status held keeps its transition time."""
+    before = {c.type: c for c in previous}
+    result = []
+    for condition in new:
+        old = before.get(condition.type)
+        if old is not None and old.status == condition.status:
+            condition = condition.model_copy(update={"last_transition_time": old.last_transition_time})
+        result.append(condition.model_dump(mode="json", by_alias=True, exclude_none=True))
+    return result
+
+
 def kstatus_conditions(
     *,
     ready: bool,
@@ -176,14 +202,7 @@ def kstatus_conditions(
     """The Ready / Reconciling / Stalled triple, all with the same reason and message."""
 
     def condition(type_: ConditionType, value: bool) -> Condition:
-        return Condition(
-            type=type_,
-            status=ConditionStatus.TRUE if value else ConditionStatus.FALSE,
-            reason=reason,
-            message=message,
-            observed_generation=observed_generation,
-            last_transition_time=now,
-        )
+        return boolean_condition(type_, value, reason, message, observed_generation, now)
 
     return [
         condition(ConditionType.READY, ready),

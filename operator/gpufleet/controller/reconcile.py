@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 import gpufleet_worker.protocol as protocol
 from gpufleet import labels
-from gpufleet.api.conditions import TERMINAL_PHASES, JobPhase, Reason, job_conditions
+from gpufleet.api.conditions import TERMINAL_PHASES, JobPhase, Reason, job_conditions, merge_conditions
 from gpufleet.api.models import GenerationJob, WorkerPool
 from gpufleet.api.quantity import parse_quantity
 from gpufleet.core import dispatch, queue, sizing
@@ -242,14 +242,7 @@ async def set_job_phase(
     """Writes phase, reason, message, conditions and any extra status fields (camelCase)."""
     now = now_utc()
     generation = job.metadata.get("generation", 1)
-    conditions = job_conditions(phase, reason, message, generation, now)
-    previous = {c.type: c for c in job.status.conditions}
-    merged = []
-    for condition in conditions:
-        old = previous.get(condition.type)
-        if old is not None and old.status == condition.status:
-            condition = condition.model_copy(update={"last_transition_time": old.last_transition_time})
-        merged.append(condition.model_dump(mode="json", by_alias=True, exclude_none=True))
+    merged = merge_conditions(job.status.conditions, job_conditions(phase, reason, message, generation, now))
     status = {
         "phase": phase.value,
         "reason": str(reason),
@@ -288,36 +281,17 @@ async def handle_job(
     namespace, name = meta["namespace"], meta["name"]
     memory = op.job(namespace, name)
     phase = status.phase
-    finalizers = meta.get("finalizers") or []
 
     if meta.get("deletionTimestamp"):
         if phase in (JobPhase.DISPATCHED, JobPhase.RUNNING):
             await follow.cancel_run(op, job, pods_by_name, token)
-        if labels.FINALIZER in finalizers:
-            await op.kube.patch_metadata(
-                JOBS,
-                namespace,
-                name,
-                {
-                    "finalizers": [f for f in finalizers if f != labels.FINALIZER],
-                    "resourceVersion": meta["resourceVersion"],
-                },
-            )
+        await release_finalizer(op, job)
         follow.stop_follower(op, namespace, name)
         op.jobs.pop((namespace, name), None)
         return None
 
     if phase in TERMINAL_PHASES:
-        if labels.FINALIZER in finalizers:
-            await op.kube.patch_metadata(
-                JOBS,
-                namespace,
-                name,
-                {
-                    "finalizers": [f for f in finalizers if f != labels.FINALIZER],
-                    "resourceVersion": meta["resourceVersion"],
-                },
-            )
+        await release_finalizer(op, job)
         if jobrules.ttl_expired(status.completion_time, spec.ttl_seconds_after_finished, now):
             await op.kube.delete_job(namespace, name)
         return None
@@ -375,6 +349,22 @@ async def handle_job(
         return None
     created = dt.datetime.fromisoformat(meta["creationTimestamp"].replace("Z", "+00:00")).timestamp()
     return queue.WaitingJob(key=f"{namespace}/{name}", priority=spec.priority, enqueued_at=created)
+
+
+async def release_finalizer(op: Operator, job: GenerationJob) -> None:
+    """Removes the operator's finalizer (guarded by resourceVersion: a newer object keeps it for now)."""
+    meta = job.metadata
+    finalizers = meta.get("finalizers") or []
+    if labels.FINALIZER in finalizers:
+        await op.kube.patch_metadata(
+            JOBS,
+            meta["namespace"],
+            meta["name"],
+            {
+                "finalizers": [f for f in finalizers if f != labels.FINALIZER],
+                "resourceVersion": meta["resourceVersion"],
+            },
+        )
 
 
 def fleet_workers(

@@ -7,27 +7,14 @@ from typing import Any
 
 import gpufleet_worker.protocol as protocol
 from gpufleet.api.conditions import (
-    Condition,
-    ConditionStatus,
     ConditionType,
     JobPhase,
     Reason,
+    boolean_condition,
     kstatus_conditions,
+    merge_conditions,
 )
 from gpufleet.api.models import WorkerPool
-
-
-def _condition(
-    type_: ConditionType, value: bool, reason: str, message: str, generation: int, now: dt.datetime
-) -> Condition:
-    return Condition(
-        type=type_,
-        status=ConditionStatus.TRUE if value else ConditionStatus.FALSE,
-        reason=reason,
-        message=message,
-        observed_generation=generation,
-        last_transition_time=now,
-    )
 
 
 def pool_status(
@@ -107,7 +94,7 @@ def pool_status(
         now=now,
     )
     conditions += [
-        _condition(
+        boolean_condition(
             ConditionType.SCALING,
             len(active) != desired,
             Reason.SCALING_UP
@@ -119,15 +106,11 @@ def pool_status(
             generation,
             now,
         ),
-        _condition(ConditionType.DEGRADED, 0 < ready_count < desired, reason, message, generation, now),
+        boolean_condition(
+            ConditionType.DEGRADED, 0 < ready_count < desired, reason, message, generation, now
+        ),
     ]
-    previous = {c.type: c for c in pool.status.conditions}
-    rendered = []
-    for condition in conditions:
-        old = previous.get(condition.type)
-        if old is not None and old.status == condition.status:
-            condition = condition.model_copy(update={"last_transition_time": old.last_transition_time})
-        rendered.append(condition.model_dump(mode="json", by_alias=True, exclude_none=True))
+    rendered = merge_conditions(pool.status.conditions, conditions)
     return {
         "observedGeneration": generation,
         "replicas": len(active),
