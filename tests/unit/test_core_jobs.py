@@ -255,3 +255,10 @@ def test_ttl() -> None:
     assert not jobs.ttl_expired(T0, 60, T0 + timedelta(seconds=59))
     assert jobs.ttl_expired(T0, 60, T0 + timedelta(seconds=60))
     assert jobs.ttl_expired(T0, 0, T0)  # 0: deleted as soon as it finished
+
+
+def test_retry_backoff_doubles_but_stops_at_an_hour():
+    from gpufleet.core.jobs import MAX_BACKOFF_SECONDS, retry_delay
+
+    assert retry_delay(1, 100, 10) == 10 and retry_delay(2, 100, 10) == 20
+    assert retry_delay(99, 100, 10) == MAX_BACKOFF_SECONDS

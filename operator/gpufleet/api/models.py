@@ -229,6 +229,14 @@ KEY_SYNTAX_RULE = (
     "keys must be label keys: an optional DNS subdomain and '/', then a name of at most 63 characters"
 )
 SYSTEM_PRIORITY_RULE = "system-* priority classes are reserved for cluster components"
+# Annotations that loosen a pod's security profile; a pool author may not set them.
+SECURITY_ANNOTATION_PREFIXES = (
+    "container.apparmor.security.beta.kubernetes.io/",
+    "seccomp.security.alpha.kubernetes.io/",
+)
+SECURITY_ANNOTATION_RULE = (
+    "annotations that set AppArmor or seccomp profiles are reserved: workers run restricted"
+)
 
 
 def _key_rules(reserved_prefix: bool) -> dict[str, Any]:
@@ -249,6 +257,13 @@ def _check_keys(keys: list[str], reserved_prefix: bool) -> None:
             raise ValueError(f"{key!r}: {KEY_SYNTAX_RULE}")
         if reserved_prefix and key.startswith(f"{labels.GROUP}/"):
             raise ValueError(f"{key!r}: {RESERVED_LABEL_RULE}")
+
+
+def _annotation_rules() -> dict[str, Any]:
+    rules = _key_rules(reserved_prefix=True)
+    prefixes = " || ".join(f"k.startsWith('{p}')" for p in SECURITY_ANNOTATION_PREFIXES)
+    rules[VALIDATIONS].append(rule(f"self.all(k, !({prefixes}))", SECURITY_ANNOTATION_RULE))
+    return rules
 
 
 GPU_RESOURCE_RULE = f"must not set {labels.GPU_RESOURCE}: the operator requests spec.gpu.count GPUs"
@@ -323,10 +338,16 @@ class EnvVarSource(CamelModel):
 
 
 RESERVED_ENV_PREFIXES = ("NVIDIA_", "GPUFLEET_")
-RESERVED_ENV_NAMES = ("CUDA_VISIBLE_DEVICES",)
+RESERVED_ENV_NAMES = (
+    "CUDA_VISIBLE_DEVICES",
+    "POD_NAME",
+    "POD_IP",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+)
 ENV_RESERVED_RULE = (
-    "env names NVIDIA_*, CUDA_VISIBLE_DEVICES and GPUFLEET_* are reserved: the device plugin "
-    "picks the GPUs and the operator configures the worker"
+    "env names NVIDIA_*, CUDA_VISIBLE_DEVICES, GPUFLEET_*, POD_NAME, POD_IP and the AWS_* credentials "
+    "are reserved: the device plugin picks the GPUs and the operator configures the worker"
 )
 ENV_VALUE_RULE = "value and valueFrom are mutually exclusive"
 
@@ -388,7 +409,7 @@ class PodOverrides(CamelModel):
         default_factory=dict,
         max_length=32,
         description="Annotations for the worker pods.",
-        json_schema_extra=_key_rules(True),
+        json_schema_extra=_annotation_rules(),
     )
     node_selector: dict[str, LabelValue] = Field(
         default_factory=dict,
@@ -407,6 +428,9 @@ class PodOverrides(CamelModel):
     def _safe(self) -> PodOverrides:
         _check_keys(list(self.labels), reserved_prefix=True)
         _check_keys(list(self.annotations), reserved_prefix=True)
+        for key in self.annotations:
+            if key.startswith(SECURITY_ANNOTATION_PREFIXES):
+                raise ValueError(f"{key!r}: {SECURITY_ANNOTATION_RULE}")
         _check_keys(list(self.node_selector), reserved_prefix=False)
         if self.priority_class_name is not None and self.priority_class_name.startswith("system-"):
             raise ValueError(SYSTEM_PRIORITY_RULE)

@@ -92,11 +92,17 @@ def refusal(spec: GenerationJobSpec, pool: WorkerPoolSpec | None, classes: list[
     return None
 
 
+MAX_BACKOFF_SECONDS = 3600.0  # doubling stops here, so 100 attempts still end in hours, not years
+
+
 def retry_delay(attempts: int, max_attempts: int, backoff_seconds: int) -> float | None:
-    """Seconds to wait before the next attempt after ``attempts`` failed ones; None when exhausted."""
+    """Seconds to wait before the next attempt after ``attempts`` failed ones; None when exhausted.
+
+    The wait doubles with each attempt, up to an hour.
+    """
     if attempts >= max_attempts:
         return None
-    return float(backoff_seconds * 2 ** max(0, attempts - 1))
+    return min(MAX_BACKOFF_SECONDS, float(backoff_seconds * 2 ** min(max(0, attempts - 1), 32)))
 
 
 def past_deadline(start_time: datetime | None, timeout_seconds: int, now: datetime) -> bool:
