@@ -17,7 +17,15 @@ from gpufleet.api.conditions import Reason
 from gpufleet.api.models import GenerationJobSpec, WorkerPoolSpec
 from gpufleet.api.quantity import parse_quantity
 from gpufleet.core import jobs
-from gpufleet.core.jobs import GpuClass, gib, pool_gpu_classes, refusal, retry_delay, working_vram
+from gpufleet.core.jobs import (
+    MAX_BACKOFF_SECONDS,
+    GpuClass,
+    gib,
+    pool_gpu_classes,
+    refusal,
+    retry_delay,
+    working_vram,
+)
 
 GiB = 2**30
 MiB = 2**20
@@ -233,10 +241,10 @@ def test_retry_delay_is_none_exactly_when_attempts_are_used_up(
     delay = retry_delay(attempts, max_attempts, backoff)
     assert (delay is None) == (attempts >= max_attempts)
     if delay is not None:
-        assert delay >= backoff
+        assert delay >= min(backoff, MAX_BACKOFF_SECONDS)
         following = retry_delay(attempts + 1, max_attempts, backoff)
         if following is not None and attempts >= 1:
-            assert following == 2 * delay
+            assert following == min(2 * delay, MAX_BACKOFF_SECONDS)
 
 
 T0 = datetime(2026, 11, 22, 10, 0, 0, tzinfo=UTC)
@@ -258,7 +266,5 @@ def test_ttl() -> None:
 
 
 def test_retry_backoff_doubles_but_stops_at_an_hour():
-    from gpufleet.core.jobs import MAX_BACKOFF_SECONDS, retry_delay
-
     assert retry_delay(1, 100, 10) == 10 and retry_delay(2, 100, 10) == 20
     assert retry_delay(99, 100, 10) == MAX_BACKOFF_SECONDS
