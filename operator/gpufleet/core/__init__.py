@@ -1,0 +1,1 @@
+"""Pure decisions over plain data: queue order, placement, pool sizing, status."""

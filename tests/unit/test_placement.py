@@ -1,0 +1,442 @@
+"""The placer (gpufleet.core.placement): its rule, its invariants and its failure paths.
+
+An oracle written straight from the rule's definition (plain loops over plain values) checks
+the fast array implementation on random fleets.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gpufleet.core.placement import (
+    SHARE_SCALE,
+    STRANDED_TIE,
+    Demand,
+    DemandMix,
+    Fleet,
+    Gpu,
+    Job,
+    NoFit,
+    Placement,
+    Worker,
+    commit,
+    observe,
+    place,
+)
+
+GiB = 2**30
+
+
+def gpu(uuid: str, total: int = 16, free: float | None = None, product: str = "A10", **kw) -> Gpu:
+    """A GPU that may share up to 4 jobs unless told otherwise."""
+    free_bytes = int((total if free is None else free) * GiB)
+    return Gpu(uuid, product, total * GiB, free_bytes, **{"max_jobs": 4, **kw})
+
+
+def worker(name: str, *gpus: Gpu, **kw) -> Worker:
+    return Worker(name, tuple(gpus), **kw)
+
+
+def job(vram: float = 0, gpus: int = 1, share: int = 0, **kw) -> Job:
+    model = kw.pop("model", None)
+    return Job(Demand(gpus=gpus, vram=int(vram * GiB), vram_share=share, **kw), model)
+
+
+def mix_of(*demands: Demand, times: int = 1) -> DemandMix:
+    mix = DemandMix()
+    for _ in range(times):
+        for demand in demands:
+            mix = observe(mix, demand)
+    return mix
+
+
+# --- the oracle ------------------------------------------------------------------------------
+
+
+def need_on(demand: Demand, g: Gpu) -> int:
+    return g.vram_total * demand.vram_share // SHARE_SCALE if demand.vram_share else demand.vram
+
+
+def fits(demand: Demand, g: Gpu, free: int, jobs: int) -> bool:
+    allowed = not demand.products or g.product in demand.products
+    return allowed and jobs < g.max_jobs and free >= need_on(demand, g)
+
+
+def stranded(w: Worker, free: list[int], jobs: list[int], cpu: float, memory: float, mix) -> float:
+    """The definition: free VRAM (in GPUs) the mix's GPU kinds could not use, weighted by how
+    often each kind arrives."""
+    idle = sum(max(f, 0) / g.vram_total for f, g in zip(free, w.gpus, strict=True))
+    kinds = [k for k in mix.kinds if k.gpus > 0]
+    total = sum(k.weight for k in kinds)
+    usable = 0.0
+    for k in kinds:
+        d = Demand(k.gpus, k.vram, k.vram_share, k.products)
+        ok = [fits(d, g, f, j) for g, f, j in zip(w.gpus, free, jobs, strict=True)]
+        if sum(ok) >= k.gpus and cpu >= k.cpu and memory >= k.memory:
+            room = sum(max(f, 0) / g.vram_total for g, f, o in zip(w.gpus, free, ok, strict=True) if o)
+            usable += k.weight / total * room
+    return idle - usable
+
+
+def oracle_increase(w: Worker, chosen: tuple[int, ...], demand: Demand, mix) -> float:
+    """Stranded VRAM after minus before, for `demand` on GPUs `chosen` (positions) of `w`."""
+    free = [g.vram_free for g in w.gpus]
+    jobs = [g.jobs for g in w.gpus]
+    cpu = math.inf if w.cpu_free is None else w.cpu_free
+    memory = math.inf if w.memory_free is None else w.memory_free
+    before = stranded(w, free, jobs, cpu, memory, mix)
+    for i in chosen:
+        free[i] -= need_on(demand, w.gpus[i])
+        jobs[i] += 1
+    return stranded(w, free, jobs, cpu - demand.cpu, memory - demand.memory, mix) - before
+
+
+def oracle_candidates(workers: list[Worker], demand: Demand):
+    """Every feasible (worker, GPU positions) for a job, GPU choice as the rule makes it."""
+    for wi, w in enumerate(workers):
+        if not w.ready or w.draining:
+            continue
+        if (w.cpu_free is not None and w.cpu_free < demand.cpu) or (
+            w.memory_free is not None and w.memory_free < demand.memory
+        ):
+            continue
+        room = [i for i, g in enumerate(w.gpus) if fits(demand, g, g.vram_free, g.jobs)]
+        if demand.gpus == 0:
+            yield wi, ()
+        elif demand.gpus == 1:
+            for i in room:
+                yield wi, (i,)
+        elif len(room) >= demand.gpus:
+            left = {
+                i: (w.gpus[i].vram_free - need_on(demand, w.gpus[i])) / w.gpus[i].vram_total for i in room
+            }
+            yield wi, tuple(sorted(room, key=lambda i: (left[i], i))[: demand.gpus])
+
+
+# --- strategies -------------------------------------------------------------------------------
+
+products = st.sampled_from(["A10", "L4", "H100"])
+
+
+@st.composite
+def gpus_st(draw, name: str) -> Gpu:
+    total = draw(st.sampled_from([8, 16, 24, 80]))
+    free_q = draw(st.integers(0, 8))  # eighths of the GPU free
+    max_jobs = draw(st.integers(1, 4))
+    return Gpu(
+        uuid=name,
+        product=draw(products),
+        vram_total=total * GiB,
+        vram_free=total * GiB * free_q // 8,
+        jobs=draw(st.integers(0, max_jobs)),
+        max_jobs=max_jobs,
+    )
+
+
+@st.composite
+def workers_st(draw) -> list[Worker]:
+    count = draw(st.integers(1, 6))
+    out = []
+    for i in range(count):
+        n = draw(st.integers(0, 4))
+        out.append(
+            Worker(
+                name=f"w{i}",
+                gpus=tuple(draw(gpus_st(f"w{i}-g{j}")) for j in range(n)),
+                models=frozenset(draw(st.sets(st.sampled_from(["sd", "llm"]), max_size=1))),
+                ready=draw(st.booleans() | st.just(True)),
+                draining=draw(st.booleans() | st.just(False)) and draw(st.booleans()),
+                cpu_free=draw(st.none() | st.integers(0, 16).map(lambda c: c * 1000)),
+                memory_free=draw(st.none() | st.integers(0, 64).map(lambda m: m * GiB)),
+            )
+        )
+    return out
+
+
+@st.composite
+def demands_st(draw) -> Demand:
+    gpus = draw(st.integers(0, 3))
+    if gpus == 0:
+        return Demand(gpus=0, cpu=draw(st.integers(0, 8)) * 1000)
+    by_share = draw(st.booleans())
+    return Demand(
+        gpus=gpus,
+        vram=0 if by_share else draw(st.integers(1, 16)) * GiB,
+        vram_share=draw(st.sampled_from([125, 250, 500, 750, 1000])) if by_share else 0,
+        products=frozenset(draw(st.sets(products, max_size=2))),
+        cpu=draw(st.integers(0, 8)) * 1000,
+        memory=draw(st.integers(0, 16)) * GiB,
+    )
+
+
+@st.composite
+def mixes_st(draw) -> DemandMix:
+    mix = DemandMix(half_life=draw(st.sampled_from([2.0, 10.0, 1000.0])))
+    for demand in draw(st.lists(demands_st(), max_size=8)):
+        mix = observe(mix, demand)
+    return mix
+
+
+PROPERTY = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+# --- properties -------------------------------------------------------------------------------
+
+
+@PROPERTY
+@given(workers=workers_st(), demand=demands_st(), mix=mixes_st(), model=st.sampled_from([None, "sd"]))
+def test_the_choice_is_the_rules_best_and_never_over_commits(workers, demand, mix, model):
+    fleet = Fleet.of(workers)
+    result = place(fleet, Job(demand, model), mix)
+    candidates = list(oracle_candidates(workers, demand))
+    if not candidates:
+        assert isinstance(result, NoFit)
+        return
+    assert isinstance(result, Placement)
+    w = workers[result.worker_index]
+    assert result.worker == w.name and w.ready and not w.draining
+    positions = tuple(fleet.gpu_uuids.index(u) - fleet.gpu_uuids.index(w.gpus[0].uuid) for u in result.gpus)
+    assert len(set(result.gpus)) == demand.gpus == len(result.vram)
+    for i, reserved in zip(positions, result.vram, strict=True):
+        g = w.gpus[i]
+        assert reserved == need_on(demand, g) <= g.vram_free  # never over-committed
+        assert g.jobs < g.max_jobs
+        assert not demand.products or g.product in demand.products
+    assert w.cpu_free is None or w.cpu_free >= demand.cpu
+    assert w.memory_free is None or w.memory_free >= demand.memory
+    # Model locality first, then the least increase of stranded VRAM (up to the tie width).
+    holders = [c for c in candidates if model in workers[c[0]].models]
+    pool = holders or candidates
+    assert result.holds_model == bool(holders)
+    best = min(round(oracle_increase(workers[wi], chosen, demand, mix) / STRANDED_TIE) for wi, chosen in pool)
+    assert result.stranded_increase == pytest.approx(oracle_increase(w, positions, demand, mix), abs=1e-7)
+    assert round(result.stranded_increase / STRANDED_TIE) == best
+
+
+@PROPERTY
+@given(workers=workers_st(), demand=demands_st(), mix=mixes_st())
+def test_the_same_inputs_give_the_same_placement(workers, demand, mix):
+    first = place(Fleet.of(workers), Job(demand), mix)
+    again = place(Fleet.of(list(workers)), Job(demand), mix)
+    assert first == again
+
+
+@PROPERTY
+@given(workers=workers_st(), demands=st.lists(demands_st(), min_size=1, max_size=12))
+def test_placing_in_a_row_never_over_commits(workers, demands):
+    fleet, mix = Fleet.of(workers), DemandMix()
+    for demand in demands:
+        mix = observe(mix, demand)
+        result = place(fleet, Job(demand), mix)
+        if isinstance(result, Placement):
+            fleet = commit(fleet, result)
+    assert (
+        fleet.jobs
+        <= np.maximum(fleet.max_jobs, np.array([g.jobs for w in workers for g in w.gpus], np.int64))
+    ).all()
+    originally_free = np.array([g.vram_free for w in workers for g in w.gpus], np.int64)
+    assert ((fleet.vram_free >= 0) | (fleet.vram_free == originally_free)).all()
+    tracked = np.array([w.cpu_free is not None for w in workers], bool)
+    assert (fleet.cpu_free[tracked] >= 0).all()
+
+
+# --- the rule on small, readable fleets ------------------------------------------------------
+
+
+def test_a_worker_holding_the_model_wins_even_if_fragmentation_prefers_another():
+    fleet = Fleet.of(
+        [
+            worker("cold", gpu("c0", free=4)),  # a perfect fit: 4 GiB job leaves nothing
+            worker("warm", gpu("w0", free=16), models=frozenset({"sd"})),
+        ]
+    )
+    mix = mix_of(Demand(vram=4 * GiB), Demand(vram=12 * GiB))
+    assert place(fleet, job(4, model="sd"), mix).worker == "warm"
+    assert place(fleet, job(4, model="sd"), mix, prefer_model=False).worker == "cold"
+    assert place(fleet, job(4, model="llm"), mix).worker == "cold"  # nobody holds it
+
+
+def test_fragmentation_keeps_room_for_the_jobs_that_typically_arrive():
+    # Typical jobs need 8 GiB. A 4 GiB job on the 12 GiB-free GPU leaves 8 GiB (still useful);
+    # on the 10 GiB-free GPU it would leave 6 GiB that no typical job can use.
+    fleet = Fleet.of([worker("a", gpu("a0", free=10)), worker("b", gpu("b0", free=12))])
+    mix = mix_of(Demand(vram=8 * GiB), times=5)
+    result = place(fleet, job(4), mix)
+    assert result.worker == "b"
+    # Without the mix, best fit takes the tighter GPU.
+    assert place(fleet, job(4)).worker == "a"
+
+
+def test_whole_empty_workers_are_kept_for_multi_gpu_jobs():
+    fleet = Fleet.of(
+        [
+            worker("empty", gpu("e0"), gpu("e1")),
+            worker("used", gpu("u0", free=8), gpu("u1")),
+        ]
+    )
+    mix = mix_of(Demand(gpus=2, vram_share=1000), Demand(vram=8 * GiB), times=3)
+    assert place(fleet, job(8), mix).worker == "used"
+    two = place(fleet, job(gpus=2, share=1000), mix)
+    assert two.worker == "empty" and two.gpus == ("e0", "e1") and two.vram == (16 * GiB, 16 * GiB)
+
+
+def test_a_share_is_of_each_chosen_gpu():
+    fleet = Fleet.of([worker("w", gpu("big", total=80), gpu("small", total=16, free=8))])
+    result = place(fleet, job(share=500))
+    assert result.gpus == ("small",) and result.vram == (8 * GiB,)
+    result = place(fleet, job(share=1000))  # a whole GPU: only an empty one
+    assert result.gpus == ("big",) and result.vram == (80 * GiB,)
+
+
+def test_products_gpu_count_and_job_slots_are_respected():
+    fleet = Fleet.of(
+        [
+            worker("l4", gpu("l0", product="L4"), gpu("l1", product="L4")),
+            worker("a10", gpu("a0", product="A10")),
+            worker("busy", gpu("b0", product="H100", jobs=2, max_jobs=2)),
+        ]
+    )
+    assert place(fleet, job(4, products=frozenset({"A10"}))).gpus == ("a0",)
+    assert place(fleet, job(4, gpus=2)).worker == "l4"
+    assert isinstance(place(fleet, job(4, products=frozenset({"H100"}))), NoFit)
+
+
+def test_never_on_a_worker_that_is_not_ready_or_is_draining():
+    fleet = Fleet.of(
+        [
+            worker("down", gpu("d0"), ready=False),
+            worker("leaving", gpu("l0"), draining=True),
+            worker("up", gpu("u0", free=2)),
+        ]
+    )
+    assert place(fleet, job(2)).worker == "up"
+    result = place(fleet, job(4))
+    assert isinstance(result, NoFit)
+    assert "1 not ready" in result.reason and "1 draining" in result.reason
+    assert result.largest_free_vram == 2 * GiB and result.needed_vram == 4 * GiB
+
+
+def test_host_cpu_and_memory_are_respected_where_reported():
+    fleet = Fleet.of(
+        [
+            worker("tight", gpu("t0"), cpu_free=2000, memory_free=8 * GiB),
+            worker("roomy", gpu("r0"), cpu_free=32000),
+        ]
+    )
+    assert place(fleet, job(4, cpu=4000)).worker == "roomy"
+    assert place(fleet, job(4, memory=16 * GiB)).worker == "roomy"  # untracked memory fits
+    result = place(fleet, job(4, cpu=64000))
+    assert isinstance(result, NoFit) and "without the host CPU or memory" in result.reason
+
+
+def test_no_fit_names_the_numbers():
+    fleet = Fleet.of([worker("w", gpu("g0", free=3), gpu("g1", free=2.5))])
+    result = place(fleet, job(6))
+    assert isinstance(result, NoFit)
+    assert result.needed_vram == 6 * GiB and result.largest_free_vram == 3 * GiB
+    assert "1 GPU(s) with 6.00 GiB VRAM free each" in result.reason
+    assert "3.00 GiB" in result.reason
+    assert isinstance(place(Fleet.of([]), job(1)), NoFit)
+    few = place(Fleet.of([worker("w", gpu("g0"))]), job(1, gpus=2))
+    assert isinstance(few, NoFit) and "fewer than 2 GPUs" in few.reason
+
+
+def test_commit_takes_the_resources_and_refuses_a_stale_placement():
+    fleet = Fleet.of([worker("w", gpu("g0", free=10, max_jobs=2), cpu_free=4000)])
+    first = place(fleet, job(6, cpu=1000))
+    after = commit(fleet, first)
+    assert after.vram_free[0] == 4 * GiB and after.jobs[0] == 1 and after.cpu_free[0] == 3000
+    assert fleet.vram_free[0] == 10 * GiB  # the original is unchanged
+    with pytest.raises(ValueError, match="no longer have the room"):
+        commit(after, first)
+    with pytest.raises(ValueError):
+        after.vram_free[0] = 0  # read-only
+
+
+def test_cpu_only_jobs_go_where_they_strand_nothing():
+    fleet = Fleet.of(
+        [
+            worker("gpu-rich", gpu("r0"), cpu_free=8000),
+            worker("gpu-full", gpu("f0", free=0), cpu_free=8000),
+        ]
+    )
+    mix = mix_of(Demand(vram=8 * GiB, cpu=4000), times=3)
+    result = place(fleet, Job(Demand(gpus=0, cpu=6000)), mix)
+    assert result.worker == "gpu-full" and result.gpus == ()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        (dict(gpus=-1), "gpus"),
+        (dict(vram=GiB, vram_share=500), "not both"),
+        (dict(vram_share=1001), "vram_share"),
+        (dict(gpus=1), "need vram"),
+        (dict(gpus=0, vram=GiB), "need gpus"),
+        (dict(cpu=-1, vram=GiB), "cpu"),
+    ],
+)
+def test_bad_demands_are_refused_naming_the_field(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        Demand(**kwargs)
+
+
+def test_bad_inventories_are_refused_naming_the_field():
+    with pytest.raises(ValueError, match="vram_free"):
+        Gpu("g", "A10", GiB, 2 * GiB)
+    with pytest.raises(ValueError, match="max_jobs"):
+        Gpu("g", "A10", GiB, GiB, max_jobs=0)
+    with pytest.raises(ValueError, match="cpu_free"):
+        Worker("w", (), cpu_free=-1)
+    with pytest.raises(ValueError, match="unique"):
+        Fleet.of([worker("w"), worker("w")])
+    with pytest.raises(ValueError, match="half_life"):
+        DemandMix(half_life=0)
+
+
+def test_the_mix_decays_and_stays_bounded():
+    mix = DemandMix(half_life=1.0, max_kinds=2)
+    for gib in (1, 2, 3):  # each observation weighs twice the one before (half-life: 1)
+        mix = observe(mix, Demand(vram=gib * GiB, cpu=1000 * gib))
+    assert [k.vram // GiB for k in mix.kinds] == [2, 3]  # the lightest, oldest is dropped
+    assert mix.shares() == pytest.approx({k.key: w for k, w in zip(mix.kinds, (1 / 3, 2 / 3), strict=True)})
+    mix = observe(mix, Demand(vram=2 * GiB, cpu=2000, memory=8 * GiB))
+    two = mix.kinds[0]
+    assert two.vram == 2 * GiB and mix.shares()[two.key] == pytest.approx(10 / 14)
+    assert two.memory == pytest.approx(8 * GiB * 8 / 10)  # averaged over the kind's jobs
+    assert len(observe(mix, Demand(vram=2 * GiB, cpu=9000)).kinds) == 2  # CPU tells kinds apart
+
+
+def test_a_long_mix_keeps_its_weights_finite():
+    mix = DemandMix(half_life=1.0)
+    for i in range(3000):
+        mix = observe(mix, Demand(vram=(1 + i % 2) * GiB))
+    shares = mix.shares()
+    assert all(math.isfinite(k.weight) for k in mix.kinds)
+    assert shares[(1, 2 * GiB, 0, frozenset(), 0)] == pytest.approx(2 / 3)  # the last one, twice
+
+
+def test_identical_workers_are_interchangeable_and_the_first_wins():
+    same = [worker(f"w{i}", gpu(f"g{i}", free=10)) for i in range(5)]
+    mix = mix_of(Demand(vram=8 * GiB), times=3)
+    assert place(Fleet.of(same), job(4), mix).worker == "w0"
+    # w3 alone can take the job without stranding VRAM the typical 8 GiB jobs could use.
+    changed = [*same[:3], worker("w3", gpu("g3", free=4)), same[4]]
+    assert place(Fleet.of(changed), job(4), mix).worker == "w3"
+
+
+@given(st.integers(0, 2**31))
+@settings(max_examples=30, deadline=None)
+def test_many_identical_workers_with_one_different_at_random(seed):
+    rng = np.random.default_rng(seed)
+    count = int(rng.integers(2, 40))
+    odd = int(rng.integers(count))
+    workers = [worker(f"w{i}", gpu(f"g{i}a", free=16), gpu(f"g{i}b", free=16)) for i in range(count)]
+    workers[odd] = worker(f"w{odd}", gpu(f"g{odd}a", free=16), gpu(f"g{odd}b", free=6))
+    mix = mix_of(Demand(vram=6 * GiB), Demand(vram=10 * GiB))
+    assert place(Fleet.of(workers), job(6), mix).worker == f"w{odd}"
