@@ -253,3 +253,39 @@ def test_pod_without_token_automount_gets_no_credentials(core, namespace):
         describe=lambda p: str(p.status.phase),
     )
     assert done.status.phase == "Succeeded"
+
+
+def test_mount_paths_are_not_rewritten_into_the_stand_ins_own_paths(core, namespace):
+    """A pod mounting a folder that holds this machine's programs (say /tmp) still finds them."""
+    top = "/" + Path(sys.executable).parts[1]  # e.g. /work, or /tmp for a checkout under /tmp
+    script = (
+        "import os, sys; first = os.environ['PATH'].split(os.pathsep)[0]; "
+        "sys.exit(0 if os.path.isfile(os.path.join(first, 'gpufleet-worker')) else 7)"
+    )
+    core.create_namespaced_pod(
+        namespace,
+        client.V1Pod(
+            metadata=client.V1ObjectMeta(name="tmp-mount"),
+            spec=client.V1PodSpec(
+                node_selector={"kubernetes.io/hostname": "cpu-0"},
+                restart_policy="Never",
+                volumes=[client.V1Volume(name="scratch", empty_dir=client.V1EmptyDirVolumeSource())],
+                containers=[
+                    client.V1Container(
+                        name="main",
+                        image="busybox:1.36",
+                        command=["python", "-c", script],
+                        volume_mounts=[client.V1VolumeMount(name="scratch", mount_path=top)],
+                    )
+                ],
+            ),
+        ),
+    )
+    done = wait_for(
+        lambda: read(core, namespace, "tmp-mount"),
+        lambda p: p.status.phase in ("Succeeded", "Failed"),
+        30,
+        what="pod to finish",
+        describe=lambda p: str(p.status.container_statuses),
+    )
+    assert done.status.phase == "Succeeded", done.status.container_statuses

@@ -488,7 +488,18 @@ class PodRunner(threading.Thread):
             "KUBERNETES_SERVICE_PORT": str(self.kubelet.api_port),
         }
         base.update(self._simulated_gpu_env(spec))
-        env = container_env(self.pod, spec, self.pod_ip or "", HOST_IP, self._lookup, base)
+        # Only what the pod spec says is in the container's view of the filesystem and gets
+        # its mount paths rewritten; the stand-in's own values (PATH, HOME, KUBECONFIG) are
+        # host paths already, and may well lie under a mount path such as /tmp.
+        spec_env = container_env(self.pod, spec, self.pod_ip or "", HOST_IP, self._lookup, base)
+        env = {
+            **base,
+            **{k: translate_paths(v, mounts) for k, v in spec_env.items() if spec_env.get(k) != base.get(k)},
+        }
+        argv = [
+            translate_paths(expand(a, spec_env), mounts)
+            for a in [*(spec.get("command") or []), *(spec.get("args") or [])]
+        ]
         if token_file:
             kubeconfig = write_kubeconfig(
                 self.dir / f"{spec['name']}.kubeconfig",
@@ -498,12 +509,6 @@ class PodRunner(threading.Thread):
                 token=Path(token_file).read_text(),
             )
             env["KUBECONFIG"] = str(kubeconfig)
-        # Expand with the container's own view of paths, then translate each result once.
-        argv = [
-            translate_paths(expand(a, env), mounts)
-            for a in [*(spec.get("command") or []), *(spec.get("args") or [])]
-        ]
-        env = {k: translate_paths(v, mounts) for k, v in env.items()}
         if not spec.get("command"):
             raise PodSpecError(
                 "CreateContainerConfigError",
@@ -520,7 +525,7 @@ class PodRunner(threading.Thread):
         cwd = Path(translate_paths(spec["workingDir"], mounts)) if spec.get("workingDir") else self.dir
         for probe_key in ("readinessProbe", "livenessProbe"):
             if exec_ := (spec.get(probe_key) or {}).get("exec"):
-                exec_["command"] = [translate_paths(expand(a, env), mounts) for a in exec_["command"]]
+                exec_["command"] = [translate_paths(expand(a, spec_env), mounts) for a in exec_["command"]]
         return Container(spec, argv, env, cwd, self.dir / f"{spec['name']}.log")
 
     def _simulated_gpu_env(self, spec: Mapping) -> dict[str, str]:
