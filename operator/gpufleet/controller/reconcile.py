@@ -152,7 +152,7 @@ async def reconcile_pool(
 
     # -- jobs -----------------------------------------------------------------------------
     now = now_utc()
-    classes = jobrules.pool_gpu_classes(pool.spec, gpu_classes, _min_memory(pool))
+    classes = jobrules.pool_gpu_classes(pool.spec, gpu_classes, min_memory_bytes(pool))
     waiting: list[tuple[queue.WaitingJob, GenerationJob]] = []
     pods_by_name = {p["metadata"]["name"]: p for p in pods}
     for job_body in job_bodies:
@@ -226,10 +226,6 @@ async def reconcile_pool(
         decision.cluster_full,
     )
     metrics.QUEUE_DEPTH.labels(namespace, name).set(len(ordered) - len(dispatched))
-
-
-def _min_memory(pool: WorkerPool) -> int:
-    return min_memory_bytes(pool)
 
 
 def job_body_of(job: GenerationJob) -> dict:
@@ -376,14 +372,12 @@ def fleet_workers(
 ) -> list[Worker]:
     """The placer's view: each worker's GPUs as reported, less reservations it has not reported yet."""
     # Jobs the operator dispatched that a worker's inventory does not list yet still hold VRAM.
-    pending: dict[str, list[tuple[str, str | None]]] = {}
+    pending: dict[str, list[tuple[str, str | None, dict]]] = {}
     for body in job_bodies:
         status = body.get("status") or {}
         worker = status.get("worker") or {}
         if status.get("phase") in (JobPhase.DISPATCHED, JobPhase.RUNNING) and worker.get("pod"):
-            pending.setdefault(worker["pod"], []).append(
-                (f"{body['metadata']['namespace']}/{body['metadata']['name']}", worker.get("gpu"))
-            )
+            pending.setdefault(worker["pod"], []).append((job_key(body), worker.get("gpu"), body))
     workers = []
     for pod in ready:
         name = pod["metadata"]["name"]
@@ -393,12 +387,10 @@ def fleet_workers(
         known = {run.job_id for run in inventory.jobs}
         free = {g.uuid: g.admittable_bytes for g in inventory.gpus}
         counts = {g.uuid: g.running_jobs for g in inventory.gpus}
-        for key, gpu in pending.get(name, []):
+        for key, gpu, body in pending.get(name, []):
             if key not in known and gpu in free:
-                job = next((b for b in job_bodies if job_key(b) == key), None)
-                if job is not None:
-                    free[gpu] -= jobrules.working_vram(GenerationJob.model_validate(job).spec)
-                    counts[gpu] += 1
+                free[gpu] -= jobrules.working_vram(GenerationJob.model_validate(body).spec)
+                counts[gpu] += 1
         workers.append(
             Worker(
                 name=name,
@@ -479,7 +471,9 @@ def size_pool(
                 running.append(as_job(GenerationJob.model_validate(body)))
             except ValidationError:
                 continue
-    shape = sizing.worker_shape(_min_memory(pool), pool.spec.gpu.count, pool.spec.gpu.max_jobs_per_gpu, views)
+    shape = sizing.worker_shape(
+        min_memory_bytes(pool), pool.spec.gpu.count, pool.spec.gpu.max_jobs_per_gpu, views
+    )
     decision = sizing.decide(
         policy,
         replicas=pool.spec.replicas,
