@@ -101,6 +101,7 @@ class Fleet:
         steps: int = 4,
         size: int = 64,
         seed: int | None = None,
+        images: int = 1,
         **spec: Any,
     ) -> dict:
         body = {
@@ -117,6 +118,7 @@ class Fleet:
                     "height": size,
                     "steps": steps,
                     "seed": seed if seed is not None else abs(hash(name)) % 2**31,
+                    "numImages": images,
                 },
                 "vram": "1Gi",
                 "priority": priority,

@@ -217,11 +217,23 @@ def test_cancel_and_delete_stop_the_run_on_its_worker(fleet):
     assert runs
 
 
-def test_job_past_its_timeout_fails(fleet):
+def test_job_past_its_timeout_fails_and_its_run_is_cancelled(fleet):
     fleet.pool("sd", replicas=1)
-    fleet.job("slow", steps=250, size=256, timeoutSeconds=3)
-    failed = fleet.wait_phase("slow", "Failed", timeout=120)
-    assert failed["status"]["reason"] == "DeadlineExceeded"
+    # Minutes of CPU work against a 3 s budget, so the deadline, not the run, ends it.
+    fleet.job("slow", steps=250, size=512, images=4, timeoutSeconds=3)
+    failed = fleet.wait_phase("slow", "Failed", "Succeeded", timeout=120)
+    assert failed["status"]["reason"] == "DeadlineExceeded", failed["status"]
+    assert "spec.timeoutSeconds (3s)" in failed["status"]["message"]
+    assert not failed["status"].get("artifacts")
+    from gpufleet.localcluster.waiting import wait_for
+
+    run = wait_for(
+        lambda: {r.job_id: r for w in fleet.worker_runs("sd").values() for r in w}[f"{fleet.namespace}/slow"],
+        lambda r: r.phase.value != "Running",
+        30,
+        what="slow stopped on its worker",
+    )
+    assert run.phase.value == "Cancelled" and run.vram_reserved_bytes == 0
 
 
 def test_operator_killed_three_times_runs_every_job_once(fleet, operator):

@@ -255,6 +255,8 @@ def test_deadline() -> None:
     assert not jobs.past_deadline(T0, 60, T0 + timedelta(seconds=59.999))
     assert jobs.past_deadline(T0, 60, T0 + timedelta(seconds=60))
     assert jobs.past_deadline(T0, 60, T0 + timedelta(days=1))
+    assert jobs.deadline(None, 60) is None
+    assert jobs.deadline(T0, 60) == T0 + timedelta(seconds=60)
 
 
 def test_ttl() -> None:

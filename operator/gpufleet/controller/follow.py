@@ -10,9 +10,12 @@ worker no longer knows was lost with the worker and goes back to the queue as a 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import time
+from collections.abc import Awaitable
+from typing import TypeVar
 
 import httpx
 from pydantic import ValidationError
@@ -20,7 +23,7 @@ from pydantic import ValidationError
 import gpufleet_worker.protocol as protocol
 from gpufleet import labels
 from gpufleet.api.conditions import JobPhase, Reason
-from gpufleet.api.models import GenerationJob, WorkerPool
+from gpufleet.api.models import GenerationJob
 from gpufleet.core import jobs as jobrules
 from gpufleet.core.placement import Placement
 
@@ -30,6 +33,7 @@ from .state import Operator
 from .workers import WorkerClient, WorkerError
 
 log = logging.getLogger("gpufleet.follow")
+T = TypeVar("T")
 LOST_AFTER_SECONDS = 15.0  # a worker unreachable this long has lost its runs
 
 # Worker outcomes that another attempt cannot fix.
@@ -57,9 +61,7 @@ def submit_request(job: GenerationJob) -> protocol.SubmitRequest:
     )
 
 
-async def dispatch(
-    op: Operator, pool: WorkerPool, job: GenerationJob, pod: dict, placement: Placement, token: str
-) -> bool:
+async def dispatch(op: Operator, job: GenerationJob, pod: dict, placement: Placement, token: str) -> bool:
     """Sends the next attempt of ``job`` to ``pod``; False when the worker refused it."""
     from .reconcile import job_body_of, set_job_phase
 
@@ -103,7 +105,7 @@ async def dispatch(
         )
         return False
     await op.kube.event(job_body_of(job), Reason.DISPATCHED, message)
-    start_follower(op, pool, job, token, attempt)
+    start_follower(op, job, token, attempt)
     return True
 
 
@@ -113,7 +115,7 @@ def stop_follower(op: Operator, namespace: str, name: str) -> None:
         memory.follower.cancel()
 
 
-def start_follower(op: Operator, pool: WorkerPool, job: GenerationJob, token: str, attempt: int) -> None:
+def start_follower(op: Operator, job: GenerationJob, token: str, attempt: int) -> None:
     memory = op.job(job.metadata["namespace"], job.metadata["name"])
     if memory.follower and not memory.follower.done():
         if memory.follower_attempt == attempt:
@@ -121,13 +123,13 @@ def start_follower(op: Operator, pool: WorkerPool, job: GenerationJob, token: st
         memory.follower.cancel()
     memory.follower_attempt = attempt
     memory.follower = asyncio.create_task(
-        follow(op, pool, job, token, attempt), name=f"follow-{job.metadata['name']}-{attempt}"
+        follow(op, job, token, attempt), name=f"follow-{job.metadata['name']}-{attempt}"
     )
 
 
-def ensure_follower(op: Operator, pool: WorkerPool, job: GenerationJob, token: str) -> None:
+def ensure_follower(op: Operator, job: GenerationJob, token: str) -> None:
     """After a restart (or a lost task) a Dispatched/Running job gets its follower back."""
-    start_follower(op, pool, job, token, job.status.attempts)
+    start_follower(op, job, token, job.status.attempts)
 
 
 async def cancel_run(op: Operator, job: GenerationJob, pods_by_name: dict[str, dict], token: str) -> None:
@@ -143,13 +145,59 @@ async def cancel_run(op: Operator, job: GenerationJob, pods_by_name: dict[str, d
         log.info("cancel of %s on %s: %s", run, pod["metadata"]["name"], error)
 
 
-async def follow(op: Operator, pool: WorkerPool, job: GenerationJob, token: str, attempt: int) -> None:
-    """Streams the attempt's events from its worker into the job's status until it ends."""
+class DeadlineReached(Exception):
+    """The attempt's job ran out of spec.timeoutSeconds while the follower waited on its worker."""
+
+
+async def until(ends: dt.datetime | None, awaitable: Awaitable[T]) -> T:
+    """Awaits ``awaitable`` (a wait on the worker, never a status write) no later than ``ends``."""
+    if ends is None:
+        return await awaitable
+    try:
+        async with asyncio.timeout((ends - dt.datetime.now(dt.UTC)).total_seconds()):
+            return await awaitable
+    except TimeoutError:
+        raise DeadlineReached from None
+
+
+async def follow(op: Operator, job: GenerationJob, token: str, attempt: int) -> None:
+    """Streams the attempt's events from its worker into the job's status until it ends.
+
+    The follower also keeps the job's deadline: the moment spec.timeoutSeconds runs out it
+    cancels the run on its worker and fails the job, rather than at the next reconcile.
+    """
+    try:
+        await follow_until_done(op, job, token, attempt)
+    except DeadlineReached:
+        await exceed_deadline(op, job, token, attempt)
+
+
+async def exceed_deadline(op: Operator, job: GenerationJob, token: str, attempt: int) -> None:
+    from .handlers import pod_of
+    from .reconcile import job_body_of, set_job_phase
+
+    meta, spec = job.metadata, job.spec
+    pod = pod_of(meta["namespace"], job.status.worker.pod) if job.status.worker else None
+    if pod is not None and (pod.get("status") or {}).get("podIP"):
+        client = WorkerClient(op.http, pod["status"]["podIP"], token, op.worker_port)
+        try:
+            await client.cancel(protocol.run_id(f"{meta['namespace']}/{meta['name']}", attempt))
+        except (WorkerError, httpx.HTTPError) as error:
+            log.info("cancel of %s/%s past its deadline: %s", meta["namespace"], meta["name"], error)
+    message = f"ran longer than spec.timeoutSeconds ({spec.timeout_seconds}s)"
+    await set_job_phase(op, job, JobPhase.FAILED, Reason.DEADLINE_EXCEEDED, message, completion_time=_stamp())
+    await op.kube.event(job_body_of(job), Reason.DEADLINE_EXCEEDED, message, warning=True)
+    metrics.finished(meta["namespace"], spec.pool_ref.name, "failed", float(spec.timeout_seconds))
+
+
+async def follow_until_done(op: Operator, job: GenerationJob, token: str, attempt: int) -> None:
+    """Raises DeadlineReached when the job's time runs out first."""
     from .handlers import pod_of
 
     meta = job.metadata
     namespace, name = meta["namespace"], meta["name"]
     run = protocol.run_id(f"{namespace}/{name}", attempt)
+    ends = jobrules.deadline(job.status.start_time, job.spec.timeout_seconds)
     worker_pod = job.status.worker.pod if job.status.worker else None
     unreachable_since: float | None = None
     seen_running = job.status.phase == JobPhase.RUNNING
@@ -172,12 +220,12 @@ async def follow(op: Operator, pool: WorkerPool, job: GenerationJob, token: str,
             ):
                 await lost(op, job, attempt, f"worker {worker_pod} is gone")
                 return
-            await asyncio.sleep(1)
+            await until(ends, asyncio.sleep(1))
             continue
         assert pod is not None
         client = WorkerClient(op.http, pod["status"]["podIP"], token, op.worker_port)
         try:
-            current = await client.get(run)
+            current = await until(ends, client.get(run))
             if current is None:
                 if seen_running:
                     await lost(
@@ -187,20 +235,23 @@ async def follow(op: Operator, pool: WorkerPool, job: GenerationJob, token: str,
                         f"worker {worker_pod} no longer has attempt {attempt} (it restarted)",
                     )
                     return
-                await client.submit(submit_request(job))  # never arrived: same attempt, same worker
-            async for event_id, event in client.events(run, after=last_event):
-                last_event = event_id
-                unreachable_since = None
-                if event.event == protocol.EventName.PROGRESS and event.progress is not None:
-                    seen_running = True
-                    if time.monotonic() - memory.last_progress_write >= op.progress_interval:
-                        memory.last_progress_write = time.monotonic()
-                        await write_progress(op, job, event.progress)
-                elif event.event == protocol.EventName.STATE:
-                    seen_running = True
-                elif event.event == protocol.EventName.RESULT and event.status is not None:
-                    await finish(op, job, attempt, event.status)
-                    return
+                # never arrived: same attempt, same worker
+                await until(ends, client.submit(submit_request(job)))
+            async with contextlib.aclosing(client.events(run, after=last_event)) as events:
+                while (next_event := await until(ends, anext(events, None))) is not None:
+                    event_id, event = next_event
+                    last_event = event_id
+                    unreachable_since = None
+                    if event.event == protocol.EventName.PROGRESS and event.progress is not None:
+                        seen_running = True
+                        if time.monotonic() - memory.last_progress_write >= op.progress_interval:
+                            memory.last_progress_write = time.monotonic()
+                            await write_progress(op, job, event.progress)
+                    elif event.event == protocol.EventName.STATE:
+                        seen_running = True
+                    elif event.event == protocol.EventName.RESULT and event.status is not None:
+                        await finish(op, job, attempt, event.status)
+                        return
         except WorkerError as error:
             if error.status == 409 and not seen_running:  # resubmission refused: never ran here
                 await lost(
@@ -218,7 +269,7 @@ async def follow(op: Operator, pool: WorkerPool, job: GenerationJob, token: str,
         if time.monotonic() - unreachable_since > LOST_AFTER_SECONDS:
             await lost(op, job, attempt, f"worker {worker_pod} unreachable for {LOST_AFTER_SECONDS:.0f}s")
             return
-        await asyncio.sleep(1)
+        await until(ends, asyncio.sleep(1))
 
 
 async def write_progress(op: Operator, job: GenerationJob, progress: protocol.Progress) -> None:

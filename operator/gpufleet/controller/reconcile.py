@@ -197,7 +197,7 @@ async def reconcile_pool(
     for assignment in plan.assignments:
         job = by_key[assignment.key]
         pod = pods_by_name[assignment.placement.worker]
-        if await follow.dispatch(op, pool, job, pod, assignment.placement, token):
+        if await follow.dispatch(op, job, pod, assignment.placement, token):
             dispatched.add(assignment.key)
     positions = queue.positions([w for w in ordered if w.key not in dispatched])
     for w in ordered:
@@ -311,16 +311,7 @@ async def handle_job(
         return None
 
     if phase in (JobPhase.DISPATCHED, JobPhase.RUNNING):
-        if jobrules.past_deadline(status.start_time, spec.timeout_seconds, now):
-            await follow.cancel_run(op, job, pods_by_name, token)
-            follow.stop_follower(op, namespace, name)
-            message = f"ran longer than spec.timeoutSeconds ({spec.timeout_seconds}s)"
-            await set_job_phase(
-                op, job, JobPhase.FAILED, Reason.DEADLINE_EXCEEDED, message, completion_time=stamp(now)
-            )
-            await op.kube.event(body, Reason.DEADLINE_EXCEEDED, message, warning=True)
-            return None
-        follow.ensure_follower(op, pool, job, token)
+        follow.ensure_follower(op, job, token)  # which also keeps the job's deadline
         return None
 
     refused = jobrules.refusal(spec, pool.spec, classes)

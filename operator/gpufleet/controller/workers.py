@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 import httpx
 
@@ -67,7 +67,7 @@ class WorkerClient:
             if error.status != 404:
                 raise
 
-    async def events(self, run: str, after: int = 0) -> AsyncIterator[tuple[int, protocol.JobEvent]]:
+    async def events(self, run: str, after: int = 0) -> AsyncGenerator[tuple[int, protocol.JobEvent], None]:
         """The run's event stream (replayed after event id ``after``), as (id, event) pairs."""
         headers = dict(self.headers)
         if after:

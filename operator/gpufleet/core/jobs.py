@@ -105,8 +105,14 @@ def retry_delay(attempts: int, max_attempts: int, backoff_seconds: int) -> float
     return min(MAX_BACKOFF_SECONDS, float(backoff_seconds * 2 ** min(max(0, attempts - 1), 32)))
 
 
+def deadline(start_time: datetime | None, timeout_seconds: int) -> datetime | None:
+    """When a job started at ``start_time`` runs out of time; None while it never started."""
+    return None if start_time is None else start_time + timedelta(seconds=timeout_seconds)
+
+
 def past_deadline(start_time: datetime | None, timeout_seconds: int, now: datetime) -> bool:
-    return start_time is not None and now >= start_time + timedelta(seconds=timeout_seconds)
+    ends = deadline(start_time, timeout_seconds)
+    return ends is not None and now >= ends
 
 
 def ttl_expired(completion_time: datetime | None, ttl_seconds: int | None, now: datetime) -> bool:
