@@ -148,7 +148,8 @@ def test_job_naming_missing_pool_waits_then_runs_when_pool_appears(fleet):
 def test_killed_worker_process_gives_job_to_another_worker_as_attempt_two(fleet):
     fleet.pool("sd", replicas=2)
     fleet.wait_ready_workers("sd", 2)
-    fleet.job("long", steps=250, size=128, retry={"maxAttempts": 3, "backoffSeconds": 1})
+    # Seconds of CPU work, so the worker is killed mid-run, and attempt two still ends soon.
+    fleet.job("long", steps=250, size=384, retry={"maxAttempts": 3, "backoffSeconds": 1})
     running = fleet.wait_job(
         "long",
         lambda j: (
@@ -169,7 +170,8 @@ def test_killed_worker_process_gives_job_to_another_worker_as_attempt_two(fleet)
 def test_attempts_past_the_limit_fail_with_a_reason(fleet):
     fleet.pool("sd", replicas=1)
     fleet.wait_ready_workers("sd", 1)
-    fleet.job("fragile", steps=250, size=128, retry={"maxAttempts": 1, "backoffSeconds": 0})
+    # Minutes of CPU work: still running when its worker is killed.
+    fleet.job("fragile", steps=250, size=512, images=4, retry={"maxAttempts": 1, "backoffSeconds": 0})
     running = fleet.wait_job("fragile", lambda j: j.get("status", {}).get("phase") == "Running", 120)
     for pid in worker_pids(running["status"]["worker"]["pod"]):
         os.kill(pid, signal.SIGKILL)
@@ -182,8 +184,9 @@ def test_attempts_past_the_limit_fail_with_a_reason(fleet):
 def test_cancel_and_delete_stop_the_run_on_its_worker(fleet):
     fleet.pool("sd", replicas=1, max_jobs_per_gpu=4)
     fleet.wait_ready_workers("sd", 1)
-    fleet.job("to-cancel", steps=250, size=128)
-    fleet.job("to-delete", steps=250, size=128)
+    # Minutes of CPU work each: both still run when they are cancelled and deleted.
+    fleet.job("to-cancel", steps=250, size=512, images=4)
+    fleet.job("to-delete", steps=250, size=512, images=4)
     for name in ("to-cancel", "to-delete"):
         fleet.wait_job(name, lambda j: j.get("status", {}).get("phase") == "Running", 120)
     fleet.patch_job("to-cancel", {"cancel": True})
