@@ -39,19 +39,6 @@ DEFAULT_HALF_LIFE = 1000.0  # jobs after which a demand weighs half as much in t
 DEFAULT_MAX_KINDS = 64  # distinct demands the mix keeps (the lightest are dropped)
 STRANDED_TIE = 0.04  # increases of stranded VRAM closer than this (in GPUs) are ties
 _NOISE = 1e-9  # differences below this (in GPUs) are float noise
-_MIX = np.array(
-    [
-        0x9E3779B97F4A7C15,
-        0xC2B2AE3D27D4EB4F,
-        0x165667B19E3779F9,
-        0x27D4EB2F165667C5,
-        0x94D049BB133111EB,
-        0xBF58476D1CE4E5B9,
-        0xFF51AFD7ED558CCD,
-        0xC4CEB9FE1A85EC53,
-    ],
-    dtype=np.uint64,
-)  # odd 64-bit constants to spread a worker's state over a hash
 
 
 @dataclass(frozen=True)
@@ -317,6 +304,17 @@ def _readonly(values: object, dtype: type) -> np.ndarray:
     return array
 
 
+class _StateIds:
+    """Numbers worker states: equal states, equal numbers. Append-only, so fleets derived from
+    one another by `commit` can share it and still compare their workers' numbers."""
+
+    def __init__(self) -> None:
+        self._ids: dict[tuple[object, ...], int] = {}
+
+    def of(self, cpu_free: int, memory_free: int, gpus: tuple[tuple[object, ...], ...]) -> int:
+        return self._ids.setdefault((cpu_free, memory_free, gpus), len(self._ids))
+
+
 @dataclass(frozen=True, eq=False)
 class Fleet:
     """The workers' GPUs as arrays, for fast decisions. Build with `Fleet.of(workers)`.
@@ -341,10 +339,10 @@ class Fleet:
     ready: np.ndarray = field(repr=False)  # bool[W]
     draining: np.ndarray = field(repr=False)  # bool[W]
     gpu_start: np.ndarray = field(repr=False)  # int64[W]: index of each worker's first GPU
-    # int64[G]: one number per distinct (position on its worker, total VRAM, job limit,
-    # product): what never changes about a GPU, so comparing workers is cheap.
-    gpu_layout: np.ndarray = field(repr=False)
-    layout_digest: np.ndarray = field(repr=False)  # uint64[G]: gpu_layout, spread
+    # int64[W]: equal numbers for workers whose placements are interchangeable: the same
+    # host room and the same GPUs (size, job limit, product) in the same states, in order.
+    worker_state: np.ndarray = field(repr=False)
+    states: _StateIds = field(repr=False)  # gives those numbers; shared by commits
 
     @classmethod
     def of(cls, workers: Iterable[Worker]) -> Fleet:
@@ -360,17 +358,18 @@ class Fleet:
         product_index = {p: i for i, p in enumerate(products)}
         ready = _readonly([w.ready for w in workers], np.bool_)
         draining = _readonly([w.draining for w in workers], np.bool_)
-        layouts: dict[tuple[int, int, int, str], int] = {}
-        layout = [
-            layouts.setdefault((i, g.vram_total, g.max_jobs, g.product), len(layouts))
-            for w in workers
-            for i, g in enumerate(w.gpus)
-        ]
         count = np.array([len(w.gpus) for w in workers], np.int64)
         start = np.zeros(len(workers), np.int64)
         np.cumsum(count[:-1], out=start[1:])
-        with np.errstate(over="ignore"):
-            digest = (np.array(layout, np.int64).view(np.uint64) + np.uint64(1)) * _MIX[5]
+        states = _StateIds()
+        worker_state = [
+            states.of(
+                UNTRACKED if w.cpu_free is None else w.cpu_free,
+                UNTRACKED if w.memory_free is None else w.memory_free,
+                tuple((g.vram_total, g.max_jobs, g.product, g.vram_free, g.jobs) for g in w.gpus),
+            )
+            for w in workers
+        ]
         return cls(
             worker_names=tuple(names),
             worker_models=tuple(w.models for w in workers),
@@ -391,8 +390,8 @@ class Fleet:
             ready=ready,
             draining=draining,
             gpu_start=_readonly(start, np.int64),
-            gpu_layout=_readonly(layout, np.int64),
-            layout_digest=_readonly(digest, np.uint64),
+            worker_state=_readonly(worker_state, np.int64),
+            states=states,
         )
 
     def allowed(self, products: frozenset[str]) -> np.ndarray:
@@ -528,52 +527,13 @@ class _WorkerSums:
 
 
 def _first_of_identical(fleet: Fleet, workers: np.ndarray) -> np.ndarray:
-    """`workers` (ascending) without those identical to an earlier one: same host room and
-    the same GPUs in the same states, in the same order. Identical workers offer identical
-    candidates and the earliest wins every tie, so dropping the later ones changes nothing;
-    on a large fleet most workers are identical (untouched), so this is most of the speed.
+    """`workers` (ascending) without those identical to an earlier one (`Fleet.worker_state`).
+    Identical workers offer identical candidates and the earliest wins every tie, so dropping
+    the later ones changes nothing; on a large fleet most workers are identical (untouched),
+    so this is most of the speed.
     """
-    if len(workers) < 2:
-        return workers
-    with np.errstate(over="ignore"):
-        per_gpu = (
-            (fleet.vram_free.view(np.uint64) * _MIX[0]) ^ (fleet.jobs.view(np.uint64) * _MIX[1])
-        ) ^ fleet.layout_digest
-        running = np.zeros(len(per_gpu) + 1, np.uint64)
-        np.cumsum(per_gpu, out=running[1:])
-        start = fleet.gpu_start[workers]
-        digest = (
-            (running[start + fleet.gpu_count[workers]] - running[start])
-            + (fleet.cpu_free[workers].view(np.uint64) * _MIX[2])
-            + (fleet.memory_free[workers].view(np.uint64) * _MIX[3])
-            + (fleet.gpu_count[workers].view(np.uint64) * _MIX[4])
-        )
-    order = np.argsort(digest, kind="stable")  # equal digests stay in fleet order
-    sorted_digest = digest[order]
-    same = np.r_[False, sorted_digest[1:] == sorted_digest[:-1]]
-    if not same.any():
-        return workers
-    group_first = order[np.maximum.accumulate(np.where(same, 0, np.arange(len(order))))]
-    later, first = workers[order[same]], workers[group_first[same]]
-    # A digest is not proof: check the states really are equal, GPU by GPU.
-    equal = (
-        (fleet.cpu_free[later] == fleet.cpu_free[first])
-        & (fleet.memory_free[later] == fleet.memory_free[first])
-        & (fleet.gpu_count[later] == fleet.gpu_count[first])
-    )
-    sizes = np.where(equal, fleet.gpu_count[later], 0)
-    offset = np.arange(sizes.sum()) - np.repeat(np.cumsum(sizes) - sizes, sizes)
-    a = np.repeat(fleet.gpu_start[later], sizes) + offset
-    b = np.repeat(fleet.gpu_start[first], sizes) + offset
-    differs = (
-        (fleet.vram_free[a] != fleet.vram_free[b])
-        | (fleet.jobs[a] != fleet.jobs[b])
-        | (fleet.gpu_layout[a] != fleet.gpu_layout[b])
-    )
-    equal &= np.bincount(np.repeat(np.arange(len(later)), sizes), differs, len(later)) == 0
-    keep = np.ones(len(workers), dtype=bool)
-    keep[order[same][equal]] = False
-    return workers[keep]
+    _, first = np.unique(fleet.worker_state[workers], return_index=True)
+    return workers[np.sort(first)]
 
 
 def _evaluate(
@@ -756,7 +716,23 @@ def commit(fleet: Fleet, placement: Placement) -> Fleet:
     cpu_free, memory_free = fleet.cpu_free.copy(), fleet.memory_free.copy()
     cpu_free[w] -= placement.cpu
     memory_free[w] -= placement.memory
-    for array in (vram_free, jobs, cpu_free, memory_free):
+    worker_state = fleet.worker_state.copy()
+    first = int(fleet.gpu_start[w])
+    worker_state[w] = fleet.states.of(
+        int(cpu_free[w]),
+        int(memory_free[w]),
+        tuple(
+            (
+                int(fleet.vram_total[g]),
+                int(fleet.max_jobs[g]),
+                fleet.products[fleet.gpu_product[g]],
+                int(vram_free[g]),
+                int(jobs[g]),
+            )
+            for g in range(first, first + int(fleet.gpu_count[w]))
+        ),
+    )
+    for array in (vram_free, jobs, cpu_free, memory_free, worker_state):
         array.flags.writeable = False
     return Fleet(
         worker_names=fleet.worker_names,
@@ -776,6 +752,6 @@ def commit(fleet: Fleet, placement: Placement) -> Fleet:
         ready=fleet.ready,
         draining=fleet.draining,
         gpu_start=fleet.gpu_start,
-        gpu_layout=fleet.gpu_layout,
-        layout_digest=fleet.layout_digest,
+        worker_state=worker_state,
+        states=fleet.states,
     )
