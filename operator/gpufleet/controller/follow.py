@@ -169,22 +169,17 @@ async def follow(op: Operator, job: GenerationJob, token: str, attempt: int) -> 
     try:
         await follow_until_done(op, job, token, attempt)
     except DeadlineReached:
-        await exceed_deadline(op, job, token, attempt)
+        await exceed_deadline(op, job, token)
 
 
-async def exceed_deadline(op: Operator, job: GenerationJob, token: str, attempt: int) -> None:
+async def exceed_deadline(op: Operator, job: GenerationJob, token: str) -> None:
     from .handlers import pod_of
     from .reconcile import job_body_of, set_job_phase
 
-    meta, spec = job.metadata, job.spec
-    pod = pod_of(meta["namespace"], job.status.worker.pod) if job.status.worker else None
-    if pod is not None and (pod.get("status") or {}).get("podIP"):
-        client = WorkerClient(op.http, pod["status"]["podIP"], token, op.worker_port)
-        try:
-            await client.cancel(protocol.run_id(f"{meta['namespace']}/{meta['name']}", attempt))
-        except (WorkerError, httpx.HTTPError) as error:
-            log.info("cancel of %s/%s past its deadline: %s", meta["namespace"], meta["name"], error)
-    message = f"ran longer than spec.timeoutSeconds ({spec.timeout_seconds}s)"
+    meta, spec, worker = job.metadata, job.spec, job.status.worker
+    pod = pod_of(meta["namespace"], worker.pod) if worker else None
+    await cancel_run(op, job, {worker.pod: pod} if worker and pod else {}, token)
+    message = jobrules.deadline_message(spec.timeout_seconds)
     await set_job_phase(op, job, JobPhase.FAILED, Reason.DEADLINE_EXCEEDED, message, completion_time=_stamp())
     await op.kube.event(job_body_of(job), Reason.DEADLINE_EXCEEDED, message, warning=True)
     metrics.finished(meta["namespace"], spec.pool_ref.name, "failed", float(spec.timeout_seconds))

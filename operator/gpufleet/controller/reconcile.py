@@ -323,7 +323,7 @@ async def handle_job(
             await op.kube.event(body, refused.reason, refused.message, warning=True)
         return None
     if status.attempts and jobrules.past_deadline(status.start_time, spec.timeout_seconds, now):
-        message = f"ran longer than spec.timeoutSeconds ({spec.timeout_seconds}s)"
+        message = jobrules.deadline_message(spec.timeout_seconds)
         await set_job_phase(
             op,
             job,

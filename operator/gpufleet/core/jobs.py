@@ -110,6 +110,10 @@ def deadline(start_time: datetime | None, timeout_seconds: int) -> datetime | No
     return None if start_time is None else start_time + timedelta(seconds=timeout_seconds)
 
 
+def deadline_message(timeout_seconds: int) -> str:
+    return f"ran longer than spec.timeoutSeconds ({timeout_seconds}s)"
+
+
 def past_deadline(start_time: datetime | None, timeout_seconds: int, now: datetime) -> bool:
     ends = deadline(start_time, timeout_seconds)
     return ends is not None and now >= ends

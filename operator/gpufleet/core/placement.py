@@ -311,7 +311,18 @@ class _StateIds:
     def __init__(self) -> None:
         self._ids: dict[tuple[object, ...], int] = {}
 
-    def of(self, cpu_free: int, memory_free: int, gpus: tuple[tuple[object, ...], ...]) -> int:
+    def of(
+        self,
+        cpu_free: int,
+        memory_free: int,
+        vram_total: Sequence[int],
+        max_jobs: Sequence[int],
+        products: Sequence[str],
+        vram_free: Sequence[int],
+        jobs: Sequence[int],
+    ) -> int:
+        """The number of a worker's state, given its host room and its GPUs' columns in order."""
+        gpus = tuple(zip(vram_total, max_jobs, products, vram_free, jobs, strict=True))
         return self._ids.setdefault((cpu_free, memory_free, gpus), len(self._ids))
 
 
@@ -366,7 +377,11 @@ class Fleet:
             states.of(
                 UNTRACKED if w.cpu_free is None else w.cpu_free,
                 UNTRACKED if w.memory_free is None else w.memory_free,
-                tuple((g.vram_total, g.max_jobs, g.product, g.vram_free, g.jobs) for g in w.gpus),
+                [g.vram_total for g in w.gpus],
+                [g.max_jobs for g in w.gpus],
+                [g.product for g in w.gpus],
+                [g.vram_free for g in w.gpus],
+                [g.jobs for g in w.gpus],
             )
             for w in workers
         ]
@@ -717,41 +732,23 @@ def commit(fleet: Fleet, placement: Placement) -> Fleet:
     cpu_free[w] -= placement.cpu
     memory_free[w] -= placement.memory
     worker_state = fleet.worker_state.copy()
-    first = int(fleet.gpu_start[w])
+    own = slice(int(fleet.gpu_start[w]), int(fleet.gpu_start[w] + fleet.gpu_count[w]))
     worker_state[w] = fleet.states.of(
         int(cpu_free[w]),
         int(memory_free[w]),
-        tuple(
-            (
-                int(fleet.vram_total[g]),
-                int(fleet.max_jobs[g]),
-                fleet.products[fleet.gpu_product[g]],
-                int(vram_free[g]),
-                int(jobs[g]),
-            )
-            for g in range(first, first + int(fleet.gpu_count[w]))
-        ),
+        fleet.vram_total[own].tolist(),
+        fleet.max_jobs[own].tolist(),
+        [fleet.products[p] for p in fleet.gpu_product[own]],
+        vram_free[own].tolist(),
+        jobs[own].tolist(),
     )
     for array in (vram_free, jobs, cpu_free, memory_free, worker_state):
         array.flags.writeable = False
-    return Fleet(
-        worker_names=fleet.worker_names,
-        worker_models=fleet.worker_models,
-        gpu_uuids=fleet.gpu_uuids,
-        products=fleet.products,
-        eligible=fleet.eligible,
+    return replace(
+        fleet,
         cpu_free=cpu_free,
         memory_free=memory_free,
-        gpu_count=fleet.gpu_count,
-        gpu_worker=fleet.gpu_worker,
-        gpu_product=fleet.gpu_product,
-        vram_total=fleet.vram_total,
         vram_free=vram_free,
         jobs=jobs,
-        max_jobs=fleet.max_jobs,
-        ready=fleet.ready,
-        draining=fleet.draining,
-        gpu_start=fleet.gpu_start,
         worker_state=worker_state,
-        states=fleet.states,
     )
