@@ -13,9 +13,12 @@ The rule, applied in this order (docs/placement.md says it for users):
    kind of job, a worker strands all its free VRAM if it cannot host that kind (too few GPUs
    with room, or too little CPU or memory on the host), otherwise the free VRAM on the GPUs
    too small for it. Stranded VRAM is counted in GPUs (free VRAM over each GPU's total) and
-   averaged over the kinds by how often each arrives. Increases that differ by less than
-   `STRANDED_TIE` (1/25 of a GPU) are ties: the measure is an estimate, and below that the
-   next keys pack better.
+   averaged over the kinds by how often each arrives. For a one-GPU job, the change in the
+   chosen GPU's VRAM expected *never* to be filled is added (`FILL_WEIGHT`): were one-GPU
+   jobs from the mix to keep landing on it, what would stay free (`_never_filled`). This
+   looks past the next job: of two holes both usable now, it prefers leaving the one that
+   typical jobs fill exactly. Scores that differ by less than `STRANDED_TIE` (1/25 of a GPU)
+   are ties: the measure is an estimate, and below that the next keys pack better.
 4. **Best fit.** The least free VRAM left on the chosen GPUs, again as a fraction of each GPU.
 5. **Packing.** The worker with the least free VRAM, so that emptier workers stay whole.
 6. **Order.** The first worker, then the first GPU, in the order the fleet lists them.
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from types import MappingProxyType
 from typing import NamedTuple
 
@@ -37,7 +41,9 @@ SHARE_SCALE = 1000  # `Demand.vram_share` is in thousandths of a GPU's VRAM
 UNTRACKED = 2**62  # host CPU / memory of a worker that does not report them: never short
 DEFAULT_HALF_LIFE = 1000.0  # jobs after which a demand weighs half as much in the mix
 DEFAULT_MAX_KINDS = 64  # distinct demands the mix keeps (the lightest are dropped)
-STRANDED_TIE = 0.04  # increases of stranded VRAM closer than this (in GPUs) are ties
+STRANDED_TIE = 0.04  # scores (in GPUs) closer than this are ties
+FILL_WEIGHT = 1.0  # weight of the change in expected never-filled VRAM next to stranded VRAM
+FILL_SHARE_DECIMALS = 2  # the fill estimate rounds each kind's share of one-GPU jobs to this
 _NOISE = 1e-9  # differences below this (in GPUs) are float noise
 
 
@@ -354,6 +360,8 @@ class Fleet:
     # host room and the same GPUs (size, job limit, product) in the same states, in order.
     worker_state: np.ndarray = field(repr=False)
     states: _StateIds = field(repr=False)  # gives those numbers; shared by commits
+    gpu_class: np.ndarray = field(repr=False)  # int64[G]: index into `classes`
+    classes: tuple[tuple[int, str], ...] = field(repr=False)  # distinct (vram_total, product)
 
     @classmethod
     def of(cls, workers: Iterable[Worker]) -> Fleet:
@@ -372,6 +380,8 @@ class Fleet:
         count = np.array([len(w.gpus) for w in workers], np.int64)
         start = np.zeros(len(workers), np.int64)
         np.cumsum(count[:-1], out=start[1:])
+        classes = tuple(sorted({(g.vram_total, g.product) for g in gpus}))
+        class_index = {c: i for i, c in enumerate(classes)}
         states = _StateIds()
         worker_state = [
             states.of(
@@ -407,6 +417,8 @@ class Fleet:
             gpu_start=_readonly(start, np.int64),
             worker_state=_readonly(worker_state, np.int64),
             states=states,
+            gpu_class=_readonly([class_index[g.vram_total, g.product] for g in gpus], np.int64),
+            classes=classes,
         )
 
     def allowed(self, products: frozenset[str]) -> np.ndarray:
@@ -431,6 +443,7 @@ class Placement:
     memory: int  # bytes taken on the host
     holds_model: bool  # the worker already has the job's model loaded
     stranded_increase: float  # GPUs' worth of VRAM the typical jobs can no longer use
+    fill_increase: float  # GPUs' worth of VRAM more expected never to be filled (one-GPU jobs)
     worker_index: int  # position of the worker in the fleet
     gpu_indices: tuple[int, ...]  # positions of the GPUs in the fleet
 
@@ -478,8 +491,12 @@ def place(
     kinds = (mix._arrays if mix is not None else _MixArrays.of(())).normalized()
     distinct = _first_of_identical(fleet, np.flatnonzero(feasible))
     workers, picked, increase, leftover, idle = _evaluate(fleet, demand, kinds, distinct, room, need)
+    fill = np.zeros(len(workers))
+    if demand.gpus == 1:
+        fill = _fill_increase(fleet, _fill_key(kinds), picked[:, 0], need)
+    score = increase + FILL_WEIGHT * fill
     # lexsort: the last key is the primary one; equal keys keep fleet order.
-    keys = (np.round(idle / _NOISE), np.round(leftover / _NOISE), np.round(increase / STRANDED_TIE))
+    keys = (np.round(idle / _NOISE), np.round(leftover / _NOISE), np.round(score / STRANDED_TIE))
     best = int(np.lexsort(keys)[0])
     worker = int(workers[best])
     chosen = tuple(int(g) for g in picked[best])
@@ -491,6 +508,7 @@ def place(
         memory=demand.memory,
         holds_model=bool(holders[worker]),
         stranded_increase=float(increase[best]),
+        fill_increase=float(fill[best]),
         worker_index=worker,
         gpu_indices=chosen,
     )
@@ -654,6 +672,72 @@ def _kinds_fitting(
     for group, count in zip(kinds.groups, kinds.fitting(fleet, gpus, vram_free, jobs), strict=True):
         fits[:, group.start : group.stop] = np.arange(group.stop - group.start) < count[:, None]
     return fits
+
+
+# --- how well a GPU's free VRAM will be filled ---------------------------------------------
+
+_FillKey = tuple[tuple[bool, int, frozenset[str], float], ...]  # (share?, threshold, products, share)
+
+
+def _fill_key(kinds: _MixArrays) -> _FillKey:
+    """The mix's one-GPU kinds for the fill estimate: how each asks for VRAM and its share of
+    one-GPU jobs, rounded to `FILL_SHARE_DECIMALS` (kinds that round to 0 drop out). The
+    rounding lets the estimate be reused while the mix drifts."""
+    one = (kinds.gpus == 1) & (kinds.weight > 0)
+    total = kinds.weight[one].sum()
+    key = []
+    for group in kinds.groups:
+        # Kinds that differ only in host CPU ask for the same VRAM: one size, their shares added.
+        span = slice(group.start, group.stop)
+        sizes, at = np.unique(kinds.threshold[span][one[span]], return_inverse=True)
+        shares = np.bincount(at, kinds.weight[span][one[span]], len(sizes)) / total
+        for size, share in zip(sizes.tolist(), shares.tolist(), strict=True):
+            if round(share, FILL_SHARE_DECIMALS) > 0:
+                key.append((group.share, size, group.products, round(share, FILL_SHARE_DECIMALS)))
+    return tuple(key)
+
+
+@lru_cache(maxsize=256)
+def _never_filled(key: _FillKey, vram_total: int, product: str) -> np.ndarray:
+    """float64[SHARE_SCALE + 1]: for a GPU of this size and product with f thousandths of its
+    VRAM free, the thousandths expected never to be used if one-GPU jobs keep arriving from
+    the mix and each that fits lands on it, until none fits: E(f) = f when no kind fits, else
+    the share-weighted mean of E(f - size) over the kinds that fit."""
+    kinds: list[tuple[int, float]] = []
+    for share_kind, threshold, products, share in key:
+        if products and product not in products:
+            continue
+        size = threshold if share_kind else -(-threshold * SHARE_SCALE // vram_total)  # round up
+        if 0 < size <= SHARE_SCALE:
+            kinds.append((size, share))
+    never = np.arange(SHARE_SCALE + 1, dtype=np.float64)
+    if kinds:
+        kinds.sort()
+        sizes = np.array([size for size, _ in kinds], np.int64)
+        shares = np.array([share for _, share in kinds])
+        cumulative = np.cumsum(shares)
+        smallest = int(sizes[0])
+        # Free amounts in blocks no longer than the smallest size depend only on earlier ones.
+        for start in range(smallest, SHARE_SCALE + 1, smallest):
+            free = np.arange(start, min(start + smallest, SHARE_SCALE + 1))
+            fits = sizes[None, :] <= free[:, None]
+            rest = never[np.where(fits, free[:, None] - sizes[None, :], 0)]
+            fitting = np.searchsorted(sizes, free, side="right")
+            never[free] = np.where(fits, shares * rest, 0.0).sum(axis=1) / cumulative[fitting - 1]
+    never.flags.writeable = False
+    return never
+
+
+def _fill_increase(fleet: Fleet, key: _FillKey, gpus: np.ndarray, need: np.ndarray) -> np.ndarray:
+    """Per candidate GPU: the change (in GPUs) of its VRAM expected never to be filled when
+    the job's `need` is taken from it. A GPU left without a job slot fills no further."""
+    tables = np.stack([_never_filled(key, total, product) for total, product in fleet.classes])
+    total = fleet.vram_total[gpus]
+    before = SHARE_SCALE * np.maximum(fleet.vram_free[gpus], 0) // total
+    after = SHARE_SCALE * np.maximum(fleet.vram_free[gpus] - need[gpus], 0) // total
+    row = fleet.gpu_class[gpus]
+    never_after = np.where(fleet.jobs[gpus] + 1 >= fleet.max_jobs[gpus], after, tables[row, after])
+    return (never_after - tables[row, before]) / SHARE_SCALE
 
 
 def _no_fit(fleet: Fleet, demand: Demand, host_ok: np.ndarray, room: np.ndarray, need: np.ndarray) -> NoFit:
