@@ -50,6 +50,17 @@ def read(core: client.CoreV1Api, namespace: str, name: str) -> client.V1Pod:
     return core.read_namespaced_pod(name, namespace)
 
 
+def finished(core: client.CoreV1Api, namespace: str, name: str, timeout: float) -> client.V1Pod:
+    """The pod once it has Succeeded or Failed."""
+    return wait_for(
+        lambda: read(core, namespace, name),
+        lambda p: p.status.phase in ("Succeeded", "Failed"),
+        timeout,
+        what=f"pod {name} to finish",
+        describe=lambda p: f"{p.status.phase}: {p.status.container_statuses}",
+    )
+
+
 def test_pod_runs_with_its_env_becomes_ready_through_probe_and_is_killed_on_delete(core, namespace):
     marker = f"marker-{uuid.uuid4().hex}"
     # An HTTP server bound to the pod's own loopback IP, found through the downward API.
@@ -224,13 +235,7 @@ def test_pod_program_acts_with_its_service_account_and_rbac_refuses_the_rest(clu
             restart_policy="Never",
         ),
     )
-    done = wait_for(
-        lambda: read(core, namespace, "rbac-probe"),
-        lambda p: p.status.phase in ("Succeeded", "Failed"),
-        60,
-        what="RBAC probe to finish",
-        describe=lambda p: str(p.status.container_statuses),
-    )
+    done = finished(core, namespace, "rbac-probe", 60)
     assert done.status.phase == "Succeeded", done.status.container_statuses[0].state.terminated
 
 
@@ -245,13 +250,7 @@ def test_pod_without_token_automount_gets_no_credentials(core, namespace):
             restart_policy="Never",
         ),
     )
-    done = wait_for(
-        lambda: read(core, namespace, "no-token"),
-        lambda p: p.status.phase in ("Succeeded", "Failed"),
-        30,
-        what="pod to finish",
-        describe=lambda p: str(p.status.phase),
-    )
+    done = finished(core, namespace, "no-token", 30)
     assert done.status.phase == "Succeeded"
 
 
@@ -281,11 +280,5 @@ def test_mount_paths_are_not_rewritten_into_the_stand_ins_own_paths(core, namesp
             ),
         ),
     )
-    done = wait_for(
-        lambda: read(core, namespace, "tmp-mount"),
-        lambda p: p.status.phase in ("Succeeded", "Failed"),
-        30,
-        what="pod to finish",
-        describe=lambda p: str(p.status.container_statuses),
-    )
+    done = finished(core, namespace, "tmp-mount", 30)
     assert done.status.phase == "Succeeded", done.status.container_statuses
