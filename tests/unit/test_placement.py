@@ -18,7 +18,6 @@ from gpufleet.core.placement import (
     FILL_SHARE_DECIMALS,
     FILL_WEIGHT,
     SHARE_SCALE,
-    STRANDED_TIE,
     Demand,
     DemandMix,
     Fleet,
@@ -30,6 +29,7 @@ from gpufleet.core.placement import (
     commit,
     observe,
     place,
+    score_bin,
 )
 
 GiB = 2**30
@@ -253,11 +253,11 @@ def test_the_choice_is_the_rules_best_and_never_over_commits(workers, demand, mi
     holders = [c for c in candidates if model in workers[c[0]].models]
     pool = holders or candidates
     assert result.holds_model == bool(holders)
-    best = min(round(oracle_score(workers[wi], chosen, demand, mix) / STRANDED_TIE) for wi, chosen in pool)
+    best = min(score_bin(np.array(oracle_score(workers[wi], chosen, demand, mix))) for wi, chosen in pool)
     assert result.stranded_increase == pytest.approx(oracle_increase(w, positions, demand, mix), abs=1e-7)
     assert result.fill_increase == pytest.approx(oracle_fill(w, positions, demand, mix), abs=1e-7)
     score = result.stranded_increase + FILL_WEIGHT * result.fill_increase
-    assert round(score / STRANDED_TIE) == best
+    assert score_bin(np.array(score)) == best
 
 
 @PROPERTY

@@ -45,6 +45,7 @@ STRANDED_TIE = 0.04  # scores (in GPUs) closer than this are ties
 FILL_WEIGHT = 1.0  # weight of the change in expected never-filled VRAM next to stranded VRAM
 FILL_SHARE_DECIMALS = 2  # the fill estimate rounds each kind's share of one-GPU jobs to this
 _NOISE = 1e-9  # differences below this (in GPUs) are float noise
+_NOISE_PER_TIE = round(STRANDED_TIE / _NOISE)
 
 
 @dataclass(frozen=True)
@@ -496,7 +497,7 @@ def place(
         fill = _fill_increase(fleet, _fill_key(kinds), picked[:, 0], need)
     score = increase + FILL_WEIGHT * fill
     # lexsort: the last key is the primary one; equal keys keep fleet order.
-    keys = (np.round(idle / _NOISE), np.round(leftover / _NOISE), np.round(score / STRANDED_TIE))
+    keys = (np.round(idle / _NOISE), np.round(leftover / _NOISE), score_bin(score))
     best = int(np.lexsort(keys)[0])
     worker = int(workers[best])
     chosen = tuple(int(g) for g in picked[best])
@@ -512,6 +513,12 @@ def place(
         worker_index=worker,
         gpu_indices=chosen,
     )
+
+
+def score_bin(score: np.ndarray) -> np.ndarray:
+    """Which `STRANDED_TIE`-wide bin each score falls in. Scores are first snapped to `_NOISE`,
+    so two sums of the same terms in another order land in the same bin even on its edge."""
+    return np.round(np.round(score / _NOISE) / _NOISE_PER_TIE)
 
 
 @dataclass(frozen=True, eq=False)
