@@ -30,10 +30,10 @@ fleet, job and mix always give the same placement. Arrays inside `Fleet` are rea
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import lru_cache
 from types import MappingProxyType
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 import numpy as np
 
@@ -254,6 +254,10 @@ class _MixArrays:
     memory: np.ndarray  # float64[K]
     weight: np.ndarray  # float64[K], relative
     groups: tuple[_Group, ...]
+    # The distinct VRAM sizes of one-GPU kinds (share?, threshold, products), group by group,
+    # and each kind's index into them (-1: not a one-GPU kind), for `_fill_key`.
+    fill_sizes: tuple[tuple[bool, int, frozenset[str]], ...]
+    fill_index: np.ndarray  # int64[K]
 
     @classmethod
     def of(cls, kinds: Sequence[Kind]) -> _MixArrays:
@@ -263,6 +267,13 @@ class _MixArrays:
                 groups[-1] = groups[-1]._replace(stop=i + 1)
             else:
                 groups.append(_Group(k.vram == 0, k.products, i, i + 1))
+        sizes: dict[tuple[bool, int, frozenset[str]], int] = {}
+        fill_index = [
+            sizes.setdefault((k.vram == 0, k.vram_share or k.vram, k.products), len(sizes))
+            if k.gpus == 1
+            else -1
+            for k in kinds
+        ]
         return cls(
             gpus=np.array([k.gpus for k in kinds], np.int64),
             threshold=np.array([k.vram_share or k.vram for k in kinds], np.int64),
@@ -270,19 +281,21 @@ class _MixArrays:
             memory=np.array([k.memory for k in kinds], np.float64),
             weight=np.array([k.weight for k in kinds], np.float64),
             groups=tuple(groups),
+            fill_sizes=tuple(sizes),
+            fill_index=np.array(fill_index, np.int64),
         )
 
     def with_kind(self, position: int, weight: float, memory: float) -> _MixArrays:
         weights, memories = self.weight.copy(), self.memory.copy()
         weights[position], memories[position] = weight, memory
-        return replace(self, weight=weights, memory=memories)
+        return _evolve(self, weight=weights, memory=memories)
 
     def normalized(self) -> _MixArrays:
         """The same kinds weighted by their share of the jobs that use GPUs (CPU-only jobs
         can use no free VRAM, so they weigh nothing in the measure)."""
         weight = np.where(self.gpus > 0, self.weight, 0.0)
         total = weight.sum()
-        return replace(self, weight=weight / total if total > 0 else weight)
+        return _evolve(self, weight=weight / total if total > 0 else weight)
 
     def fitting(
         self, fleet: Fleet, gpus: np.ndarray, vram_free: np.ndarray, jobs: np.ndarray
@@ -303,6 +316,17 @@ class _MixArrays:
 
 
 # --- the fleet -----------------------------------------------------------------------------
+
+
+_Frozen = TypeVar("_Frozen")
+
+
+def _evolve(value: _Frozen, **changes: object) -> _Frozen:
+    """`dataclasses.replace` for the frozen values here, without re-running ``__init__``: the
+    changed fields are derived ones, and a decision makes several of these copies."""
+    copy = object.__new__(type(value))
+    copy.__dict__.update(value.__dict__, **changes)
+    return copy
 
 
 def _readonly(values: object, dtype: type) -> np.ndarray:
@@ -363,6 +387,9 @@ class Fleet:
     states: _StateIds = field(repr=False)  # gives those numbers; shared by commits
     gpu_class: np.ndarray = field(repr=False)  # int64[G]: index into `classes`
     classes: tuple[tuple[int, str], ...] = field(repr=False)  # distinct (vram_total, product)
+    # `allowed` per set of products asked for; the GPUs' products never change, so fleets
+    # derived from one another share it.
+    allowed_gpus: dict[frozenset[str], np.ndarray] = field(repr=False)
 
     @classmethod
     def of(cls, workers: Iterable[Worker]) -> Fleet:
@@ -420,14 +447,17 @@ class Fleet:
             states=states,
             gpu_class=_readonly([class_index[g.vram_total, g.product] for g in gpus], np.int64),
             classes=classes,
+            allowed_gpus={},
         )
 
     def allowed(self, products: frozenset[str]) -> np.ndarray:
         """bool[G]: GPUs whose product is in `products` (all GPUs when it is empty)."""
-        if not products:
-            return np.ones(len(self.gpu_uuids), dtype=bool)
-        by_product = np.array([p in products for p in self.products], dtype=bool)
-        return by_product[self.gpu_product]
+        allowed = self.allowed_gpus.get(products)
+        if allowed is None:
+            by_product = np.array([not products or p in products for p in self.products], dtype=bool)
+            allowed = _readonly(by_product[self.gpu_product], np.bool_)
+            self.allowed_gpus[products] = allowed
+        return allowed
 
 
 # --- results -------------------------------------------------------------------------------
@@ -548,15 +578,17 @@ class _WorkerSums:
         frac = np.maximum(free, 0) / fleet.vram_total[gpus]
         fitting = kinds.fitting(fleet, gpus, free, fleet.jobs[gpus])
         count = len(workers)
-        hosting = np.zeros((count, len(kinds.weight)))
-        usable = np.zeros((count, len(kinds.weight)))
+        # [0]: hosting, [1]: usable.
+        both = np.zeros((2, count, len(kinds.weight)))
+        weights = np.concatenate([np.ones(len(gpus)), frac])
         for group, fits in zip(kinds.groups, fitting, strict=True):
             width = group.stop - group.start + 1
             cell = slot * width + fits
-            for out, weights in ((hosting, None), (usable, frac)):
-                per = np.bincount(cell, weights, minlength=count * width).reshape(count, width)
-                # GPUs fitting more than p kinds of the group count for kind p.
-                out[:, group.start : group.stop] = np.cumsum(per[:, ::-1], axis=1)[:, ::-1][:, 1:]
+            cells = np.concatenate([cell, cell + count * width])
+            per = np.bincount(cells, weights, minlength=2 * count * width).reshape(2, count, width)
+            # GPUs fitting more than p kinds of the group count for kind p.
+            both[:, :, group.start : group.stop] = np.cumsum(per[:, :, ::-1], axis=2)[:, :, ::-1][:, :, 1:]
+        hosting, usable = both
         idle = np.bincount(slot, frac, minlength=count)
         host = (
             (hosting >= kinds.gpus)
@@ -613,18 +645,24 @@ def _evaluate(
     kept = sums.host & keep
     edge = kept & (sums.hosting == kinds.gpus)
     gained = -lost[slot]
+    # Per worker and kind: the weight of kept kinds, of edge kinds, and edge kinds' usable VRAM
+    # times their weight; summed over each group's first r kinds below.
+    terms = np.empty((3, len(sums.workers), len(weight)))
+    np.multiply(kept, weight, out=terms[0])
+    np.multiply(edge, weight, out=terms[1])
+    np.multiply(terms[1], sums.usable, out=terms[2])
     for group, fits, fits_after in zip(kinds.groups, sums.fitting, fitting_after, strict=True):
-        cols = slice(group.start, group.stop)
-        zero = np.zeros((len(sums.workers), 1))
-        kept_w = np.hstack([zero, np.cumsum(kept[:, cols] * weight[cols], axis=1)])
-        edge_w = np.hstack([zero, np.cumsum(edge[:, cols] * weight[cols], axis=1)])
-        edge_u = np.hstack([zero, np.cumsum(edge[:, cols] * sums.usable[:, cols] * weight[cols], axis=1)])
-        r, r_after = fits[candidate], fits_after
+        prefix = np.zeros((3, len(sums.workers), group.stop - group.start + 1))
+        np.cumsum(terms[:, :, group.start : group.stop], axis=2, out=prefix[:, :, 1:])
+        (kept_w, edge_w, edge_u), (kept_w_after, edge_w_after, edge_u_after) = (
+            prefix[:, slot, fits[candidate]],
+            prefix[:, slot, fits_after],
+        )
         gained += (
-            after_frac * kept_w[slot, r_after]
-            - before_frac * kept_w[slot, r]
-            + before_frac * (edge_w[slot, r] - edge_w[slot, r_after])
-            - (edge_u[slot, r] - edge_u[slot, r_after])
+            after_frac * kept_w_after
+            - before_frac * kept_w
+            + before_frac * (edge_w - edge_w_after)
+            - (edge_u - edge_u_after)
         )
     increase = (after_frac - before_frac) - gained
     return fleet.gpu_worker[gpus], gpus[:, None], increase, after_frac, sums.idle[slot]
@@ -688,20 +726,19 @@ _FillKey = tuple[tuple[bool, int, frozenset[str], float], ...]  # (share?, thres
 
 def _fill_key(kinds: _MixArrays) -> _FillKey:
     """The mix's one-GPU kinds for the fill estimate: how each asks for VRAM and its share of
-    one-GPU jobs, rounded to `FILL_SHARE_DECIMALS` (kinds that round to 0 drop out). The
-    rounding lets the estimate be reused while the mix drifts."""
-    one = (kinds.gpus == 1) & (kinds.weight > 0)
+    one-GPU jobs, rounded to `FILL_SHARE_DECIMALS` (kinds that round to 0 drop out). Kinds that
+    differ only in host CPU ask for the same VRAM: one size, their shares added. The rounding
+    lets the estimate be reused while the mix drifts."""
+    one = kinds.fill_index >= 0
     total = kinds.weight[one].sum()
-    key = []
-    for group in kinds.groups:
-        # Kinds that differ only in host CPU ask for the same VRAM: one size, their shares added.
-        span = slice(group.start, group.stop)
-        sizes, at = np.unique(kinds.threshold[span][one[span]], return_inverse=True)
-        shares = np.bincount(at, kinds.weight[span][one[span]], len(sizes)) / total
-        for size, share in zip(sizes.tolist(), shares.tolist(), strict=True):
-            if round(share, FILL_SHARE_DECIMALS) > 0:
-                key.append((group.share, size, group.products, round(share, FILL_SHARE_DECIMALS)))
-    return tuple(key)
+    if total <= 0:
+        return ()
+    shares = np.bincount(kinds.fill_index[one], kinds.weight[one], len(kinds.fill_sizes)) / total
+    return tuple(
+        (*size, rounded)
+        for size, share in zip(kinds.fill_sizes, shares.tolist(), strict=True)
+        if (rounded := round(share, FILL_SHARE_DECIMALS)) > 0
+    )
 
 
 @lru_cache(maxsize=256)
@@ -735,10 +772,18 @@ def _never_filled(key: _FillKey, vram_total: int, product: str) -> np.ndarray:
     return never
 
 
+@lru_cache(maxsize=64)
+def _fill_tables(key: _FillKey, classes: tuple[tuple[int, str], ...]) -> np.ndarray:
+    """`_never_filled` of each GPU class, stacked: float64[len(classes), SHARE_SCALE + 1]."""
+    tables = np.stack([_never_filled(key, total, product) for total, product in classes])
+    tables.flags.writeable = False
+    return tables
+
+
 def _fill_increase(fleet: Fleet, key: _FillKey, gpus: np.ndarray, need: np.ndarray) -> np.ndarray:
     """Per candidate GPU: the change (in GPUs) of its VRAM expected never to be filled when
     the job's `need` is taken from it. A GPU left without a job slot fills no further."""
-    tables = np.stack([_never_filled(key, total, product) for total, product in fleet.classes])
+    tables = _fill_tables(key, fleet.classes)
     total = fleet.vram_total[gpus]
     before = SHARE_SCALE * np.maximum(fleet.vram_free[gpus], 0) // total
     after = SHARE_SCALE * np.maximum(fleet.vram_free[gpus] - need[gpus], 0) // total
@@ -835,7 +880,7 @@ def commit(fleet: Fleet, placement: Placement) -> Fleet:
     )
     for array in (vram_free, jobs, cpu_free, memory_free, worker_state):
         array.flags.writeable = False
-    return replace(
+    return _evolve(
         fleet,
         cpu_free=cpu_free,
         memory_free=memory_free,
