@@ -14,10 +14,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from gpufleet.core.fill import FILL_SHARE_DECIMALS, SHARE_SCALE
 from gpufleet.core.placement import (
-    FILL_SHARE_DECIMALS,
     FILL_WEIGHT,
-    SHARE_SCALE,
     Demand,
     DemandMix,
     Fleet,
@@ -101,34 +100,45 @@ def oracle_increase(w: Worker, chosen: tuple[int, ...], demand: Demand, mix) -> 
 
 def oracle_fill(w: Worker, chosen: tuple[int, ...], demand: Demand, mix) -> float:
     """The definition: for a one-GPU job, the change (in GPUs) of the chosen GPU's VRAM expected
-    never to be filled by one-GPU jobs arriving from the mix (shares rounded), E(f) below."""
+    never to be filled by one-GPU jobs arriving from the mix (shares rounded), E(f) below,
+    counting only the kinds the worker's host can take: before with its room now, after with
+    the job's CPU and memory taken."""
     if demand.gpus != 1:
         return 0.0
     g = w.gpus[chosen[0]]
-    ones = [k for k in mix.kinds if k.gpus == 1]
-    total = sum(k.weight for k in ones)
-    merged: dict[tuple[bool, int, frozenset[str]], float] = {}
-    for k in ones:
-        key = (k.vram == 0, k.vram_share or k.vram, k.products)
-        merged[key] = merged.get(key, 0.0) + k.weight / total
-    sizes = []
-    for (by_share, amount, allowed), share in merged.items():
-        share = round(share, FILL_SHARE_DECIMALS)
-        size = amount if by_share else math.ceil(amount * SHARE_SCALE / g.vram_total)
-        if share > 0 and (not allowed or g.product in allowed) and size <= SHARE_SCALE:
-            sizes.append((size, share))
+    cpu = math.inf if w.cpu_free is None else w.cpu_free
+    memory = math.inf if w.memory_free is None else w.memory_free
 
-    @cache
-    def never(f: int) -> float:
-        fitting = [(size, share) for size, share in sizes if size <= f]
-        if not fitting:
-            return float(f)
-        return sum(share * never(f - size) for size, share in fitting) / sum(s for _, s in fitting)
+    def never_with(room_cpu: float, room_memory: float):
+        ones = [k for k in mix.kinds if k.gpus == 1]
+        total = sum(k.weight for k in ones)
+        merged: dict[tuple[bool, int, frozenset[str]], float] = {}
+        for k in ones:
+            key = (k.vram == 0, k.vram_share or k.vram, k.products)
+            taken = k.cpu <= room_cpu and k.memory <= room_memory
+            merged[key] = merged.get(key, 0.0) + (k.weight / total if taken else 0.0)
+        sizes = []
+        for (by_share, amount, allowed), share in merged.items():
+            share = float(np.round(share, FILL_SHARE_DECIMALS))
+            size = amount if by_share else math.ceil(amount * SHARE_SCALE / g.vram_total)
+            if share > 0 and (not allowed or g.product in allowed) and size <= SHARE_SCALE:
+                sizes.append((size, share))
+
+        @cache
+        def never(f: int) -> float:
+            fitting = [(size, share) for size, share in sizes if size <= f]
+            if not fitting:
+                return float(f)
+            return sum(share * never(f - size) for size, share in fitting) / sum(s for _, s in fitting)
+
+        return never
 
     before = SHARE_SCALE * max(g.vram_free, 0) // g.vram_total
     after = SHARE_SCALE * max(g.vram_free - need_on(demand, g), 0) // g.vram_total
-    never_after = after if g.jobs + 1 >= g.max_jobs else never(after)
-    return (never_after - never(before)) / SHARE_SCALE
+    never_after = (
+        after if g.jobs + 1 >= g.max_jobs else never_with(cpu - demand.cpu, memory - demand.memory)(after)
+    )
+    return (never_after - never_with(cpu, memory)(before)) / SHARE_SCALE
 
 
 def oracle_score(w: Worker, chosen: tuple[int, ...], demand: Demand, mix) -> float:
@@ -326,6 +336,25 @@ def test_a_job_goes_where_what_it_leaves_is_likely_to_be_filled():
     assert result.worker == "empty"
     assert result.stranded_increase == pytest.approx(0.0)
     assert result.fill_increase == pytest.approx((25 - 62.5) / SHARE_SCALE)
+
+
+def test_only_jobs_the_host_can_still_take_fill_what_a_job_leaves():
+    # Jobs of 60% (no CPU) and 40% of a GPU (4 CPUs) arrive equally often. A 40% job fits the
+    # 40% hole on "spare" exactly, and a 40% job could come later and fill it. "starved" has an
+    # empty GPU but only 2 CPUs: only 60% jobs will ever land there, and each leaves 40% that
+    # nothing it can take fills. The 40% job completes that GPU (40% + 60%) instead.
+    mix = mix_of(Demand(vram_share=600), Demand(vram_share=400, cpu=4000), times=10)
+    spare = worker("spare", gpu("s", total=10, free=4))
+    starved = worker("starved", gpu("e", total=10), cpu_free=2000)
+    result = place(Fleet.of([spare, starved]), job(share=400), mix)
+    assert isinstance(result, Placement)
+    assert result.worker == "starved"
+    # Never filled there: 400 thousandths before (a 60% job, then nothing), none after.
+    assert result.fill_increase == pytest.approx(-400 / SHARE_SCALE)
+    assert result.stranded_increase == pytest.approx(-0.2, abs=1e-3)  # the mix decays: not quite 1:1
+    # A host with the CPUs for 40% jobs too: the exact fit on "spare" wins.
+    roomy = worker("roomy", gpu("e", total=10), cpu_free=16000)
+    assert place(Fleet.of([spare, roomy]), job(share=400), mix).worker == "spare"
 
 
 def test_whole_empty_workers_are_kept_for_multi_gpu_jobs():

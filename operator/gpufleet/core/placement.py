@@ -14,10 +14,10 @@ The rule, applied in this order (docs/placement.md says it for users):
    with room, or too little CPU or memory on the host), otherwise the free VRAM on the GPUs
    too small for it. Stranded VRAM is counted in GPUs (free VRAM over each GPU's total) and
    averaged over the kinds by how often each arrives. For a one-GPU job, the change in the
-   chosen GPU's VRAM expected *never* to be filled is added (`FILL_WEIGHT`): were one-GPU
-   jobs from the mix to keep landing on it, what would stay free (`_never_filled`). This
-   looks past the next job: of two holes both usable now, it prefers leaving the one that
-   typical jobs fill exactly. Scores that differ by less than `STRANDED_TIE` (1/25 of a GPU)
+   chosen GPU's VRAM expected *never* to be filled is added (`FILL_WEIGHT`): were the
+   one-GPU jobs from the mix that its host can still take to keep landing on it, what would
+   stay free (`fill.never_filled`). This looks past the next job: of two holes both usable
+   now, it prefers leaving the one that typical jobs fill exactly. Scores that differ by less than `STRANDED_TIE` (1/25 of a GPU)
    are ties: the measure is an estimate, and below that the next keys pack better.
 4. **Best fit.** The least free VRAM left on the chosen GPUs, again as a fraction of each GPU.
 5. **Packing.** The worker with the least free VRAM, so that emptier workers stay whole.
@@ -31,19 +31,18 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
 from types import MappingProxyType
 from typing import NamedTuple, TypeVar
 
 import numpy as np
 
-SHARE_SCALE = 1000  # `Demand.vram_share` is in thousandths of a GPU's VRAM
+from gpufleet.core.fill import SHARE_SCALE, Size, room_shares, tables_for
+
 UNTRACKED = 2**62  # host CPU / memory of a worker that does not report them: never short
 DEFAULT_HALF_LIFE = 1000.0  # jobs after which a demand weighs half as much in the mix
 DEFAULT_MAX_KINDS = 64  # distinct demands the mix keeps (the lightest are dropped)
 STRANDED_TIE = 0.04  # scores (in GPUs) closer than this are ties
 FILL_WEIGHT = 1.0  # weight of the change in expected never-filled VRAM next to stranded VRAM
-FILL_SHARE_DECIMALS = 2  # the fill estimate rounds each kind's share of one-GPU jobs to this
 _NOISE = 1e-9  # differences below this (in GPUs) are float noise
 _NOISE_PER_TIE = round(STRANDED_TIE / _NOISE)
 
@@ -255,8 +254,8 @@ class _MixArrays:
     weight: np.ndarray  # float64[K], relative
     groups: tuple[_Group, ...]
     # The distinct VRAM sizes of one-GPU kinds (share?, threshold, products), group by group,
-    # and each kind's index into them (-1: not a one-GPU kind), for `_fill_key`.
-    fill_sizes: tuple[tuple[bool, int, frozenset[str]], ...]
+    # and each kind's index into them (-1: not a one-GPU kind), for `_fill_increase`.
+    fill_sizes: tuple[Size, ...]
     fill_index: np.ndarray  # int64[K]
 
     @classmethod
@@ -267,7 +266,7 @@ class _MixArrays:
                 groups[-1] = groups[-1]._replace(stop=i + 1)
             else:
                 groups.append(_Group(k.vram == 0, k.products, i, i + 1))
-        sizes: dict[tuple[bool, int, frozenset[str]], int] = {}
+        sizes: dict[Size, int] = {}
         fill_index = [
             sizes.setdefault((k.vram == 0, k.vram_share or k.vram, k.products), len(sizes))
             if k.gpus == 1
@@ -524,7 +523,7 @@ def place(
     workers, picked, increase, leftover, idle = _evaluate(fleet, demand, kinds, distinct, room, need)
     fill = np.zeros(len(workers))
     if demand.gpus == 1:
-        fill = _fill_increase(fleet, _fill_key(kinds), picked[:, 0], need)
+        fill = _fill_increase(fleet, kinds, demand, workers, picked[:, 0], need)
     score = increase + FILL_WEIGHT * fill
     # lexsort: the last key is the primary one; equal keys keep fleet order.
     keys = (np.round(idle / _NOISE), np.round(leftover / _NOISE), score_bin(score))
@@ -721,75 +720,33 @@ def _kinds_fitting(
 
 # --- how well a GPU's free VRAM will be filled ---------------------------------------------
 
-_FillKey = tuple[tuple[bool, int, frozenset[str], float], ...]  # (share?, threshold, products, share)
 
-
-def _fill_key(kinds: _MixArrays) -> _FillKey:
-    """The mix's one-GPU kinds for the fill estimate: how each asks for VRAM and its share of
-    one-GPU jobs, rounded to `FILL_SHARE_DECIMALS` (kinds that round to 0 drop out). Kinds that
-    differ only in host CPU ask for the same VRAM: one size, their shares added. The rounding
-    lets the estimate be reused while the mix drifts."""
-    one = kinds.fill_index >= 0
-    total = kinds.weight[one].sum()
-    if total <= 0:
-        return ()
-    shares = np.bincount(kinds.fill_index[one], kinds.weight[one], len(kinds.fill_sizes)) / total
-    return tuple(
-        (*size, rounded)
-        for size, share in zip(kinds.fill_sizes, shares.tolist(), strict=True)
-        if (rounded := round(share, FILL_SHARE_DECIMALS)) > 0
-    )
-
-
-@lru_cache(maxsize=256)
-def _never_filled(key: _FillKey, vram_total: int, product: str) -> np.ndarray:
-    """float64[SHARE_SCALE + 1]: for a GPU of this size and product with f thousandths of its
-    VRAM free, the thousandths expected never to be used if one-GPU jobs keep arriving from
-    the mix and each that fits lands on it, until none fits: E(f) = f when no kind fits, else
-    the share-weighted mean of E(f - size) over the kinds that fit."""
-    kinds: list[tuple[int, float]] = []
-    for share_kind, threshold, products, share in key:
-        if products and product not in products:
-            continue
-        size = threshold if share_kind else -(-threshold * SHARE_SCALE // vram_total)  # round up
-        if 0 < size <= SHARE_SCALE:
-            kinds.append((size, share))
-    never = np.arange(SHARE_SCALE + 1, dtype=np.float64)
-    if kinds:
-        kinds.sort()
-        sizes = np.array([size for size, _ in kinds], np.int64)
-        shares = np.array([share for _, share in kinds])
-        cumulative = np.cumsum(shares)
-        smallest = int(sizes[0])
-        # Free amounts in blocks no longer than the smallest size depend only on earlier ones.
-        for start in range(smallest, SHARE_SCALE + 1, smallest):
-            free = np.arange(start, min(start + smallest, SHARE_SCALE + 1))
-            fits = sizes[None, :] <= free[:, None]
-            rest = never[np.where(fits, free[:, None] - sizes[None, :], 0)]
-            fitting = np.searchsorted(sizes, free, side="right")
-            never[free] = np.where(fits, shares * rest, 0.0).sum(axis=1) / cumulative[fitting - 1]
-    never.flags.writeable = False
-    return never
-
-
-@lru_cache(maxsize=64)
-def _fill_tables(key: _FillKey, classes: tuple[tuple[int, str], ...]) -> np.ndarray:
-    """`_never_filled` of each GPU class, stacked: float64[len(classes), SHARE_SCALE + 1]."""
-    tables = np.stack([_never_filled(key, total, product) for total, product in classes])
-    tables.flags.writeable = False
-    return tables
-
-
-def _fill_increase(fleet: Fleet, key: _FillKey, gpus: np.ndarray, need: np.ndarray) -> np.ndarray:
-    """Per candidate GPU: the change (in GPUs) of its VRAM expected never to be filled when
-    the job's `need` is taken from it. A GPU left without a job slot fills no further."""
-    tables = _fill_tables(key, fleet.classes)
+def _fill_increase(
+    fleet: Fleet, kinds: _MixArrays, demand: Demand, workers: np.ndarray, gpus: np.ndarray, need: np.ndarray
+) -> np.ndarray:
+    """Per candidate GPU `gpus` (of workers `workers`): the change (in GPUs) of its VRAM
+    expected never to be filled when the job's `need` is taken from it (`fill.never_filled`),
+    before with the one-GPU kinds its host can take now, after with those it can take once the
+    job's CPU and memory are taken too. A GPU left without a job slot fills no further."""
     total = fleet.vram_total[gpus]
     before = SHARE_SCALE * np.maximum(fleet.vram_free[gpus], 0) // total
     after = SHARE_SCALE * np.maximum(fleet.vram_free[gpus] - need[gpus], 0) // total
+    cpu, memory = fleet.cpu_free[workers], fleet.memory_free[workers]
+    shares, which = room_shares(
+        kinds.weight,
+        kinds.cpu,
+        kinds.memory,
+        kinds.fill_index,
+        len(kinds.fill_sizes),
+        np.concatenate([cpu, cpu - demand.cpu]),
+        np.concatenate([memory, memory - demand.memory]),
+    )
+    tables = tables_for(kinds.fill_sizes, fleet.classes)
     row = fleet.gpu_class[gpus]
-    never_after = np.where(fleet.jobs[gpus] + 1 >= fleet.max_jobs[gpus], after, tables[row, after])
-    return (never_after - tables[row, before]) / SHARE_SCALE
+    never = tables.never_filled(shares, which, np.concatenate([row, row]), np.concatenate([before, after]))
+    never_before, never_after = never[: len(gpus)], never[len(gpus) :]
+    never_after = np.where(fleet.jobs[gpus] + 1 >= fleet.max_jobs[gpus], after, never_after)
+    return (never_after - never_before) / SHARE_SCALE
 
 
 def _no_fit(fleet: Fleet, demand: Demand, host_ok: np.ndarray, room: np.ndarray, need: np.ndarray) -> NoFit:
