@@ -17,8 +17,9 @@ The rule, applied in this order (docs/placement.md says it for users):
    chosen GPU's VRAM expected *never* to be filled is added (`FILL_WEIGHT`): were the
    one-GPU jobs from the mix that its host can still take to keep landing on it, what would
    stay free (`fill.never_filled`). This looks past the next job: of two holes both usable
-   now, it prefers leaving the one that typical jobs fill exactly. Scores that differ by less than `STRANDED_TIE` (1/25 of a GPU)
-   are ties: the measure is an estimate, and below that the next keys pack better.
+   now, it prefers leaving the one that typical jobs fill exactly. Scores that differ by less
+   than `STRANDED_TIE` (1/25 of a GPU) are ties: the measure is an estimate, and below that
+   the next keys pack better.
 4. **Best fit.** The least free VRAM left on the chosen GPUs, again as a fraction of each GPU.
 5. **Packing.** The worker with the least free VRAM, so that emptier workers stay whole.
 6. **Order.** The first worker, then the first GPU, in the order the fleet lists them.
