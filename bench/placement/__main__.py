@@ -84,6 +84,12 @@ def _stats(values: list[float]) -> str:
     return f"{statistics.mean(values):6.2f} ±{spread:4.2f} [{min(values):6.2f},{max(values):6.2f}]"
 
 
+def _per_seed_gap(rows: list[Run], policy: str, baseline: str) -> list[float]:
+    """`policy`'s allocation at 100% arrived minus `baseline`'s, seed by seed."""
+    base = {r.seed: r.alloc_100 for r in rows if r.policy == baseline}
+    return [r.alloc_100 - base[r.seed] for r in rows if r.policy == policy and r.seed in base]
+
+
 def report(runs: list[Run], seeds: list[int]) -> bool:
     """Print the table; True when the honesty gate and gpufleet >= FGD both hold."""
     ok = True
@@ -126,7 +132,12 @@ def report(runs: list[Run], seeds: list[int]) -> bool:
         if "gpufleet" in means and "FGD" in means:
             ahead = means["gpufleet"] - means["FGD"]
             ok &= ahead >= 0
-            print(f"gpufleet - FGD at 100% arrived: {ahead:+.2f} points")
+            per_seed = _per_seed_gap(rows, "gpufleet", "FGD")
+            above = sum(gap > 0 for gap in per_seed)
+            print(
+                f"gpufleet - FGD at 100% arrived: {ahead:+.2f} points (per seed "
+                f"{min(per_seed):+.2f} to {max(per_seed):+.2f}; above on {above} of {len(per_seed)})"
+            )
     return ok
 
 
