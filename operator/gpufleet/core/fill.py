@@ -19,7 +19,9 @@ import numpy as np
 
 SHARE_SCALE = 1000  # shares of a GPU's VRAM are in thousandths; so are the tables
 FILL_SHARE_DECIMALS = 2  # each size's share of one-GPU jobs is rounded to this
-KEPT_TABLES = 1024  # distinct share vectors whose tables are kept per mix layout and fleet
+# Distinct share vectors whose tables `FillTables` keeps (a replay of Alibaba's trace meets
+# about 200): up to 256 x GPU classes x 8 KiB.
+KEPT_TABLES = 256
 
 Size = tuple[bool, int, frozenset[str]]  # how a kind asks for VRAM: (share?, threshold, products)
 FillKey = tuple[tuple[bool, int, frozenset[str], float], ...]  # sizes with their (rounded) shares
@@ -58,7 +60,7 @@ def fill_key(sizes: tuple[Size, ...], shares: list[float]) -> FillKey:
     return tuple((*size, share) for size, share in zip(sizes, shares, strict=True) if share > 0)
 
 
-@lru_cache(maxsize=KEPT_TABLES)
+@lru_cache(maxsize=1024)  # 8 KiB each
 def never_filled(key: FillKey, vram_total: int, product: str) -> np.ndarray:
     """float64[SHARE_SCALE + 1]: for a GPU of this size and product with f thousandths of its
     VRAM free, the thousandths expected never to be used if one-GPU jobs of the key's sizes
