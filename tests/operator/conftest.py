@@ -138,6 +138,14 @@ class Fleet:
     def get_pool(self, name: str) -> dict:
         return self.custom.get_namespaced_custom_object(GROUP, VERSION, self.namespace, "workerpools", name)
 
+    def wait_pool_status(self, name: str, predicate, timeout: float = 60, what: str = "") -> dict:
+        return wait_for(
+            lambda: self.get_pool(name).get("status", {}),
+            predicate,
+            timeout,
+            what=what or f"pool {name}'s status",
+        )
+
     def patch_job(self, name: str, spec: dict) -> None:
         self.custom.patch_namespaced_custom_object(
             GROUP, VERSION, self.namespace, "generationjobs", name, {"spec": spec}

@@ -30,11 +30,8 @@ def test_pool_grows_with_a_burst_drains_to_zero_without_interrupting_and_comes_b
             "idleSecondsBeforeZero": 10,
         },
     )
-    wait_for(
-        lambda: fleet.get_pool("auto").get("status", {}),
-        lambda s: s.get("desiredReplicas") == 0,
-        60,
-        what="an idle pool to want no workers",
+    fleet.wait_pool_status(
+        "auto", lambda s: s.get("desiredReplicas") == 0, 60, what="an idle pool to want no workers"
     )
     names = [f"burst-{i}" for i in range(40)]
     for name in names:
@@ -71,11 +68,8 @@ def test_pool_grows_with_a_burst_drains_to_zero_without_interrupting_and_comes_b
     )
     # The operator writes a pool's status at the end of its pass, after removing the drained
     # worker, so the status may say 1 for a moment after the last pod went.
-    wait_for(
-        lambda: fleet.get_pool("auto")["status"],
-        lambda s: s.get("desiredReplicas") == 0,
-        10,
-        what="the drained pool to want no workers",
+    fleet.wait_pool_status(
+        "auto", lambda s: s.get("desiredReplicas") == 0, 10, what="the drained pool to want no workers"
     )
 
     fleet.job("after-zero", pool="auto")
@@ -88,11 +82,6 @@ def test_kubectl_scale_drives_a_pool_without_autoscaling(cluster, fleet):
     fleet.wait_ready_workers("fixed", 1)
     cluster.kubectl("scale", "-n", fleet.namespace, "wp/fixed", "--replicas=3")
     fleet.wait_ready_workers("fixed", 3)
-    wait_for(
-        lambda: fleet.get_pool("fixed")["status"],
-        lambda s: s.get("readyReplicas") == 3,
-        60,
-        what="status.readyReplicas 3",
-    )
+    fleet.wait_pool_status("fixed", lambda s: s.get("readyReplicas") == 3, 60, what="status.readyReplicas 3")
     cluster.kubectl("scale", "-n", fleet.namespace, "wp/fixed", "--replicas=0")
     wait_for(lambda: live_workers(fleet, "fixed"), lambda pods: pods == [], 90, what="pool scaled to zero")
