@@ -1,7 +1,7 @@
 # The gpufleet operator image (what charts/gpufleet runs as `gpufleet operator ...`).
 # Build from the repository root:  docker build -t ghcr.io/gpufleet/operator:dev .
 # Runs as a non-root user with a read-only root filesystem: the chart mounts an emptyDir
-# for temporary files and points TMPDIR at it.
+# for temporary files and points TMPDIR (and NUMBA_CACHE_DIR, for the placer's compiled code) at it.
 FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./

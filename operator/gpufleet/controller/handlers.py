@@ -17,6 +17,7 @@ from gpufleet import labels
 from gpufleet.api.conditions import JobPhase, Reason
 from gpufleet.api.models import GROUP, VERSION, GenerationJob
 from gpufleet.core import jobs as jobrules
+from gpufleet.core import placement
 
 from . import metrics, reconcile
 from .kube import JOBS, Kube, load_client
@@ -71,6 +72,8 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
     STATE["op"] = Operator(kube=Kube(load_client()), http=httpx.AsyncClient(), **SETTINGS)
+    # Compiling the placer takes ~10 s the first time (then it loads from NUMBA_CACHE_DIR).
+    await asyncio.to_thread(placement.warm_up)
     asyncio.get_running_loop().create_task(orphans(), name="orphan-jobs")
 
 

@@ -17,6 +17,8 @@ from functools import lru_cache
 
 import numpy as np
 
+from gpufleet.core.compiled import compiled
+
 SHARE_SCALE = 1000  # shares of a GPU's VRAM are in thousandths; so are the tables
 FILL_SHARE_DECIMALS = 2  # each size's share of one-GPU jobs is rounded to this
 # Distinct share vectors whose tables `FillTables` keeps (a replay of Alibaba's trace meets
@@ -27,32 +29,46 @@ Size = tuple[bool, int, frozenset[str]]  # how a kind asks for VRAM: (share?, th
 FillKey = tuple[tuple[bool, int, frozenset[str], float], ...]  # sizes with their (rounded) shares
 
 
-def room_shares(
-    weight: np.ndarray,
-    cpu: np.ndarray,
-    memory: np.ndarray,
-    size_index: np.ndarray,
-    size_count: int,
-    room_cpu: np.ndarray,
-    room_memory: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray]:
+@compiled  # plain loops: numpy calls inside compiled code take far longer to compile
+def room_shares(weight, cpu, memory, size_index, size_count, room_cpu, room_memory):
     """Per host room (``room_cpu``, ``room_memory``): each size's share of the one-GPU jobs,
     counting only the kinds that room can take, rounded. The kinds are the mix's (``weight``,
     ``cpu``, ``memory`` per kind; ``size_index``: the kind's size, -1 for kinds that are not
     one-GPU). Returns each distinct row once (float64[U, size_count]) and each room's row."""
-    one = size_index >= 0
-    weight, cpu, memory, size_index = weight[one], cpu[one], memory[one], size_index[one]
-    total = weight.sum()
+    total = 0.0
+    for k in range(len(weight)):
+        if size_index[k] >= 0:
+            total += weight[k]
     # Which kinds a room takes depends only on how many kinds' CPU and how many kinds' memory
     # it covers, so rooms are grouped by those two counts before any per-kind work.
-    covered = np.searchsorted(np.sort(cpu), room_cpu, side="right") * (len(cpu) + 1)
-    covered += np.searchsorted(np.sort(memory), room_memory, side="right")
-    _, first, which = np.unique(covered, return_index=True, return_inverse=True)
-    per_size = np.zeros((len(weight), size_count))
-    if total > 0:
-        per_size[np.arange(len(weight)), size_index] = weight / total
-    takes = (cpu <= room_cpu[first, None]) & (memory <= room_memory[first, None])
-    return np.round(takes.astype(np.float64) @ per_size, FILL_SHARE_DECIMALS), which.reshape(-1)
+    codes = np.empty(len(room_cpu), np.int64)
+    for r in range(len(room_cpu)):
+        cpu_covered = memory_covered = 0
+        for k in range(len(weight)):
+            if size_index[k] >= 0:
+                cpu_covered += cpu[k] <= room_cpu[r]
+                memory_covered += memory[k] <= room_memory[r]
+        codes[r] = cpu_covered * (len(weight) + 1) + memory_covered
+    which, distinct_codes = np.empty(len(room_cpu), np.int64), np.empty(len(room_cpu), np.int64)
+    rows = np.zeros((len(room_cpu), size_count))
+    scale = 10.0**FILL_SHARE_DECIMALS
+    distinct = 0
+    for r in range(len(room_cpu)):
+        which[r] = -1
+        for u in range(distinct):
+            if distinct_codes[u] == codes[r]:
+                which[r] = u
+                break
+        if which[r] >= 0:
+            continue
+        which[r], distinct_codes[distinct] = distinct, codes[r]
+        for k in range(len(weight)):
+            if size_index[k] >= 0 and cpu[k] <= room_cpu[r] and memory[k] <= room_memory[r] and total > 0:
+                rows[distinct, size_index[k]] += weight[k] / total
+        for i in range(size_count):  # as numpy rounds to decimals: scale, round half to even, unscale
+            rows[distinct, i] = np.rint(rows[distinct, i] * scale) / scale
+        distinct += 1
+    return rows[:distinct], which
 
 
 def fill_key(sizes: tuple[Size, ...], shares: list[float]) -> FillKey:
@@ -74,21 +90,26 @@ def never_filled(key: FillKey, vram_total: int, product: str) -> np.ndarray:
         size = threshold if share_kind else -(-threshold * SHARE_SCALE // vram_total)  # round up
         if 0 < size <= SHARE_SCALE:
             kinds.append((size, share))
-    never = np.arange(SHARE_SCALE + 1, dtype=np.float64)
-    if kinds:
-        kinds.sort()
-        sizes = np.array([size for size, _ in kinds], np.int64)
-        shares = np.array([share for _, share in kinds])
-        cumulative = np.cumsum(shares)
-        smallest = int(sizes[0])
-        # Free amounts in blocks no longer than the smallest size depend only on earlier ones.
-        for start in range(smallest, SHARE_SCALE + 1, smallest):
-            free = np.arange(start, min(start + smallest, SHARE_SCALE + 1))
-            fits = sizes[None, :] <= free[:, None]
-            rest = never[np.where(fits, free[:, None] - sizes[None, :], 0)]
-            fitting = np.searchsorted(sizes, free, side="right")
-            never[free] = np.where(fits, shares * rest, 0.0).sum(axis=1) / cumulative[fitting - 1]
+    kinds.sort()
+    never = _expected_unfilled(
+        np.array([size for size, _ in kinds], np.int64), np.array([s for _, s in kinds])
+    )
     never.flags.writeable = False
+    return never
+
+
+@compiled
+def _expected_unfilled(sizes, shares):
+    """`never_filled`'s recursion for sizes (ascending, in thousandths) with these shares."""
+    never = np.arange(SHARE_SCALE + 1).astype(np.float64)
+    for free in range(sizes[0] if len(sizes) else SHARE_SCALE + 1, SHARE_SCALE + 1):
+        fitting = expected = 0.0
+        for k in range(len(sizes)):
+            if sizes[k] > free:
+                break
+            fitting += shares[k]
+            expected += shares[k] * never[free - sizes[k]]
+        never[free] = expected / fitting
     return never
 
 
@@ -111,23 +132,25 @@ class FillTables:
     ) -> np.ndarray:
         """float64[len(free)]: `never_filled` for each point (GPU class, free thousandths), with
         the mix's shares ``shares[which]`` (rows as `room_shares` gives them)."""
+        keys = [row.tobytes() for row in shares]
         with self._lock:
-            if len(self._index) + len(shares) > KEPT_TABLES:
+            # Rows repeat (rooms that differ can round to the same shares): only new ones count.
+            if len(self._index) + len(set(keys).difference(self._index)) > KEPT_TABLES:
                 self._index.clear()
             tables = np.empty(len(shares), np.int64)
-            for i, row in enumerate(shares):
-                at = self._index.get(row.tobytes())
-                tables[i] = self._add(row) if at is None else at
+            for i, (key, row) in enumerate(zip(keys, shares, strict=True)):
+                at = self._index.get(key)
+                tables[i] = self._add(key, row) if at is None else at
             return self._tables[tables[which], gpu_class, free]
 
-    def _add(self, shares: np.ndarray) -> int:
+    def _add(self, key: bytes, shares: np.ndarray) -> int:
         at = len(self._index)
         if at == len(self._tables):
             self._tables = np.concatenate([self._tables, np.empty_like(self._tables)])
-        key = fill_key(self.sizes, shares.tolist())
+        sizes = fill_key(self.sizes, shares.tolist())
         for c, (vram_total, product) in enumerate(self.classes):
-            self._tables[at, c] = never_filled(key, vram_total, product)
-        self._index[shares.tobytes()] = at
+            self._tables[at, c] = never_filled(sizes, vram_total, product)
+        self._index[key] = at
         return at
 
 

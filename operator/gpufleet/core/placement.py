@@ -37,6 +37,7 @@ from typing import NamedTuple, TypeVar
 
 import numpy as np
 
+from gpufleet.core.compiled import compiled
 from gpufleet.core.fill import SHARE_SCALE, Size, room_shares, tables_for
 
 UNTRACKED = 2**62  # host CPU / memory of a worker that does not report them: never short
@@ -254,6 +255,9 @@ class _MixArrays:
     memory: np.ndarray  # float64[K]
     weight: np.ndarray  # float64[K], relative
     groups: tuple[_Group, ...]
+    group_start: np.ndarray  # int64[groups]
+    group_stop: np.ndarray  # int64[groups]
+    group_share: np.ndarray  # bool[groups]
     # The distinct VRAM sizes of one-GPU kinds (share?, threshold, products), group by group,
     # and each kind's index into them (-1: not a one-GPU kind), for `_fill_increase`.
     fill_sizes: tuple[Size, ...]
@@ -281,6 +285,9 @@ class _MixArrays:
             memory=np.array([k.memory for k in kinds], np.float64),
             weight=np.array([k.weight for k in kinds], np.float64),
             groups=tuple(groups),
+            group_start=np.array([group.start for group in groups], np.int64),
+            group_stop=np.array([group.stop for group in groups], np.int64),
+            group_share=np.array([group.share for group in groups], np.bool_),
             fill_sizes=tuple(sizes),
             fill_index=np.array(fill_index, np.int64),
         )
@@ -289,30 +296,6 @@ class _MixArrays:
         weights, memories = self.weight.copy(), self.memory.copy()
         weights[position], memories[position] = weight, memory
         return _evolve(self, weight=weights, memory=memories)
-
-    def normalized(self) -> _MixArrays:
-        """The same kinds weighted by their share of the jobs that use GPUs (CPU-only jobs
-        can use no free VRAM, so they weigh nothing in the measure)."""
-        weight = np.where(self.gpus > 0, self.weight, 0.0)
-        total = weight.sum()
-        return _evolve(self, weight=weight / total if total > 0 else weight)
-
-    def fitting(
-        self, fleet: Fleet, gpus: np.ndarray, vram_free: np.ndarray, jobs: np.ndarray
-    ) -> list[np.ndarray]:
-        """Per group, int64[len(gpus)]: how many of its kinds (a prefix) one more job of fits on
-        each GPU, were it to have `vram_free` free and `jobs` running."""
-        total = fleet.vram_total[gpus]
-        slot = jobs < fleet.max_jobs[gpus]
-        # The largest share s with floor(total * s / 1000) <= vram_free.
-        share = (SHARE_SCALE * (vram_free + 1) + total - 1) // total - 1
-        counts = []
-        for group in self.groups:
-            room = share if group.share else vram_free
-            count = np.searchsorted(self.threshold[group.start : group.stop], room, side="right")
-            ok = slot & fleet.allowed(group.products)[gpus] if group.products else slot
-            counts.append(np.where(ok, count, 0))
-        return counts
 
 
 # --- the fleet -----------------------------------------------------------------------------
@@ -336,25 +319,25 @@ def _readonly(values: object, dtype: type) -> np.ndarray:
 
 
 class _StateIds:
-    """Numbers worker states: equal states, equal numbers. Append-only, so fleets derived from
-    one another by `commit` can share it and still compare their workers' numbers."""
+    """Numbers worker shapes (their GPUs' sizes, job limits and products, in order) and worker
+    states (shape, host room and their GPUs' free VRAM and jobs): equal ones, equal numbers.
+    Append-only, so fleets derived from one another by `commit` can share it and still compare
+    their workers' numbers."""
 
     def __init__(self) -> None:
-        self._ids: dict[tuple[object, ...], int] = {}
+        self._shapes: dict[tuple[tuple[int, int, str], ...], int] = {}
+        self._states: dict[tuple[int, int, int, bytes, bytes], int] = {}
 
-    def of(
-        self,
-        cpu_free: int,
-        memory_free: int,
-        vram_total: Sequence[int],
-        max_jobs: Sequence[int],
-        products: Sequence[str],
-        vram_free: Sequence[int],
-        jobs: Sequence[int],
+    def shape(self, gpus: Sequence[Gpu]) -> int:
+        key = tuple((g.vram_total, g.max_jobs, g.product) for g in gpus)
+        return self._shapes.setdefault(key, len(self._shapes))
+
+    def state(
+        self, shape: int, cpu_free: int, memory_free: int, vram_free: np.ndarray, jobs: np.ndarray
     ) -> int:
-        """The number of a worker's state, given its host room and its GPUs' columns in order."""
-        gpus = tuple(zip(vram_total, max_jobs, products, vram_free, jobs, strict=True))
-        return self._ids.setdefault((cpu_free, memory_free, gpus), len(self._ids))
+        """The number of a worker's state; `vram_free` and `jobs` are its GPUs' (int64)."""
+        key = (shape, cpu_free, memory_free, vram_free.tobytes(), jobs.tobytes())
+        return self._states.setdefault(key, len(self._states))
 
 
 @dataclass(frozen=True, eq=False)
@@ -381,15 +364,16 @@ class Fleet:
     ready: np.ndarray = field(repr=False)  # bool[W]
     draining: np.ndarray = field(repr=False)  # bool[W]
     gpu_start: np.ndarray = field(repr=False)  # int64[W]: index of each worker's first GPU
+    worker_shape: np.ndarray = field(repr=False)  # int64[W]: equal for the same GPUs, in order
     # int64[W]: equal numbers for workers whose placements are interchangeable: the same
-    # host room and the same GPUs (size, job limit, product) in the same states, in order.
+    # shape and host room, and their GPUs in the same states.
     worker_state: np.ndarray = field(repr=False)
     states: _StateIds = field(repr=False)  # gives those numbers; shared by commits
     gpu_class: np.ndarray = field(repr=False)  # int64[G]: index into `classes`
     classes: tuple[tuple[int, str], ...] = field(repr=False)  # distinct (vram_total, product)
-    # `allowed` per set of products asked for; the GPUs' products never change, so fleets
+    # `product_masks` per tuple of product sets asked for; the products never change, so fleets
     # derived from one another share it.
-    allowed_gpus: dict[frozenset[str], np.ndarray] = field(repr=False)
+    masks: dict[tuple[frozenset[str], ...], np.ndarray] = field(repr=False)
 
     @classmethod
     def of(cls, workers: Iterable[Worker]) -> Fleet:
@@ -410,18 +394,23 @@ class Fleet:
         np.cumsum(count[:-1], out=start[1:])
         classes = tuple(sorted({(g.vram_total, g.product) for g in gpus}))
         class_index = {c: i for i, c in enumerate(classes)}
+        cpu_free = _readonly([UNTRACKED if w.cpu_free is None else w.cpu_free for w in workers], np.int64)
+        memory_free = _readonly(
+            [UNTRACKED if w.memory_free is None else w.memory_free for w in workers], np.int64
+        )
+        vram_free = _readonly([g.vram_free for g in gpus], np.int64)
+        jobs = _readonly([g.jobs for g in gpus], np.int64)
         states = _StateIds()
+        shape = _readonly([states.shape(w.gpus) for w in workers], np.int64)
         worker_state = [
-            states.of(
-                UNTRACKED if w.cpu_free is None else w.cpu_free,
-                UNTRACKED if w.memory_free is None else w.memory_free,
-                [g.vram_total for g in w.gpus],
-                [g.max_jobs for g in w.gpus],
-                [g.product for g in w.gpus],
-                [g.vram_free for g in w.gpus],
-                [g.jobs for g in w.gpus],
+            states.state(
+                int(shape[i]),
+                int(cpu_free[i]),
+                int(memory_free[i]),
+                vram_free[start[i] : start[i] + count[i]],
+                jobs[start[i] : start[i] + count[i]],
             )
-            for w in workers
+            for i in range(len(workers))
         ]
         return cls(
             worker_names=tuple(names),
@@ -429,35 +418,40 @@ class Fleet:
             gpu_uuids=tuple(uuids),
             products=products,
             eligible=_readonly(ready & ~draining, np.bool_),
-            cpu_free=_readonly([UNTRACKED if w.cpu_free is None else w.cpu_free for w in workers], np.int64),
-            memory_free=_readonly(
-                [UNTRACKED if w.memory_free is None else w.memory_free for w in workers], np.int64
-            ),
+            cpu_free=cpu_free,
+            memory_free=memory_free,
             gpu_count=_readonly([len(w.gpus) for w in workers], np.int64),
             gpu_worker=_readonly([i for i, w in enumerate(workers) for _ in w.gpus], np.int64),
             gpu_product=_readonly([product_index[g.product] for g in gpus], np.int64),
             vram_total=_readonly([g.vram_total for g in gpus], np.int64),
-            vram_free=_readonly([g.vram_free for g in gpus], np.int64),
-            jobs=_readonly([g.jobs for g in gpus], np.int64),
+            vram_free=vram_free,
+            jobs=jobs,
             max_jobs=_readonly([g.max_jobs for g in gpus], np.int64),
             ready=ready,
             draining=draining,
             gpu_start=_readonly(start, np.int64),
+            worker_shape=shape,
             worker_state=_readonly(worker_state, np.int64),
             states=states,
             gpu_class=_readonly([class_index[g.vram_total, g.product] for g in gpus], np.int64),
             classes=classes,
-            allowed_gpus={},
+            masks={},
         )
+
+    def product_masks(self, asked: tuple[frozenset[str], ...]) -> np.ndarray:
+        """bool[len(asked), len(self.products)]: per set of products asked for, the fleet's
+        products in it (all when it is empty)."""
+        masks = self.masks.get(asked)
+        if masks is None:
+            masks = _readonly(
+                [[not products or p in products for p in self.products] for products in asked], np.bool_
+            ).reshape(len(asked), len(self.products))
+            self.masks[asked] = masks
+        return masks
 
     def allowed(self, products: frozenset[str]) -> np.ndarray:
         """bool[G]: GPUs whose product is in `products` (all GPUs when it is empty)."""
-        allowed = self.allowed_gpus.get(products)
-        if allowed is None:
-            by_product = np.array([not products or p in products for p in self.products], dtype=bool)
-            allowed = _readonly(by_product[self.gpu_product], np.bool_)
-            self.allowed_gpus[products] = allowed
-        return allowed
+        return self.product_masks((products,))[0, self.gpu_product]
 
 
 # --- results -------------------------------------------------------------------------------
@@ -500,18 +494,25 @@ def place(
     where it takes the largest fraction of a GPU, then by best fit and packing.
     """
     demand = job.demand
-    host_ok = fleet.eligible & (fleet.cpu_free >= demand.cpu) & (fleet.memory_free >= demand.memory)
-    need = demand.vram_on(fleet.vram_total)
-    room = (
-        (fleet.vram_free >= need)
-        & (fleet.jobs < fleet.max_jobs)
-        & fleet.allowed(demand.products)
-        & host_ok[fleet.gpu_worker]
+    need, room, feasible = _scan(
+        fleet.vram_total,
+        fleet.vram_free,
+        fleet.jobs,
+        fleet.max_jobs,
+        fleet.gpu_product,
+        fleet.gpu_worker,
+        fleet.cpu_free,
+        fleet.memory_free,
+        fleet.eligible,
+        demand.vram_share,
+        demand.vram,
+        fleet.product_masks((demand.products,))[0],
+        demand.cpu,
+        demand.memory,
+        demand.gpus,
     )
-    rooms = np.bincount(fleet.gpu_worker[room], minlength=len(fleet.worker_names))
-    feasible = host_ok & (rooms >= demand.gpus)
     if not feasible.any():
-        return _no_fit(fleet, demand, host_ok, room, need)
+        return _no_fit(fleet, demand, need)
 
     holders = np.zeros(len(fleet.worker_names), dtype=bool)
     if prefer_model and job.model is not None:
@@ -519,16 +520,38 @@ def place(
         if (holders & feasible).any():
             feasible &= holders
 
-    kinds = (mix._arrays if mix is not None else _MixArrays.of(())).normalized()
-    distinct = _first_of_identical(fleet, np.flatnonzero(feasible))
-    workers, picked, increase, leftover, idle = _evaluate(fleet, demand, kinds, distinct, room, need)
+    kinds = mix._arrays if mix is not None else _MixArrays.of(())
+    workers, picked, increase, leftover, idle = _candidates(
+        fleet.vram_total,
+        fleet.vram_free,
+        fleet.jobs,
+        fleet.max_jobs,
+        fleet.gpu_product,
+        fleet.gpu_start,
+        fleet.gpu_count,
+        fleet.cpu_free,
+        fleet.memory_free,
+        fleet.worker_state,
+        feasible,
+        room,
+        need,
+        demand.gpus,
+        demand.cpu,
+        demand.memory,
+        kinds.gpus,
+        kinds.threshold,
+        kinds.cpu,
+        kinds.memory,
+        kinds.weight,
+        kinds.group_start,
+        kinds.group_stop,
+        kinds.group_share,
+        fleet.product_masks(tuple(group.products for group in kinds.groups)),
+    )
     fill = np.zeros(len(workers))
     if demand.gpus == 1:
         fill = _fill_increase(fleet, kinds, demand, workers, picked[:, 0], need)
-    score = increase + FILL_WEIGHT * fill
-    # lexsort: the last key is the primary one; equal keys keep fleet order.
-    keys = (np.round(idle / _NOISE), np.round(leftover / _NOISE), score_bin(score))
-    best = int(np.lexsort(keys)[0])
+    best = _best(increase + FILL_WEIGHT * fill, leftover, idle)
     worker = int(workers[best])
     chosen = tuple(int(g) for g in picked[best])
     return Placement(
@@ -545,178 +568,335 @@ def place(
     )
 
 
-def score_bin(score: np.ndarray) -> np.ndarray:
+@compiled
+def score_bin(score):
     """Which `STRANDED_TIE`-wide bin each score falls in. Scores are first snapped to `_NOISE`,
     so two sums of the same terms in another order land in the same bin even on its edge."""
-    return np.round(np.round(score / _NOISE) / _NOISE_PER_TIE)
+    return np.rint(np.rint(score / _NOISE) / _NOISE_PER_TIE)
 
 
-@dataclass(frozen=True, eq=False)
-class _WorkerSums:
-    """Per candidate worker (in fleet order) and kind, before the placement: how many GPUs
-    the kind fits (`hosting`) and their free VRAM (`usable`, in GPUs); per worker its free
-    VRAM (`idle`) and which kinds it can host (`host`)."""
+@compiled
+def _best(score, leftover, idle):
+    """Rules 3 to 6: the candidate with the lowest score bin, then the least free VRAM left on
+    its GPUs, then on its worker (all snapped to `_NOISE`); the first among equals."""
+    best = 0
+    for c in range(1, len(score)):
+        key = (score_bin(score[c]), np.rint(leftover[c] / _NOISE), np.rint(idle[c] / _NOISE))
+        if key < (score_bin(score[best]), np.rint(leftover[best] / _NOISE), np.rint(idle[best] / _NOISE)):
+            best = c
+    return best
 
-    workers: np.ndarray  # int64[S]: fleet index of each candidate worker
-    gpus: np.ndarray  # int64[sum of their GPU counts]: their GPUs, worker by worker
-    slot: np.ndarray  # int64[same]: each of those GPUs' row in the arrays below
-    fitting: list[np.ndarray]  # per group: kinds each of those GPUs fits now
-    hosting: np.ndarray  # float64[S, K]
-    usable: np.ndarray  # float64[S, K]
-    idle: np.ndarray  # float64[S]
-    host: np.ndarray  # bool[S, K]
 
-    @classmethod
-    def of(cls, fleet: Fleet, kinds: _MixArrays, workers: np.ndarray) -> _WorkerSums:
-        sizes = fleet.gpu_count[workers]
-        ends = np.cumsum(sizes)
-        gpus = np.repeat(fleet.gpu_start[workers] - (ends - sizes), sizes) + np.arange(
-            ends[-1] if len(ends) else 0
+def warm_up() -> None:
+    """Compile the placer's loops now, or load them from the disk cache (`compiled`), so that
+    no real decision waits for it: a few placements on a one-worker fleet."""
+    gpus = tuple(Gpu(f"warm-up/{i}", "warm-up", 2**30, 2**30, max_jobs=2) for i in range(2))
+    fleet = Fleet.of([Worker("warm-up", gpus, cpu_free=1000, memory_free=2**30)])
+    mix = observe(DemandMix(), Demand(vram_share=500))
+    for demand in (
+        Demand(vram_share=500, cpu=1),
+        Demand(gpus=2, vram=1),
+        Demand(gpus=0, cpu=1),
+        Demand(vram=2**31),
+    ):
+        place(fleet, Job(demand), mix)
+
+
+# --- the candidates and their keys ----------------------------------------------------------
+
+
+@compiled
+def _scan(
+    vram_total,
+    vram_free,
+    jobs,
+    max_jobs,
+    gpu_product,
+    gpu_worker,
+    cpu_free,
+    memory_free,
+    eligible,
+    share,
+    vram,
+    product_ok,
+    cpu,
+    memory,
+    gpus,
+):
+    """Rule 1 (fit) for every GPU and worker: (need[G]: bytes the job needs on each GPU,
+    room[G]: the GPU could take it, feasible[W]: the worker could)."""
+    host_ok = np.empty(len(eligible), np.bool_)
+    for w in range(len(eligible)):
+        host_ok[w] = eligible[w] and cpu_free[w] >= cpu and memory_free[w] >= memory
+    need, room = np.empty(len(vram_total), np.int64), np.empty(len(vram_total), np.bool_)
+    rooms = np.zeros(len(eligible), np.int64)
+    for g in range(len(vram_total)):  # branch-free: every GPU is visited
+        need[g] = vram_total[g] * share // SHARE_SCALE if share else vram
+        room[g] = (
+            host_ok[gpu_worker[g]]
+            & (vram_free[g] >= need[g])
+            & (jobs[g] < max_jobs[g])
+            & product_ok[gpu_product[g]]
         )
-        slot = np.repeat(np.arange(len(workers)), sizes)
-        free = fleet.vram_free[gpus]
-        frac = np.maximum(free, 0) / fleet.vram_total[gpus]
-        fitting = kinds.fitting(fleet, gpus, free, fleet.jobs[gpus])
-        count = len(workers)
-        # [0]: hosting, [1]: usable.
-        both = np.zeros((2, count, len(kinds.weight)))
-        weights = np.concatenate([np.ones(len(gpus)), frac])
-        for group, fits in zip(kinds.groups, fitting, strict=True):
-            width = group.stop - group.start + 1
-            cell = slot * width + fits
-            cells = np.concatenate([cell, cell + count * width])
-            per = np.bincount(cells, weights, minlength=2 * count * width).reshape(2, count, width)
-            # GPUs fitting more than p kinds of the group count for kind p.
-            both[:, :, group.start : group.stop] = np.cumsum(per[:, :, ::-1], axis=2)[:, :, ::-1][:, :, 1:]
-        hosting, usable = both
-        idle = np.bincount(slot, frac, minlength=count)
-        host = (
-            (hosting >= kinds.gpus)
-            & (fleet.cpu_free[workers, None] >= kinds.cpu)
-            & (fleet.memory_free[workers, None] >= kinds.memory)
-        )
-        return cls(workers, gpus, slot, fitting, hosting, usable, idle, host)
+        rooms[gpu_worker[g]] += room[g]
+    feasible = np.empty(len(eligible), np.bool_)
+    for w in range(len(eligible)):
+        feasible[w] = host_ok[w] and rooms[w] >= gpus
+    return need, room, feasible
 
 
-def _first_of_identical(fleet: Fleet, workers: np.ndarray) -> np.ndarray:
-    """`workers` (ascending) without those identical to an earlier one (`Fleet.worker_state`).
-    Identical workers offer identical candidates and the earliest wins every tie, so dropping
-    the later ones changes nothing; on a large fleet most workers are identical (untouched),
-    so this is most of the speed.
-    """
-    _, first = np.unique(fleet.worker_state[workers], return_index=True)
-    return workers[np.sort(first)]
-
-
-def _evaluate(
-    fleet: Fleet,
-    demand: Demand,
-    kinds: _MixArrays,
-    workers: np.ndarray,
-    room: np.ndarray,
-    need: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Candidate placements on `workers` (fleet indices, ascending), in fleet order, with
-    their keys: (worker per candidate, GPU indices per candidate [C, gpus], increase of
-    stranded VRAM, free VRAM left on the chosen GPUs, free VRAM on the worker now), the
-    last three in GPUs."""
-    sums = _WorkerSums.of(fleet, kinds, workers)
-    weight = kinds.weight
-    # Kinds the worker hosts now and still would with the job's CPU and memory taken.
-    keep = (fleet.cpu_free[sums.workers, None] - demand.cpu >= kinds.cpu) & (
-        fleet.memory_free[sums.workers, None] - demand.memory >= kinds.memory
-    )
-    lost = ((sums.host & ~keep) * sums.usable) @ weight
-    if demand.gpus == 0:
-        none = np.zeros((len(sums.workers), 0), np.int64)
-        return sums.workers, none, lost, np.zeros(len(lost)), sums.idle
-    if demand.gpus > 1:
-        return _evaluate_several(fleet, demand, kinds, sums, keep, room, need)
-
-    # One GPU: every GPU with room is a candidate. Per kind, taking the job's VRAM from GPU g
-    # changes the worker's usable VRAM by (after - before) on g while the worker still hosts
-    # the kind; a kind hosted by exactly as many GPUs as it needs is lost with one of them.
-    candidate = room[sums.gpus]
-    gpus, slot = sums.gpus[candidate], sums.slot[candidate]
-    before_frac = np.maximum(fleet.vram_free[gpus], 0) / fleet.vram_total[gpus]
-    after_free = fleet.vram_free[gpus] - need[gpus]
-    after_frac = np.maximum(after_free, 0) / fleet.vram_total[gpus]
-    fitting_after = kinds.fitting(fleet, gpus, after_free, fleet.jobs[gpus] + 1)
-    kept = sums.host & keep
-    edge = kept & (sums.hosting == kinds.gpus)
-    gained = -lost[slot]
-    # Per worker and kind: the weight of kept kinds, of edge kinds, and edge kinds' usable VRAM
-    # times their weight; summed over each group's first r kinds below.
-    terms = np.empty((3, len(sums.workers), len(weight)))
-    np.multiply(kept, weight, out=terms[0])
-    np.multiply(edge, weight, out=terms[1])
-    np.multiply(terms[1], sums.usable, out=terms[2])
-    for group, fits, fits_after in zip(kinds.groups, sums.fitting, fitting_after, strict=True):
-        prefix = np.zeros((3, len(sums.workers), group.stop - group.start + 1))
-        np.cumsum(terms[:, :, group.start : group.stop], axis=2, out=prefix[:, :, 1:])
-        (kept_w, edge_w, edge_u), (kept_w_after, edge_w_after, edge_u_after) = (
-            prefix[:, slot, fits[candidate]],
-            prefix[:, slot, fits_after],
-        )
-        gained += (
-            after_frac * kept_w_after
-            - before_frac * kept_w
-            + before_frac * (edge_w - edge_w_after)
-            - (edge_u - edge_u_after)
-        )
-    increase = (after_frac - before_frac) - gained
-    return fleet.gpu_worker[gpus], gpus[:, None], increase, after_frac, sums.idle[slot]
-
-
-def _evaluate_several(
-    fleet: Fleet,
-    demand: Demand,
-    kinds: _MixArrays,
-    sums: _WorkerSums,
-    keep: np.ndarray,
-    room: np.ndarray,
-    need: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Several GPUs: per feasible worker, the GPUs with room that leave the least free VRAM
-    (first GPUs first among equals); the worker's sums are recomputed with them taken."""
-    candidate = room[sums.gpus]
-    gpus, slot = sums.gpus[candidate], sums.slot[candidate]
-    left = (fleet.vram_free[gpus] - need[gpus]) / fleet.vram_total[gpus]
-    order = np.lexsort((gpus, left, slot))
-    gpus, slot = gpus[order], slot[order]
-    first = np.flatnonzero(np.r_[True, slot[1:] != slot[:-1]])
-    rank = np.arange(len(gpus)) - np.repeat(first, np.diff(np.r_[first, len(gpus)]))
-    picked = gpus[rank < demand.gpus].reshape(len(first), demand.gpus)
-    rows = slot[first]
-
-    hosting, usable, idle = sums.hosting[rows].copy(), sums.usable[rows].copy(), sums.idle[rows]
-    leftover = np.zeros(len(rows))
-    for column in range(demand.gpus):
-        g = picked[:, column]
-        before = np.maximum(fleet.vram_free[g], 0) / fleet.vram_total[g]
-        after_free = fleet.vram_free[g] - need[g]
-        after = np.maximum(after_free, 0) / fleet.vram_total[g]
-        now = _kinds_fitting(fleet, kinds, g, fleet.vram_free[g], fleet.jobs[g])
-        then = _kinds_fitting(fleet, kinds, g, after_free, fleet.jobs[g] + 1)
-        hosting += then.astype(np.float64) - now
-        usable += then * after[:, None] - now * before[:, None]
-        idle = idle + (after - before)
-        leftover += after
-    host_after = (hosting >= kinds.gpus) & keep[rows]
-    stranded_after = idle - (host_after * usable) @ kinds.weight
-    stranded_before = sums.idle[rows] - (sums.host[rows] * sums.usable[rows]) @ kinds.weight
-    increase = stranded_after - stranded_before
-    return sums.workers[rows], picked, increase, leftover, sums.idle[rows]
-
-
+@compiled
 def _kinds_fitting(
-    fleet: Fleet, kinds: _MixArrays, gpus: np.ndarray, vram_free: np.ndarray, jobs: np.ndarray
-) -> np.ndarray:
-    """bool[len(gpus), K]: the kinds one more job of fits on each GPU (see `fitting`)."""
-    fits = np.zeros((len(gpus), len(kinds.weight)), dtype=bool)
-    for group, count in zip(kinds.groups, kinds.fitting(fleet, gpus, vram_free, jobs), strict=True):
-        fits[:, group.start : group.stop] = np.arange(group.stop - group.start) < count[:, None]
-    return fits
+    group, free, jobs, vram_total, max_jobs, allowed, kind_threshold, group_start, group_stop, group_share
+):
+    """How many kinds of `group` (a prefix: sorted by amount) one more job of fits on a GPU
+    with `free` bytes free and `jobs` running."""
+    if jobs >= max_jobs or not allowed:
+        return 0
+    # For shares: the largest share s with floor(vram_total * s / 1000) <= free.
+    room = (SHARE_SCALE * (free + 1) + vram_total - 1) // vram_total - 1 if group_share[group] else free
+    low, high = group_start[group], group_stop[group]  # binary search: first kind above room
+    while low < high:
+        middle = (low + high) // 2
+        if kind_threshold[middle] <= room:
+            low = middle + 1
+        else:
+            high = middle
+    return low - group_start[group]
+
+
+@compiled
+def _candidates(
+    vram_total,
+    vram_free,
+    jobs,
+    max_jobs,
+    gpu_product,
+    gpu_start,
+    gpu_count,
+    cpu_free,
+    memory_free,
+    worker_state,
+    feasible,
+    room,
+    need,
+    job_gpus,
+    job_cpu,
+    job_memory,
+    kind_gpus,
+    kind_threshold,
+    kind_cpu,
+    kind_memory,
+    weight,
+    group_start,
+    group_stop,
+    group_share,
+    group_product_ok,
+):
+    """Rule 3's measure for each candidate placement on the first of each set of identical
+    feasible workers (identical workers offer identical candidates and the earliest wins every
+    tie). Returns, candidates in fleet order: (worker, GPUs [C, job_gpus], increase of stranded
+    VRAM, free VRAM left on the chosen GPUs, free VRAM on the worker now), the last three in
+    GPUs. Per kind, a worker's usable VRAM is the free VRAM of its GPUs that fit the kind,
+    counted while the worker hosts the kind (enough such GPUs, and host CPU and memory)."""
+    kinds, groups = len(weight), len(group_start)
+    # Kinds weigh by their share of the jobs that use GPUs (CPU-only jobs use no free VRAM).
+    gpu_weight = 0.0
+    for k in range(kinds):
+        gpu_weight += weight[k] if kind_gpus[k] > 0 else 0.0
+    weight = weight.copy()
+    for k in range(kinds):
+        weight[k] = weight[k] / gpu_weight if kind_gpus[k] > 0 and gpu_weight > 0 else 0.0
+    widest = max(gpu_count.max(), 1) if len(gpu_count) else 1
+    # Per worker (reset after each): per kind, GPUs that fit it and their free VRAM (in GPUs);
+    # per GPU and group, how many of the group's kinds it fits; per group, the most any GPU fits.
+    # Kinds past `top` fit no GPU of the worker, so they are neither hosted nor visited.
+    hosting, usable = np.zeros(kinds), np.zeros(kinds)
+    host, keep = np.empty(kinds, np.bool_), np.empty(kinds, np.bool_)
+    fits_now = np.empty((widest, groups), np.int64)
+    top = np.empty(groups, np.int64)
+    # Per group, prefix sums over its kinds of kept weight, edge weight and edge usable VRAM.
+    kept_w, edge_w, edge_u = np.empty(kinds + groups), np.empty(kinds + groups), np.empty(kinds + groups)
+    most = len(vram_total) if job_gpus == 1 else len(gpu_start)
+    out_worker = np.empty(most, np.int64)
+    out_gpus = np.empty((most, job_gpus), np.int64)
+    out_increase, out_leftover, out_idle = np.empty(most), np.empty(most), np.empty(most)
+    seen = np.zeros(worker_state.max() + 1 if len(worker_state) else 1, np.bool_)
+    count = 0
+    for w in range(len(gpu_start)):
+        if not feasible[w] or seen[worker_state[w]]:
+            continue
+        seen[worker_state[w]] = True
+        first, n = gpu_start[w], gpu_count[w]
+        idle = 0.0
+        for j in range(groups):
+            top[j] = 0
+        for i in range(n):
+            g = first + i
+            frac = max(vram_free[g], 0) / vram_total[g]
+            idle += frac
+            for j in range(groups):
+                fit = _kinds_fitting(
+                    j,
+                    vram_free[g],
+                    jobs[g],
+                    vram_total[g],
+                    max_jobs[g],
+                    group_product_ok[j, gpu_product[g]],
+                    kind_threshold,
+                    group_start,
+                    group_stop,
+                    group_share,
+                )
+                fits_now[i, j] = fit
+                top[j] = max(top[j], fit)
+                if fit:  # counted at the last kind it fits; summed down the group below
+                    hosting[group_start[j] + fit - 1] += 1.0
+                    usable[group_start[j] + fit - 1] += frac
+        # Kinds the worker hosts now, and those it still would with the job's CPU and memory taken.
+        lost = 0.0
+        for j in range(groups):
+            for k in range(group_start[j] + top[j] - 1, group_start[j] - 1, -1):
+                if k + 1 < group_start[j] + top[j]:
+                    hosting[k] += hosting[k + 1]
+                    usable[k] += usable[k + 1]
+                host[k] = (
+                    hosting[k] >= kind_gpus[k]
+                    and cpu_free[w] >= kind_cpu[k]
+                    and memory_free[w] >= kind_memory[k]
+                )
+                keep[k] = (
+                    cpu_free[w] - job_cpu >= kind_cpu[k] and memory_free[w] - job_memory >= kind_memory[k]
+                )
+                if host[k] and not keep[k]:
+                    lost += usable[k] * weight[k]
+
+        if job_gpus == 0:
+            out_worker[count], out_increase[count], out_leftover[count], out_idle[count] = w, lost, 0.0, idle
+            count += 1
+        elif job_gpus == 1:
+            # Taking the job's VRAM from GPU g changes the worker's usable VRAM by (after - before)
+            # on g for each kind it keeps hosting; a kind hosted by exactly as many GPUs as it
+            # needs (an edge kind) is lost with g.
+            for j in range(groups):
+                at = group_start[j] + j
+                kept_w[at] = edge_w[at] = edge_u[at] = 0.0
+                for k in range(group_start[j], group_start[j] + top[j]):
+                    kept = host[k] and keep[k]
+                    edge = kept and hosting[k] == kind_gpus[k]
+                    at += 1
+                    kept_w[at] = kept_w[at - 1] + (weight[k] if kept else 0.0)
+                    edge_w[at] = edge_w[at - 1] + (weight[k] if edge else 0.0)
+                    edge_u[at] = edge_u[at - 1] + (weight[k] * usable[k] if edge else 0.0)
+            for i in range(n):
+                g = first + i
+                if not room[g]:
+                    continue
+                before = max(vram_free[g], 0) / vram_total[g]
+                after_free = vram_free[g] - need[g]
+                after = max(after_free, 0) / vram_total[g]
+                gained = -lost
+                for j in range(groups):
+                    fit_after = _kinds_fitting(
+                        j,
+                        after_free,
+                        jobs[g] + 1,
+                        vram_total[g],
+                        max_jobs[g],
+                        group_product_ok[j, gpu_product[g]],
+                        kind_threshold,
+                        group_start,
+                        group_stop,
+                        group_share,
+                    )
+                    b, a = group_start[j] + j + fits_now[i, j], group_start[j] + j + fit_after
+                    gained += (
+                        after * kept_w[a]
+                        - before * kept_w[b]
+                        + before * (edge_w[b] - edge_w[a])
+                        - (edge_u[b] - edge_u[a])
+                    )
+                out_worker[count], out_gpus[count, 0] = w, g
+                out_increase[count], out_leftover[count], out_idle[count] = (
+                    (after - before) - gained,
+                    after,
+                    idle,
+                )
+                count += 1
+        else:
+            # Several GPUs: those with room that leave the least free VRAM (first GPUs first
+            # among equals); the worker's sums are recomputed with them taken.
+            chosen = out_gpus[count]
+            taken = np.zeros(n, np.bool_)
+            for t in range(job_gpus):
+                best, best_left = -1, 0.0
+                for g in range(first, first + n):
+                    if room[g] and not taken[g - first]:
+                        left = (vram_free[g] - need[g]) / vram_total[g]
+                        if best < 0 or left < best_left:
+                            best, best_left = g, left
+                chosen[t] = best
+                taken[best - first] = True
+            stranded_before, stranded_after, leftover = idle, idle, 0.0
+            for j in range(groups):
+                for k in range(group_start[j], group_start[j] + top[j]):
+                    if host[k]:
+                        stranded_before -= usable[k] * weight[k]
+            for g in chosen:
+                before = max(vram_free[g], 0) / vram_total[g]
+                after_free = vram_free[g] - need[g]
+                after = max(after_free, 0) / vram_total[g]
+                stranded_after += after - before
+                leftover += after
+                for j in range(groups):
+                    allowed = group_product_ok[j, gpu_product[g]]
+                    now = _kinds_fitting(
+                        j,
+                        vram_free[g],
+                        jobs[g],
+                        vram_total[g],
+                        max_jobs[g],
+                        allowed,
+                        kind_threshold,
+                        group_start,
+                        group_stop,
+                        group_share,
+                    )
+                    then = _kinds_fitting(
+                        j,
+                        after_free,
+                        jobs[g] + 1,
+                        vram_total[g],
+                        max_jobs[g],
+                        allowed,
+                        kind_threshold,
+                        group_start,
+                        group_stop,
+                        group_share,
+                    )
+                    for k in range(group_start[j] + then, group_start[j] + now):
+                        hosting[k] -= 1.0
+                        usable[k] -= before
+                    for k in range(group_start[j], group_start[j] + then):
+                        usable[k] += after - before
+            for j in range(groups):
+                for k in range(group_start[j], group_start[j] + top[j]):
+                    if hosting[k] >= kind_gpus[k] and keep[k]:
+                        stranded_after -= usable[k] * weight[k]
+            out_worker[count] = w
+            out_increase[count] = stranded_after - stranded_before
+            out_leftover[count], out_idle[count] = leftover, idle
+            count += 1
+        for j in range(groups):
+            for k in range(group_start[j], group_start[j] + top[j]):
+                hosting[k] = usable[k] = 0.0
+    return (
+        out_worker[:count],
+        out_gpus[:count],
+        out_increase[:count],
+        out_leftover[:count],
+        out_idle[:count],
+    )
 
 
 # --- how well a GPU's free VRAM will be filled ---------------------------------------------
@@ -729,51 +909,112 @@ def _fill_increase(
     expected never to be filled when the job's `need` is taken from it (`fill.never_filled`),
     before with the one-GPU kinds its host can take now, after with those it can take once the
     job's CPU and memory are taken too. A GPU left without a job slot fills no further."""
-    total = fleet.vram_total[gpus]
-    before = SHARE_SCALE * np.maximum(fleet.vram_free[gpus], 0) // total
-    after = SHARE_SCALE * np.maximum(fleet.vram_free[gpus] - need[gpus], 0) // total
-    cpu, memory = fleet.cpu_free[workers], fleet.memory_free[workers]
-    shares, which = room_shares(
+    shares, which, gpu_class, free, full = _fill_points(
+        fleet.vram_total,
+        fleet.vram_free,
+        fleet.jobs,
+        fleet.max_jobs,
+        fleet.gpu_class,
+        fleet.cpu_free,
+        fleet.memory_free,
+        workers,
+        gpus,
+        need,
+        demand.cpu,
+        demand.memory,
         kinds.weight,
         kinds.cpu,
         kinds.memory,
         kinds.fill_index,
         len(kinds.fill_sizes),
-        np.concatenate([cpu, cpu - demand.cpu]),
-        np.concatenate([memory, memory - demand.memory]),
     )
-    tables = tables_for(kinds.fill_sizes, fleet.classes)
-    row = fleet.gpu_class[gpus]
-    never = tables.never_filled(shares, which, np.concatenate([row, row]), np.concatenate([before, after]))
-    never_before, never_after = never[: len(gpus)], never[len(gpus) :]
-    never_after = np.where(fleet.jobs[gpus] + 1 >= fleet.max_jobs[gpus], after, never_after)
-    return (never_after - never_before) / SHARE_SCALE
+    never = tables_for(kinds.fill_sizes, fleet.classes).never_filled(shares, which, gpu_class, free)
+    before, after = never[: len(gpus)], never[len(gpus) :]
+    return (np.where(full, free[len(gpus) :], after) - before) / SHARE_SCALE
 
 
-def _no_fit(fleet: Fleet, demand: Demand, host_ok: np.ndarray, room: np.ndarray, need: np.ndarray) -> NoFit:
+@compiled
+def _fill_points(
+    vram_total,
+    vram_free,
+    jobs,
+    max_jobs,
+    gpu_class,
+    cpu_free,
+    memory_free,
+    workers,
+    gpus,
+    need,
+    job_cpu,
+    job_memory,
+    weight,
+    kind_cpu,
+    kind_memory,
+    fill_index,
+    size_count,
+):
+    """`_fill_increase`'s points: each candidate GPU before the job, then each after it, with
+    the shares of its host's room (`fill.room_shares`), its class and its free thousandths;
+    and which GPUs the job leaves without a job slot."""
+    count = len(gpus)
+    # Candidates on one worker share its host's room: one pair of rooms (before, after) each.
+    room_cpu, room_memory = np.empty(2 * count, np.int64), np.empty(2 * count, np.int64)
+    room_of = np.empty(count, np.int64)
+    rooms = 0
+    for c in range(count):
+        w = workers[c]
+        if c == 0 or w != workers[c - 1]:
+            room_cpu[rooms], room_cpu[rooms + 1] = cpu_free[w], cpu_free[w] - job_cpu
+            room_memory[rooms], room_memory[rooms + 1] = memory_free[w], memory_free[w] - job_memory
+            rooms += 2
+        room_of[c] = rooms - 2
+    shares, room_row = room_shares(
+        weight, kind_cpu, kind_memory, fill_index, size_count, room_cpu[:rooms], room_memory[:rooms]
+    )
+    which, points_class, free = (
+        np.empty(2 * count, np.int64),
+        np.empty(2 * count, np.int64),
+        np.empty(2 * count, np.int64),
+    )
+    full = np.empty(count, np.bool_)
+    for c in range(count):
+        g = gpus[c]
+        which[c], which[count + c] = room_row[room_of[c]], room_row[room_of[c] + 1]
+        points_class[c] = points_class[count + c] = gpu_class[g]
+        free[c] = SHARE_SCALE * max(vram_free[g], 0) // vram_total[g]
+        free[count + c] = SHARE_SCALE * max(vram_free[g] - need[g], 0) // vram_total[g]
+        full[c] = jobs[g] + 1 >= max_jobs[g]
+    return shares, which, points_class, free, full
+
+
+def _no_fit(fleet: Fleet, demand: Demand, need: np.ndarray) -> NoFit:
     workers = len(fleet.worker_names)
-    eligible_gpus = fleet.eligible[fleet.gpu_worker]
-    largest = int(np.maximum(fleet.vram_free[eligible_gpus], 0).max(initial=0))
+    largest, not_ready, draining, short_host, few, wrong_product, short_gpu = _shortfalls(
+        fleet.ready,
+        fleet.draining,
+        fleet.cpu_free,
+        fleet.memory_free,
+        fleet.gpu_start,
+        fleet.gpu_count,
+        fleet.gpu_product,
+        fleet.vram_free,
+        fleet.product_masks((demand.products,))[0],
+        demand.cpu,
+        demand.memory,
+        demand.gpus,
+    )
     needed = int(need.max(initial=0)) if demand.gpus else 0
     what = _describe(demand)
     if workers == 0:
         return NoFit(f"no workers to take {what}", needed, largest)
     counts: list[str] = []
-    not_ready = int((~fleet.ready).sum())
-    draining = int((fleet.ready & fleet.draining).sum())
-    short_host = int((fleet.eligible & ~host_ok).sum())
-    few = fleet.eligible & host_ok & (fleet.gpu_count < demand.gpus)
-    allowed = fleet.allowed(demand.products)
-    allowed_gpus = np.bincount(fleet.gpu_worker[allowed], minlength=workers)
-    wrong_product = fleet.eligible & host_ok & ~few & (allowed_gpus < demand.gpus)
-    short_gpu = fleet.eligible & host_ok & ~few & ~wrong_product
     for number, label in (
         (not_ready, "not ready"),
         (draining, "draining"),
         (short_host, "without the host CPU or memory"),
-        (int(few.sum()), f"with fewer than {demand.gpus} GPUs"),
-        (int(wrong_product.sum()), f"without {demand.gpus} GPUs of {sorted(demand.products)}"),
-        (int(short_gpu.sum()), "with too few GPUs with that VRAM free and a job slot"),
+        (few, f"with fewer than {demand.gpus} GPUs"),
+        (wrong_product, f"without {demand.gpus} GPUs of {sorted(demand.products)}"),
+        (short_gpu, "with too few GPUs with that VRAM free and a job slot"),
     ):
         if number:
             counts.append(f"{number} {label}")
@@ -783,6 +1024,47 @@ def _no_fit(fleet: Fleet, demand: Demand, host_ok: np.ndarray, room: np.ndarray,
         needed,
         largest,
     )
+
+
+@compiled
+def _shortfalls(
+    ready,
+    draining,
+    cpu_free,
+    memory_free,
+    gpu_start,
+    gpu_count,
+    gpu_product,
+    vram_free,
+    product_ok,
+    cpu,
+    memory,
+    gpus,
+):
+    """Why no worker fits: (the most VRAM free on a GPU of a ready, non-draining worker, then
+    how many workers are not ready, draining, short of host CPU or memory, with too few GPUs,
+    with too few GPUs of an allowed product, and with too few GPUs with room)."""
+    largest = not_ready = draining_count = short_host = few = wrong_product = short_gpu = 0
+    for w in range(len(gpu_start)):
+        if not ready[w]:
+            not_ready += 1
+            continue
+        if draining[w]:
+            draining_count += 1
+            continue
+        allowed = 0
+        for g in range(gpu_start[w], gpu_start[w] + gpu_count[w]):
+            largest = max(largest, vram_free[g])
+            allowed += product_ok[gpu_product[g]]
+        if cpu_free[w] < cpu or memory_free[w] < memory:
+            short_host += 1
+        elif gpu_count[w] < gpus:
+            few += 1
+        elif allowed < gpus:
+            wrong_product += 1
+        else:
+            short_gpu += 1
+    return largest, not_ready, draining_count, short_host, few, wrong_product, short_gpu
 
 
 def _describe(demand: Demand) -> str:
@@ -808,33 +1090,29 @@ def commit(fleet: Fleet, placement: Placement) -> Fleet:
 
     Refuses a placement that no longer fits, so a stale one can never over-commit a GPU.
     """
-    gpus = np.array(placement.gpu_indices, np.int64)
-    vram = np.array(placement.vram, np.int64)
     w = placement.worker_index
     if fleet.worker_names[w] != placement.worker or any(
         fleet.gpu_worker[g] != w for g in placement.gpu_indices
     ):
         raise ValueError(f"placement on {placement.worker}: not a worker of this fleet")
-    if (fleet.vram_free[gpus] < vram).any() or (fleet.jobs[gpus] >= fleet.max_jobs[gpus]).any():
+    if any(
+        fleet.vram_free[g] < vram or fleet.jobs[g] >= fleet.max_jobs[g]
+        for g, vram in zip(placement.gpu_indices, placement.vram, strict=True)
+    ):
         raise ValueError(f"placement on {placement.worker}: its GPUs no longer have the room")
     if fleet.cpu_free[w] < placement.cpu or fleet.memory_free[w] < placement.memory:
         raise ValueError(f"placement on {placement.worker}: its host no longer has the room")
     vram_free, jobs = fleet.vram_free.copy(), fleet.jobs.copy()
-    vram_free[gpus] -= vram
-    jobs[gpus] += 1
+    for g, vram in zip(placement.gpu_indices, placement.vram, strict=True):
+        vram_free[g] -= vram
+        jobs[g] += 1
     cpu_free, memory_free = fleet.cpu_free.copy(), fleet.memory_free.copy()
     cpu_free[w] -= placement.cpu
     memory_free[w] -= placement.memory
     worker_state = fleet.worker_state.copy()
-    own = slice(int(fleet.gpu_start[w]), int(fleet.gpu_start[w] + fleet.gpu_count[w]))
-    worker_state[w] = fleet.states.of(
-        int(cpu_free[w]),
-        int(memory_free[w]),
-        fleet.vram_total[own].tolist(),
-        fleet.max_jobs[own].tolist(),
-        [fleet.products[p] for p in fleet.gpu_product[own]],
-        vram_free[own].tolist(),
-        jobs[own].tolist(),
+    own = slice(fleet.gpu_start[w], fleet.gpu_start[w] + fleet.gpu_count[w])
+    worker_state[w] = fleet.states.state(
+        int(fleet.worker_shape[w]), int(cpu_free[w]), int(memory_free[w]), vram_free[own], jobs[own]
     )
     for array in (vram_free, jobs, cpu_free, memory_free, worker_state):
         array.flags.writeable = False

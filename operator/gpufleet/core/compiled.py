@@ -1,0 +1,23 @@
+"""The placer's inner loops are compiled with numba: a decision visits each distinct feasible
+worker and each of its GPUs once, which as numpy array calls cost ~3 times as long.
+
+Machine code is compiled on first use (about 10 s for all of them) and cached on disk: beside
+the source when that is writable, else under ``NUMBA_CACHE_DIR`` (the chart points it at the
+operator's writable temporary directory). Where neither is writable, each process compiles
+again instead of failing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numba
+
+
+def compiled(function: Callable[..., Any]) -> Any:
+    """`function` compiled by numba (nopython), cached on disk where possible."""
+    try:
+        return numba.njit(cache=True)(function)
+    except RuntimeError:  # numba: "cannot cache function ...: no locator available"
+        return numba.njit(function)
