@@ -31,7 +31,9 @@ def processes_with(marker: str) -> list[int]:
 
 def pod(name: str, command: list[str], **spec_fields) -> client.V1Pod:
     container_fields = {
-        k: spec_fields.pop(k) for k in ("readiness_probe", "env", "volume_mounts") if k in spec_fields
+        k: spec_fields.pop(k)
+        for k in ("startup_probe", "readiness_probe", "liveness_probe", "env", "volume_mounts")
+        if k in spec_fields
     }
     return client.V1Pod(
         metadata=client.V1ObjectMeta(name=name),
@@ -135,6 +137,64 @@ def test_readiness_probe_failing_keeps_pod_unready(core, namespace):
         3,
         what="still unready after probes",
     )
+
+
+def exists(path: Path, **probe_fields) -> client.V1Probe:
+    """A probe that passes once ``path`` exists, checked every second."""
+    return client.V1Probe(
+        _exec=client.V1ExecAction(command=["test", "-f", str(path)]), period_seconds=1, **probe_fields
+    )
+
+
+def test_liveness_waits_for_the_startup_probe(core, namespace, tmp_path):
+    up = tmp_path / "up"
+    core.create_namespaced_pod(
+        namespace,
+        pod(
+            "slow-start",
+            ["sh", "-c", f"sleep 4; touch {up}; sleep 300"],
+            startup_probe=exists(up, failure_threshold=30),
+            # Alone, this would kill the container at its first probe, before the file exists.
+            liveness_probe=exists(up, failure_threshold=1),
+        ),
+    )
+    running = wait_for(
+        lambda: read(core, namespace, "slow-start"),
+        lambda p: p.status.phase == "Running",
+        30,
+        what="slow-start Running",
+        describe=lambda p: str(p.status.phase),
+    )
+    assert not up.exists()
+    assert running.status.container_statuses[0].ready is False  # not ready before it has started
+    started = wait_for(
+        lambda: read(core, namespace, "slow-start"),
+        lambda p: p.status.container_statuses[0].ready,
+        30,
+        what="slow-start ready once started",
+        describe=lambda p: str(p.status.container_statuses),
+    )
+    assert started.status.container_statuses[0].restart_count == 0
+
+
+def test_a_container_that_never_starts_is_restarted(core, namespace, tmp_path):
+    core.create_namespaced_pod(
+        namespace,
+        pod(
+            "never-starts",
+            ["sleep", "300"],
+            startup_probe=exists(tmp_path / "never", failure_threshold=2),
+            liveness_probe=client.V1Probe(_exec=client.V1ExecAction(command=["true"]), period_seconds=1),
+        ),
+    )
+    restarted = wait_for(
+        lambda: read(core, namespace, "never-starts"),
+        lambda p: bool(p.status.container_statuses) and p.status.container_statuses[0].restart_count >= 1,
+        30,
+        what="never-starts restarted by its startup probe",
+        describe=lambda p: str(p.status.container_statuses),
+    )
+    assert restarted.status.container_statuses[0].ready is False
 
 
 def test_non_zero_exit_code_is_reported(core, namespace):

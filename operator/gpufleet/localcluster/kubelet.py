@@ -4,7 +4,7 @@ For each pod bound to one of its nodes it gives the pod its own loopback address
 (127.1.x.y) as pod IP, so many workers can listen on the same port; materializes its
 volumes (Secrets, ConfigMaps, projected ServiceAccount tokens from the TokenRequest API,
 downward API, emptyDir) under the pod's directory; runs each container's command with the
-pod's environment; honours readiness and liveness probes and the restart policy; reports
+pod's environment; honours startup, readiness and liveness probes and the restart policy; reports
 phase, readiness, restarts and exit codes; and kills the processes when the pod is
 deleted. A pod that mounts a ServiceAccount token also gets ``KUBECONFIG`` pointing at a
 kubeconfig with that token, so its program acts with exactly the RBAC its pod would have.
@@ -96,7 +96,7 @@ class IPPool:
 
 
 class Probe:
-    """One readiness or liveness probe with the kubelet's thresholds."""
+    """One startup, readiness or liveness probe with the kubelet's thresholds."""
 
     def __init__(self, spec: Mapping, container: Mapping) -> None:
         self.spec = spec
@@ -170,8 +170,10 @@ class Container:
         self.state = ContainerState(name=spec["name"], image=spec.get("image", ""))
         self.process: subprocess.Popen[bytes] | None = None
         self.restart_at: float | None = 0.0
+        self.startup = Probe(spec["startupProbe"], spec) if spec.get("startupProbe") else None
         self.readiness = Probe(spec["readinessProbe"], spec) if spec.get("readinessProbe") else None
         self.liveness = Probe(spec["livenessProbe"], spec) if spec.get("livenessProbe") else None
+        self.started = self.startup is None  # other probes wait until the startup probe passes
 
     def start(self) -> None:
         self.restart_at = None
@@ -195,8 +197,9 @@ class Container:
         self.state.running_since = now_rfc3339()
         self.state.waiting = None
         self.state.terminated = None
-        self.state.ready = self.readiness is None
-        for probe in (self.readiness, self.liveness):
+        self.started = self.startup is None
+        self.state.ready = self.readiness is None and self.started
+        for probe in (self.startup, self.readiness, self.liveness):
             if probe:
                 probe.arm(started)
 
@@ -347,6 +350,17 @@ class PodRunner(threading.Thread):
                 container.start()
                 changed = True
             if container.state.running_since is None or self.pod_ip is None:
+                continue
+            if container.startup is not None and not container.started:
+                if container.startup.due(now) and container.startup.check(self.pod_ip, container.env):
+                    container.started = True
+                    if container.readiness is None:
+                        container.state.ready = changed = True
+                elif container.startup.failures >= container.startup.failure_threshold:
+                    log.info(
+                        "pod %s/%s container %s failed startup; killing", *self.key, container.state.name
+                    )
+                    container.kill(self.grace_seconds)
                 continue
             if container.readiness and container.readiness.due(now):
                 container.readiness.check(self.pod_ip, container.env)
@@ -523,7 +537,7 @@ class PodRunner(threading.Thread):
             )
         argv[0] = resolved
         cwd = Path(translate_paths(spec["workingDir"], mounts)) if spec.get("workingDir") else self.dir
-        for probe_key in ("readinessProbe", "livenessProbe"):
+        for probe_key in ("startupProbe", "readinessProbe", "livenessProbe"):
             if exec_ := (spec.get(probe_key) or {}).get("exec"):
                 exec_["command"] = [translate_paths(expand(a, spec_env), mounts) for a in exec_["command"]]
         return Container(spec, argv, env, cwd, self.dir / f"{spec['name']}.log")
