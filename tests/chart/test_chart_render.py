@@ -242,6 +242,10 @@ def test_operator_command_flags_probes_and_key(render):
         "--worker-s3-secret=s3-creds",
     ]
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    # Liveness waits for startup, which may compile the placer first (three minutes allowed).
+    startup = container["startupProbe"]
+    assert startup["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 180
     assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"metrics": 8080, "health": 8081}
     mount = next(m for m in container["volumeMounts"] if m["mountPath"] == "/var/run/gpufleet/operator-key")
     pod = only(docs, "Deployment")["spec"]["template"]["spec"]
