@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
+from gpufleet.core import placement
 from gpufleet.localcluster import simnodes
 from gpufleet.localcluster.cluster import ExistingCluster, LocalCluster
 from gpufleet.localcluster.fleet import apply_crds
@@ -25,6 +26,13 @@ from gpufleet.localcluster.waiting import wait_for
 # The default mixed GPU fleet plus process-less nodes for scale tests (tainted: only pods
 # that tolerate the taint land there, so ordinary tests always get real processes).
 TEST_FLEET = (*simnodes.DEFAULT_FLEET, *simnodes.simulated_only_nodes(4))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def compiled_placer() -> None:
+    """Compile the placer's loops (or load them from numba's cache) before any test starts an
+    operator: the first compile takes ~10 s, which no test's own timeouts should absorb."""
+    placement.warm_up()
 
 
 @pytest.fixture(scope="session")
