@@ -25,7 +25,9 @@ The rule, applied in this order (docs/placement.md says it for users):
 6. **Order.** The first worker, then the first GPU, in the order the fleet lists them.
 
 Everything here is a pure function of frozen values; there is no randomness, so the same
-fleet, job and mix always give the same placement. Arrays inside `Fleet` are read-only.
+fleet, job and mix always give the same placement. Arrays inside `Fleet` are read-only. The
+loops over the fleet's workers and GPUs are compiled (`gpufleet.core.compiled`); `warm_up`
+compiles them ahead of the first decision.
 """
 
 from __future__ import annotations
