@@ -22,13 +22,15 @@ from gpufleet.core.placement import (
 )
 
 GiB = 2**30
-# Called from Python (room_shares is compiled into _fill_points).
+# Those called from Python (the others are compiled into them).
 KERNELS = (
     placement._scan,
     placement._candidates,
+    placement._host_rooms,
     placement._fill_points,
     placement._best,
     placement._shortfalls,
+    fill.room_shares,
     fill._expected_unfilled,
 )
 

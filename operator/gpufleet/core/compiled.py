@@ -5,6 +5,10 @@ Machine code is compiled on first use (about 10 s for all of them) and cached on
 the source when that is writable, else under ``NUMBA_CACHE_DIR`` (the chart points it at the
 operator's writable temporary directory). Where neither is writable, each process compiles
 again instead of failing.
+
+numba keys a function's cache by its own source file only, so a compiled function calls only
+compiled functions of its own module (another module's would stay stale in the cache after
+an edit there), and reads only constants of its module or fixed units (``SHARE_SCALE``).
 """
 
 from __future__ import annotations

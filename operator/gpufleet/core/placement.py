@@ -911,24 +911,22 @@ def _fill_increase(
     expected never to be filled when the job's `need` is taken from it (`fill.never_filled`),
     before with the one-GPU kinds its host can take now, after with those it can take once the
     job's CPU and memory are taken too. A GPU left without a job slot fills no further."""
-    shares, which, gpu_class, free, full = _fill_points(
+    room_cpu, room_memory, room_of = _host_rooms(
+        workers, fleet.cpu_free, fleet.memory_free, demand.cpu, demand.memory
+    )
+    shares, room_row = room_shares(
+        kinds.weight, kinds.cpu, kinds.memory, kinds.fill_index, len(kinds.fill_sizes), room_cpu, room_memory
+    )
+    which, gpu_class, free, full = _fill_points(
         fleet.vram_total,
         fleet.vram_free,
         fleet.jobs,
         fleet.max_jobs,
         fleet.gpu_class,
-        fleet.cpu_free,
-        fleet.memory_free,
-        workers,
         gpus,
         need,
-        demand.cpu,
-        demand.memory,
-        kinds.weight,
-        kinds.cpu,
-        kinds.memory,
-        kinds.fill_index,
-        len(kinds.fill_sizes),
+        room_of,
+        room_row,
     )
     never = tables_for(kinds.fill_sizes, fleet.classes).never_filled(shares, which, gpu_class, free)
     before, after = never[: len(gpus)], never[len(gpus) :]
@@ -936,49 +934,30 @@ def _fill_increase(
 
 
 @compiled
-def _fill_points(
-    vram_total,
-    vram_free,
-    jobs,
-    max_jobs,
-    gpu_class,
-    cpu_free,
-    memory_free,
-    workers,
-    gpus,
-    need,
-    job_cpu,
-    job_memory,
-    weight,
-    kind_cpu,
-    kind_memory,
-    fill_index,
-    size_count,
-):
-    """`_fill_increase`'s points: each candidate GPU before the job, then each after it, with
-    the shares of its host's room (`fill.room_shares`), its class and its free thousandths;
-    and which GPUs the job leaves without a job slot."""
-    count = len(gpus)
-    # Candidates on one worker share its host's room: one pair of rooms (before, after) each.
-    room_cpu, room_memory = np.empty(2 * count, np.int64), np.empty(2 * count, np.int64)
-    room_of = np.empty(count, np.int64)
+def _host_rooms(workers, cpu_free, memory_free, job_cpu, job_memory):
+    """The host rooms `_fill_increase` needs: per worker of the candidates (consecutive in
+    `workers`), its room before the job, then after it; and each candidate's first room."""
+    room_cpu, room_memory = np.empty(2 * len(workers), np.int64), np.empty(2 * len(workers), np.int64)
+    room_of = np.empty(len(workers), np.int64)
     rooms = 0
-    for c in range(count):
+    for c in range(len(workers)):
         w = workers[c]
         if c == 0 or w != workers[c - 1]:
             room_cpu[rooms], room_cpu[rooms + 1] = cpu_free[w], cpu_free[w] - job_cpu
             room_memory[rooms], room_memory[rooms + 1] = memory_free[w], memory_free[w] - job_memory
             rooms += 2
         room_of[c] = rooms - 2
-    shares, room_row = room_shares(
-        weight, kind_cpu, kind_memory, fill_index, size_count, room_cpu[:rooms], room_memory[:rooms]
-    )
-    which, points_class, free = (
-        np.empty(2 * count, np.int64),
-        np.empty(2 * count, np.int64),
-        np.empty(2 * count, np.int64),
-    )
-    full = np.empty(count, np.bool_)
+    return room_cpu[:rooms], room_memory[:rooms], room_of
+
+
+@compiled
+def _fill_points(vram_total, vram_free, jobs, max_jobs, gpu_class, gpus, need, room_of, room_row):
+    """`_fill_increase`'s points: each candidate GPU before the job, then each after it, with
+    its row of shares (`room_row` of its host's room), its class and its free thousandths; and
+    which GPUs the job leaves without a job slot."""
+    count = len(gpus)
+    which, points_class = np.empty(2 * count, np.int64), np.empty(2 * count, np.int64)
+    free, full = np.empty(2 * count, np.int64), np.empty(count, np.bool_)
     for c in range(count):
         g = gpus[c]
         which[c], which[count + c] = room_row[room_of[c]], room_row[room_of[c] + 1]
@@ -986,7 +965,7 @@ def _fill_points(
         free[c] = SHARE_SCALE * max(vram_free[g], 0) // vram_total[g]
         free[count + c] = SHARE_SCALE * max(vram_free[g] - need[g], 0) // vram_total[g]
         full[c] = jobs[g] + 1 >= max_jobs[g]
-    return shares, which, points_class, free, full
+    return which, points_class, free, full
 
 
 def _no_fit(fleet: Fleet, demand: Demand, need: np.ndarray) -> NoFit:
