@@ -581,11 +581,11 @@ def score_bin(score):
 def _best(score, leftover, idle):
     """Rules 3 to 6: the candidate with the lowest score bin, then the least free VRAM left on
     its GPUs, then on its worker (all snapped to `_NOISE`); the first among equals."""
-    best = 0
-    for c in range(1, len(score)):
+    best, best_key = -1, (0.0, 0.0, 0.0)
+    for c in range(len(score)):
         key = (score_bin(score[c]), np.rint(leftover[c] / _NOISE), np.rint(idle[c] / _NOISE))
-        if key < (score_bin(score[best]), np.rint(leftover[best] / _NOISE), np.rint(idle[best] / _NOISE)):
-            best = c
+        if best < 0 or key < best_key:
+            best, best_key = c, key
     return best
 
 
@@ -648,11 +648,11 @@ def _scan(
 
 
 @compiled
-def _kinds_fitting(
-    group, free, jobs, vram_total, max_jobs, allowed, kind_threshold, group_start, group_stop, group_share
-):
+def _kinds_fitting(group, free, jobs, vram_total, max_jobs, allowed, layout):
     """How many kinds of `group` (a prefix: sorted by amount) one more job of fits on a GPU
-    with `free` bytes free and `jobs` running."""
+    with `free` bytes free and `jobs` running. `layout`: the kinds' thresholds and the groups'
+    starts, stops and share flags."""
+    kind_threshold, group_start, group_stop, group_share = layout
     if jobs >= max_jobs or not allowed:
         return 0
     # For shares: the largest share s with floor(vram_total * s / 1000) <= free.
@@ -709,13 +709,16 @@ def _candidates(
     weight = weight.copy()
     for k in range(kinds):
         weight[k] = weight[k] / gpu_weight if kind_gpus[k] > 0 and gpu_weight > 0 else 0.0
+    layout = (kind_threshold, group_start, group_stop, group_share)
     widest = max(gpu_count.max(), 1) if len(gpu_count) else 1
     # Per worker (reset after each): per kind, GPUs that fit it and their free VRAM (in GPUs);
-    # per GPU and group, how many of the group's kinds it fits; per group, the most any GPU fits.
+    # per GPU, its free VRAM before and after the job (in GPUs) and, per group, how many of
+    # the group's kinds it fits before and after; per group, the most any GPU fits now.
     # Kinds past `top` fit no GPU of the worker, so they are neither hosted nor visited.
     hosting, usable = np.zeros(kinds), np.zeros(kinds)
     host, keep = np.empty(kinds, np.bool_), np.empty(kinds, np.bool_)
-    fits_now = np.empty((widest, groups), np.int64)
+    before, after = np.empty(widest), np.empty(widest)
+    fits_now, fits_after = np.empty((widest, groups), np.int64), np.empty((widest, groups), np.int64)
     top = np.empty(groups, np.int64)
     # Per group, prefix sums over its kinds of kept weight, edge weight and edge usable VRAM.
     kept_w, edge_w, edge_u = np.empty(kinds + groups), np.empty(kinds + groups), np.empty(kinds + groups)
@@ -730,31 +733,27 @@ def _candidates(
             continue
         seen[worker_state[w]] = True
         first, n = gpu_start[w], gpu_count[w]
-        idle = 0.0
         for j in range(groups):
             top[j] = 0
         for i in range(n):
             g = first + i
-            frac = max(vram_free[g], 0) / vram_total[g]
-            idle += frac
+            before[i] = max(vram_free[g], 0) / vram_total[g]
+            after[i] = max(vram_free[g] - need[g], 0) / vram_total[g]
             for j in range(groups):
-                fit = _kinds_fitting(
-                    j,
-                    vram_free[g],
-                    jobs[g],
-                    vram_total[g],
-                    max_jobs[g],
-                    group_product_ok[j, gpu_product[g]],
-                    kind_threshold,
-                    group_start,
-                    group_stop,
-                    group_share,
-                )
+                allowed = group_product_ok[j, gpu_product[g]]
+                fit = _kinds_fitting(j, vram_free[g], jobs[g], vram_total[g], max_jobs[g], allowed, layout)
                 fits_now[i, j] = fit
                 top[j] = max(top[j], fit)
                 if fit:  # counted at the last kind it fits; summed down the group below
                     hosting[group_start[j] + fit - 1] += 1.0
-                    usable[group_start[j] + fit - 1] += frac
+                    usable[group_start[j] + fit - 1] += before[i]
+                if room[g]:
+                    fits_after[i, j] = _kinds_fitting(
+                        j, vram_free[g] - need[g], jobs[g] + 1, vram_total[g], max_jobs[g], allowed, layout
+                    )
+        idle = 0.0
+        for i in range(n):
+            idle += before[i]
         # Kinds the worker hosts now, and those it still would with the job's CPU and memory taken.
         lost = 0.0
         for j in range(groups):
@@ -791,39 +790,20 @@ def _candidates(
                     edge_w[at] = edge_w[at - 1] + (weight[k] if edge else 0.0)
                     edge_u[at] = edge_u[at - 1] + (weight[k] * usable[k] if edge else 0.0)
             for i in range(n):
-                g = first + i
-                if not room[g]:
+                if not room[first + i]:
                     continue
-                before = max(vram_free[g], 0) / vram_total[g]
-                after_free = vram_free[g] - need[g]
-                after = max(after_free, 0) / vram_total[g]
                 gained = -lost
                 for j in range(groups):
-                    fit_after = _kinds_fitting(
-                        j,
-                        after_free,
-                        jobs[g] + 1,
-                        vram_total[g],
-                        max_jobs[g],
-                        group_product_ok[j, gpu_product[g]],
-                        kind_threshold,
-                        group_start,
-                        group_stop,
-                        group_share,
-                    )
-                    b, a = group_start[j] + j + fits_now[i, j], group_start[j] + j + fit_after
+                    b, a = group_start[j] + j + fits_now[i, j], group_start[j] + j + fits_after[i, j]
                     gained += (
-                        after * kept_w[a]
-                        - before * kept_w[b]
-                        + before * (edge_w[b] - edge_w[a])
+                        after[i] * kept_w[a]
+                        - before[i] * kept_w[b]
+                        + before[i] * (edge_w[b] - edge_w[a])
                         - (edge_u[b] - edge_u[a])
                     )
-                out_worker[count], out_gpus[count, 0] = w, g
-                out_increase[count], out_leftover[count], out_idle[count] = (
-                    (after - before) - gained,
-                    after,
-                    idle,
-                )
+                out_worker[count], out_gpus[count, 0] = w, first + i
+                out_increase[count] = (after[i] - before[i]) - gained
+                out_leftover[count], out_idle[count] = after[i], idle
                 count += 1
         else:
             # Several GPUs: those with room that leave the least free VRAM (first GPUs first
@@ -831,56 +811,26 @@ def _candidates(
             chosen = out_gpus[count]
             taken = np.zeros(n, np.bool_)
             for t in range(job_gpus):
-                best, best_left = -1, 0.0
-                for g in range(first, first + n):
-                    if room[g] and not taken[g - first]:
-                        left = (vram_free[g] - need[g]) / vram_total[g]
-                        if best < 0 or left < best_left:
-                            best, best_left = g, left
-                chosen[t] = best
-                taken[best - first] = True
+                best = -1
+                for i in range(n):
+                    if room[first + i] and not taken[i] and (best < 0 or after[i] < after[best]):
+                        best = i
+                chosen[t], taken[best] = first + best, True
             stranded_before, stranded_after, leftover = idle, idle, 0.0
             for j in range(groups):
                 for k in range(group_start[j], group_start[j] + top[j]):
                     if host[k]:
                         stranded_before -= usable[k] * weight[k]
             for g in chosen:
-                before = max(vram_free[g], 0) / vram_total[g]
-                after_free = vram_free[g] - need[g]
-                after = max(after_free, 0) / vram_total[g]
-                stranded_after += after - before
-                leftover += after
+                i = g - first
+                stranded_after += after[i] - before[i]
+                leftover += after[i]
                 for j in range(groups):
-                    allowed = group_product_ok[j, gpu_product[g]]
-                    now = _kinds_fitting(
-                        j,
-                        vram_free[g],
-                        jobs[g],
-                        vram_total[g],
-                        max_jobs[g],
-                        allowed,
-                        kind_threshold,
-                        group_start,
-                        group_stop,
-                        group_share,
-                    )
-                    then = _kinds_fitting(
-                        j,
-                        after_free,
-                        jobs[g] + 1,
-                        vram_total[g],
-                        max_jobs[g],
-                        allowed,
-                        kind_threshold,
-                        group_start,
-                        group_stop,
-                        group_share,
-                    )
-                    for k in range(group_start[j] + then, group_start[j] + now):
+                    for k in range(group_start[j] + fits_after[i, j], group_start[j] + fits_now[i, j]):
                         hosting[k] -= 1.0
-                        usable[k] -= before
-                    for k in range(group_start[j], group_start[j] + then):
-                        usable[k] += after - before
+                        usable[k] -= before[i]
+                    for k in range(group_start[j], group_start[j] + fits_after[i, j]):
+                        usable[k] += after[i] - before[i]
             for j in range(groups):
                 for k in range(group_start[j], group_start[j] + top[j]):
                     if hosting[k] >= kind_gpus[k] and keep[k]:
