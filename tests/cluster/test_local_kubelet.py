@@ -52,14 +52,24 @@ def read(core: client.CoreV1Api, namespace: str, name: str) -> client.V1Pod:
     return core.read_namespaced_pod(name, namespace)
 
 
+def pod_when(
+    core: client.CoreV1Api, namespace: str, name: str, predicate, what: str, timeout: float = 30
+) -> client.V1Pod:
+    """The pod once ``predicate`` holds for it (its status in the message if it never does)."""
+    return wait_for(
+        lambda: read(core, namespace, name), predicate, timeout, what=what, describe=lambda p: str(p.status)
+    )
+
+
 def finished(core: client.CoreV1Api, namespace: str, name: str, timeout: float) -> client.V1Pod:
     """The pod once it has Succeeded or Failed."""
-    return wait_for(
-        lambda: read(core, namespace, name),
+    return pod_when(
+        core,
+        namespace,
+        name,
         lambda p: p.status.phase in ("Succeeded", "Failed"),
-        timeout,
-        what=f"pod {name} to finish",
-        describe=lambda p: f"{p.status.phase}: {p.status.container_statuses}",
+        f"pod {name} to finish",
+        timeout=timeout,
     )
 
 
@@ -89,12 +99,12 @@ def test_pod_runs_with_its_env_becomes_ready_through_probe_and_is_killed_on_dele
             ),
         ),
     )
-    ready = wait_for(
-        lambda: read(core, namespace, "web"),
+    ready = pod_when(
+        core,
+        namespace,
+        "web",
         lambda p: any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or []),
-        30,
-        what="web pod Ready",
-        describe=lambda p: str(p.status),
+        "web pod Ready",
     )
     assert ready.status.pod_ip.startswith("127.") and ready.status.pod_ip != "127.0.0.1"
     assert ready.status.container_statuses[0].state.running is not None
@@ -123,19 +133,15 @@ def test_readiness_probe_failing_keeps_pod_unready(core, namespace):
             readiness_probe=client.V1Probe(tcp_socket=client.V1TCPSocketAction(port=9), period_seconds=1),
         ),
     )
-    running = wait_for(
-        lambda: read(core, namespace, "deaf"),
-        lambda p: p.status.phase == "Running",
-        30,
-        what="deaf pod Running",
-        describe=lambda p: str(p.status.phase),
-    )
+    running = pod_when(core, namespace, "deaf", lambda p: p.status.phase == "Running", "deaf pod Running")
     assert running.status.container_statuses[0].ready is False
-    wait_for(
-        lambda: read(core, namespace, "deaf"),
+    pod_when(
+        core,
+        namespace,
+        "deaf",
         lambda p: p.status.container_statuses[0].ready is False,
-        3,
-        what="still unready after probes",
+        "still unready after probes",
+        timeout=3,
     )
 
 
@@ -158,21 +164,17 @@ def test_liveness_waits_for_the_startup_probe(core, namespace, tmp_path):
             liveness_probe=exists(up, failure_threshold=1),
         ),
     )
-    running = wait_for(
-        lambda: read(core, namespace, "slow-start"),
-        lambda p: p.status.phase == "Running",
-        30,
-        what="slow-start Running",
-        describe=lambda p: str(p.status.phase),
+    running = pod_when(
+        core, namespace, "slow-start", lambda p: p.status.phase == "Running", "slow-start Running"
     )
     assert not up.exists()
     assert running.status.container_statuses[0].ready is False  # not ready before it has started
-    started = wait_for(
-        lambda: read(core, namespace, "slow-start"),
+    started = pod_when(
+        core,
+        namespace,
+        "slow-start",
         lambda p: p.status.container_statuses[0].ready,
-        30,
-        what="slow-start ready once started",
-        describe=lambda p: str(p.status.container_statuses),
+        "slow-start ready once started",
     )
     assert started.status.container_statuses[0].restart_count == 0
 
@@ -187,37 +189,31 @@ def test_a_container_that_never_starts_is_restarted(core, namespace, tmp_path):
             liveness_probe=client.V1Probe(_exec=client.V1ExecAction(command=["true"]), period_seconds=1),
         ),
     )
-    restarted = wait_for(
-        lambda: read(core, namespace, "never-starts"),
+    restarted = pod_when(
+        core,
+        namespace,
+        "never-starts",
         lambda p: bool(p.status.container_statuses) and p.status.container_statuses[0].restart_count >= 1,
-        30,
-        what="never-starts restarted by its startup probe",
-        describe=lambda p: str(p.status.container_statuses),
+        "never-starts restarted by its startup probe",
     )
     assert restarted.status.container_statuses[0].ready is False
 
 
 def test_non_zero_exit_code_is_reported(core, namespace):
     core.create_namespaced_pod(namespace, pod("fails", ["sh", "-c", "exit 3"], restart_policy="Never"))
-    failed = wait_for(
-        lambda: read(core, namespace, "fails"),
-        lambda p: p.status.phase == "Failed",
-        30,
-        what="pod Failed",
-        describe=lambda p: str(p.status),
-    )
+    failed = pod_when(core, namespace, "fails", lambda p: p.status.phase == "Failed", "pod Failed")
     terminated = failed.status.container_statuses[0].state.terminated
     assert terminated.exit_code == 3 and terminated.reason == "Error"
 
 
 def test_restart_policy_always_restarts_and_counts(core, namespace):
     core.create_namespaced_pod(namespace, pod("crashy", ["sh", "-c", "exit 1"]))
-    crashed = wait_for(
-        lambda: read(core, namespace, "crashy"),
+    crashed = pod_when(
+        core,
+        namespace,
+        "crashy",
         lambda p: bool(p.status.container_statuses) and p.status.container_statuses[0].restart_count >= 2,
-        30,
-        what="two restarts",
-        describe=lambda p: str(p.status.container_statuses),
+        "two restarts",
     )
     assert crashed.status.container_statuses[0].last_state.terminated.exit_code == 1
 
@@ -238,12 +234,12 @@ def test_missing_secret_is_reported_not_run(core, namespace):
             ],
         ),
     )
-    waiting = wait_for(
-        lambda: read(core, namespace, "nosecret"),
+    waiting = pod_when(
+        core,
+        namespace,
+        "nosecret",
         lambda p: bool(p.status.container_statuses) and p.status.container_statuses[0].state.waiting,
-        30,
-        what="container waiting with a reason",
-        describe=lambda p: str(p.status),
+        "container waiting with a reason",
     )
     state = waiting.status.container_statuses[0].state.waiting
     assert state.reason == "CreateContainerConfigError" and "absent" in state.message
