@@ -431,6 +431,29 @@ def test_no_fit_names_the_numbers():
     assert isinstance(few, NoFit) and "fewer than 2 GPUs" in few.reason
 
 
+def test_no_fit_counts_each_reason_once_per_worker():
+    a10 = frozenset({"A10"})
+    fleet = Fleet.of(
+        [
+            worker("down", gpu("d0"), gpu("d1"), ready=False),
+            worker("leaving", gpu("l0", free=12), gpu("l1", free=12), draining=True),
+            worker("tight", gpu("t0", free=10), gpu("t1", free=10), cpu_free=500),
+            worker("single", gpu("s0", free=10)),
+            worker("other", gpu("o0", free=10, product="L4"), gpu("o1", free=10, product="L4")),
+            worker("full", gpu("f0", free=2), gpu("f1", free=3)),
+        ]
+    )
+    result = place(fleet, job(4, gpus=2, products=a10, cpu=1000))
+    assert isinstance(result, NoFit)
+    assert result.reason.startswith(
+        "no worker can take 2 GPU(s) with 4.00 GiB VRAM free each: of 6 workers, 1 not ready, "
+        "1 draining, 1 without the host CPU or memory, 1 with fewer than 2 GPUs, "
+        "1 without 2 GPUs of ['A10'], 1 with too few GPUs with that VRAM free and a job slot; "
+    )
+    # Only GPUs of ready, non-draining workers count as free.
+    assert result.largest_free_vram == 10 * GiB and "10.00 GiB" in result.reason
+
+
 def test_commit_takes_the_resources_and_refuses_a_stale_placement():
     fleet = Fleet.of([worker("w", gpu("g0", free=10, max_jobs=2), cpu_free=4000)])
     first = place(fleet, job(6, cpu=1000))
