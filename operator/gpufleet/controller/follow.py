@@ -13,9 +13,8 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-import time
 from collections.abc import Awaitable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import httpx
 from pydantic import ValidationError
@@ -24,10 +23,12 @@ import gpufleet_worker.protocol as protocol
 from gpufleet import labels
 from gpufleet.api.conditions import JobPhase, Reason
 from gpufleet.api.models import GenerationJob
+from gpufleet.core import breaker
 from gpufleet.core import jobs as jobrules
 from gpufleet.core.placement import Placement
 
 from . import metrics
+from .jobstatus import body_of, set_outcome, set_phase, stamp, still_current
 from .kube import JOBS
 from .state import Operator
 from .workers import WorkerClient, WorkerError
@@ -43,8 +44,14 @@ FINAL_REASONS = {
 }
 
 
-def _stamp(moment: dt.datetime | None = None) -> str:
-    return (moment or dt.datetime.now(dt.UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
+# Worker refusals of a dispatch that another try cannot fix: the job fails with the worker's word.
+FINAL_REFUSALS = {
+    protocol.Reason.UNKNOWN_MODEL: Reason.MODEL_NOT_SERVED,
+    protocol.Reason.UNSUPPORTED_TASK: Reason.TASK_NOT_SERVED,
+    protocol.Reason.UNSUPPORTED_OUTPUT: Reason.INVALID_INPUT,
+    protocol.Reason.INVALID_REQUEST: Reason.INVALID_INPUT,
+}
+REFUSED_BACKOFF_SECONDS = (1.0, 60.0)  # first and longest wait after a refused dispatch
 
 
 def submit_request(job: GenerationJob) -> protocol.SubmitRequest:
@@ -61,86 +68,123 @@ def submit_request(job: GenerationJob) -> protocol.SubmitRequest:
     )
 
 
-async def dispatch(op: Operator, job: GenerationJob, pod: dict, placement: Placement, token: str) -> bool:
-    """Sends the next attempt of ``job`` to ``pod``; False when the worker refused it."""
-    from .reconcile import job_body_of, set_job_phase
+def worker_client(op: Operator, pod: dict, token: str) -> WorkerClient:
+    return WorkerClient(op.http, pod["status"]["podIP"], token, op.worker_port)
 
+
+async def dispatch(op: Operator, job: GenerationJob, pod: dict, placement: Placement, token: str) -> bool:
+    """Sends the next attempt of ``job`` to ``pod``; False when it did not start there.
+
+    The finalizer and the Dispatched status are written together before the worker is asked
+    (the attempt is on record before it can run); the Event goes out in the background.
+    """
     meta = job.metadata
+    namespace, name = meta["namespace"], meta["name"]
+    memory = op.job(namespace, name)
     attempt = job.status.attempts + 1
     node = pod["spec"].get("nodeName")
-    worker = {"pod": pod["metadata"]["name"], **({"node": node} if node else {}), "gpu": placement.gpus[0]}
+    pod_name = pod["metadata"]["name"]
+    worker = {"pod": pod_name, **({"node": node} if node else {}), "gpu": placement.gpus[0]}
+    message = f"attempt {attempt} sent to {pod_name} on {node}"
+    memory.finished_attempt = attempt - 1
+    memory.seen_on_worker = False
     finalizers = meta.get("finalizers") or []
-    if labels.FINALIZER not in finalizers:
-        await op.kube.patch_metadata(
-            JOBS, meta["namespace"], meta["name"], {"finalizers": [*finalizers, labels.FINALIZER]}
-        )
-    message = f"attempt {attempt} sent to {worker['pod']} on {node}"
-    job = await set_job_phase(
-        op,
-        job,
-        JobPhase.DISPATCHED,
-        Reason.DISPATCHED,
-        message,
-        attempts=attempt,
-        worker=worker,
-        queue_position=None,
-        start_time=_stamp(job.status.start_time) if job.status.start_time else _stamp(),
-        progress={"percent": 0, "step": 0, "totalSteps": job.spec.input.steps},
-    )
-    client = WorkerClient(op.http, pod["status"]["podIP"], token, op.worker_port)
-    try:
-        await client.submit(submit_request(job))
-    except (WorkerError, httpx.HTTPError) as error:
-        metrics.DISPATCH_ERRORS.inc()
-        log.info("dispatch of %s/%s to %s refused: %s", meta["namespace"], meta["name"], worker["pod"], error)
-        # The attempt never ran: give its number back and queue the job again.
-        await set_job_phase(
+    writes: list[Awaitable[Any]] = [
+        set_phase(
             op,
             job,
-            JobPhase.QUEUED,
-            Reason.QUEUED,
-            f"worker {worker['pod']} refused: {error}",
-            attempts=attempt - 1,
-            worker=None,
+            JobPhase.DISPATCHED,
+            Reason.DISPATCHED,
+            message,
+            attempts=attempt,
+            worker=worker,
+            queue_position=None,
+            start_time=stamp(job.status.start_time) if job.status.start_time else stamp(),
+            progress={"percent": 0, "step": 0, "totalSteps": job.spec.input.steps},
         )
+    ]
+    if labels.FINALIZER not in finalizers:
+        writes.append(
+            op.kube.patch_metadata(JOBS, namespace, name, {"finalizers": [*finalizers, labels.FINALIZER]})
+        )
+    job, *_ = await asyncio.gather(*writes)
+    assert isinstance(job, GenerationJob)
+    try:
+        await worker_client(op, pod, token).submit(submit_request(job))
+    except (WorkerError, httpx.HTTPError) as error:
+        await refused(op, job, attempt, pod_name, error)
         return False
-    await op.kube.event(job_body_of(job), Reason.DISPATCHED, message)
+    memory.refusals = 0
+    op.spawn(op.kube.event(body_of(job), Reason.DISPATCHED, message), f"event-{name}")
     start_follower(op, job, token, attempt)
     return True
 
 
-def stop_follower(op: Operator, namespace: str, name: str) -> None:
-    memory = op.jobs.get((namespace, name))
-    if memory and memory.follower and not memory.follower.done():
-        memory.follower.cancel()
-
-
-def start_follower(op: Operator, job: GenerationJob, token: str, attempt: int) -> None:
-    memory = op.job(job.metadata["namespace"], job.metadata["name"])
-    if memory.follower and not memory.follower.done():
-        if memory.follower_attempt == attempt:
-            return
-        memory.follower.cancel()
-    memory.follower_attempt = attempt
-    memory.follower = asyncio.create_task(
-        follow(op, job, token, attempt), name=f"follow-{job.metadata['name']}-{attempt}"
+async def refused(
+    op: Operator, job: GenerationJob, attempt: int, pod: str, error: WorkerError | httpx.HTTPError
+) -> None:
+    """A worker did not take an attempt: fail the job when no worker of the pool ever will,
+    else queue it again (the attempt number given back) after a growing wait."""
+    metrics.DISPATCH_ERRORS.inc()
+    namespace, name = job.metadata["namespace"], job.metadata["name"]
+    log.info("dispatch of %s/%s to %s refused: %s", namespace, name, pod, error)
+    final = FINAL_REFUSALS.get(error.reason) if isinstance(error, WorkerError) else None  # type: ignore[call-overload]
+    if final is not None:
+        message = f"worker {pod} refused the job: {error}"
+        if await set_outcome(
+            op, job, attempt, JobPhase.FAILED, final, message, completion_time=stamp(), worker=None
+        ):
+            op.spawn(op.kube.event(body_of(job), final, message, warning=True), f"event-{name}")
+            metrics.finished(namespace, job.spec.pool_ref.name, "failed", 0)
+        return
+    memory = op.job(namespace, name)
+    memory.refusals += 1
+    first, longest = REFUSED_BACKOFF_SECONDS
+    delay = min(longest, first * 2 ** (memory.refusals - 1))
+    memory.not_before = op.clock() + delay
+    if not isinstance(error, WorkerError):  # unreachable: count it against the worker
+        record_run(op, job, pod, succeeded=False, cause=f"dispatch failed: {error}")
+    await set_outcome(
+        op,
+        job,
+        attempt,
+        JobPhase.QUEUED,
+        Reason.QUEUED,
+        f"worker {pod} refused attempt {attempt}: {error}; trying again in {delay:.0f}s",
+        attempts=attempt - 1,
+        worker=None,
     )
 
 
-def ensure_follower(op: Operator, job: GenerationJob, token: str) -> None:
-    """After a restart (or a lost task) a Dispatched/Running job gets its follower back."""
-    start_follower(op, job, token, job.status.attempts)
+def record_run(op: Operator, job: GenerationJob, pod: str, succeeded: bool, cause: str = "") -> None:
+    """Feeds a run's outcome to its worker's circuit breaker."""
+    namespace, pool = job.metadata["namespace"], job.spec.pool_ref.name
+    memory = op.pool(namespace, pool)
+    health = memory.workers.get(pod, breaker.WorkerHealth())
+    memory.workers[pod] = after = breaker.record(health, succeeded, cause, op.clock(), op.breaker)
+    body = op.cache.pools.get((namespace, pool))
+    if health.opened_at is None and after.opened_at is not None and body is not None:
+        message = f"{breaker.describe(pod, after)}: it gets no new jobs"
+        op.spawn(op.kube.event(body, Reason.WORKERS_FAILING, message, warning=True), "event")
+    op.cache.wake(namespace, pool)
 
 
-async def cancel_run(op: Operator, job: GenerationJob, pods_by_name: dict[str, dict], token: str) -> None:
+def start_follower(op: Operator, job: GenerationJob, token: str, attempt: int) -> None:
+    """Follows ``attempt`` of ``job`` unless it is being followed or has already ended."""
+    key = (job.metadata["namespace"], job.metadata["name"])
+    if op.job(*key).finished_attempt >= attempt:
+        return
+    op.followers.start(key, attempt, lambda: follow(op, job, token, attempt))
+
+
+async def cancel_run(op: Operator, job: GenerationJob, token: str) -> None:
     worker = job.status.worker
-    pod = pods_by_name.get(worker.pod) if worker else None
+    pod = op.cache.pod(job.metadata["namespace"], worker.pod) if worker else None
     if pod is None or not (pod.get("status") or {}).get("podIP"):
         return
-    client = WorkerClient(op.http, pod["status"]["podIP"], token, op.worker_port)
     run = protocol.run_id(f"{job.metadata['namespace']}/{job.metadata['name']}", job.status.attempts)
     try:
-        await client.cancel(run)
+        await worker_client(op, pod, token).cancel(run)
     except (WorkerError, httpx.HTTPError) as error:
         log.info("cancel of %s on %s: %s", run, pod["metadata"]["name"], error)
 
@@ -169,26 +213,33 @@ async def follow(op: Operator, job: GenerationJob, token: str, attempt: int) -> 
     try:
         await follow_until_done(op, job, token, attempt)
     except DeadlineReached:
-        await exceed_deadline(op, job, token)
+        await exceed_deadline(op, job, token, attempt)
 
 
-async def exceed_deadline(op: Operator, job: GenerationJob, token: str) -> None:
-    from .handlers import pod_of
-    from .reconcile import job_body_of, set_job_phase
-
-    meta, spec, worker = job.metadata, job.spec, job.status.worker
-    pod = pod_of(meta["namespace"], worker.pod) if worker else None
-    await cancel_run(op, job, {worker.pod: pod} if worker and pod else {}, token)
+async def exceed_deadline(op: Operator, job: GenerationJob, token: str, attempt: int) -> None:
+    meta, spec = job.metadata, job.spec
+    if still_current(op, job, attempt) is None:
+        return
+    await cancel_run(op, job, token)
     message = jobrules.deadline_message(spec.timeout_seconds)
-    await set_job_phase(op, job, JobPhase.FAILED, Reason.DEADLINE_EXCEEDED, message, completion_time=_stamp())
-    await op.kube.event(job_body_of(job), Reason.DEADLINE_EXCEEDED, message, warning=True)
-    metrics.finished(meta["namespace"], spec.pool_ref.name, "failed", float(spec.timeout_seconds))
+    if await set_outcome(
+        op, job, attempt, JobPhase.FAILED, Reason.DEADLINE_EXCEEDED, message, completion_time=stamp()
+    ):
+        op.spawn(op.kube.event(body_of(job), Reason.DEADLINE_EXCEEDED, message, warning=True), "event")
+        metrics.finished(meta["namespace"], spec.pool_ref.name, "failed", float(spec.timeout_seconds))
+
+
+def pod_alive(pod: dict | None) -> bool:
+    return (
+        pod is not None
+        and not pod["metadata"].get("deletionTimestamp")
+        and (pod.get("status") or {}).get("phase") == "Running"
+        and bool((pod.get("status") or {}).get("podIP"))
+    )
 
 
 async def follow_until_done(op: Operator, job: GenerationJob, token: str, attempt: int) -> None:
     """Raises DeadlineReached when the job's time runs out first."""
-    from .handlers import pod_of
-
     meta = job.metadata
     namespace, name = meta["namespace"], meta["name"]
     run = protocol.run_id(f"{namespace}/{name}", attempt)
@@ -198,27 +249,26 @@ async def follow_until_done(op: Operator, job: GenerationJob, token: str, attemp
     seen_running = job.status.phase == JobPhase.RUNNING
     last_event = 0
     memory = op.job(namespace, name)
+    # The first progress write waits one interval: a run that ends sooner goes straight from
+    # Dispatched to its outcome (three status writes in all).
+    memory.last_progress_write = op.clock()
     while True:
-        pod = pod_of(namespace, worker_pod) if worker_pod else None
-        alive = (
-            pod is not None
-            and not pod["metadata"].get("deletionTimestamp")
-            and (pod.get("status") or {}).get("phase") == "Running"
-            and (pod.get("status") or {}).get("podIP")
-        )
-        if not alive:
-            unreachable_since = unreachable_since or time.monotonic()
+        if still_current(op, job, attempt) is None:
+            return  # finished, deleted or superseded while we waited
+        pod = op.cache.pod(namespace, worker_pod) if worker_pod else None
+        if not pod_alive(pod):
+            unreachable_since = unreachable_since or op.clock()
             if (
                 pod is None
                 or pod["metadata"].get("deletionTimestamp")
-                or time.monotonic() - unreachable_since > LOST_AFTER_SECONDS
+                or op.clock() - unreachable_since > LOST_AFTER_SECONDS
             ):
                 await lost(op, job, attempt, f"worker {worker_pod} is gone")
                 return
             await until(ends, asyncio.sleep(1))
             continue
         assert pod is not None
-        client = WorkerClient(op.http, pod["status"]["podIP"], token, op.worker_port)
+        client = worker_client(op, pod, token)
         try:
             current = await until(ends, client.get(run))
             if current is None:
@@ -232,6 +282,7 @@ async def follow_until_done(op: Operator, job: GenerationJob, token: str, attemp
                     return
                 # never arrived: same attempt, same worker
                 await until(ends, client.submit(submit_request(job)))
+            memory.seen_on_worker = True
             async with contextlib.aclosing(client.events(run, after=last_event)) as events:
                 while (next_event := await until(ends, anext(events, None))) is not None:
                     event_id, event = next_event
@@ -239,9 +290,9 @@ async def follow_until_done(op: Operator, job: GenerationJob, token: str, attemp
                     unreachable_since = None
                     if event.event == protocol.EventName.PROGRESS and event.progress is not None:
                         seen_running = True
-                        if time.monotonic() - memory.last_progress_write >= op.progress_interval:
-                            memory.last_progress_write = time.monotonic()
-                            await write_progress(op, job, event.progress)
+                        if op.clock() - memory.last_progress_write >= op.progress_interval:
+                            memory.last_progress_write = op.clock()
+                            job = await write_progress(op, job, attempt, event.progress)
                     elif event.event == protocol.EventName.STATE:
                         seen_running = True
                     elif event.event == protocol.EventName.RESULT and event.status is not None:
@@ -260,20 +311,23 @@ async def follow_until_done(op: Operator, job: GenerationJob, token: str, attemp
             log.info("following %s on %s: %s", run, worker_pod, error)
         except (httpx.HTTPError, ValidationError) as error:
             log.debug("following %s on %s: %s", run, worker_pod, error)
-        unreachable_since = unreachable_since or time.monotonic()
-        if time.monotonic() - unreachable_since > LOST_AFTER_SECONDS:
+        unreachable_since = unreachable_since or op.clock()
+        if op.clock() - unreachable_since > LOST_AFTER_SECONDS:
             await lost(op, job, attempt, f"worker {worker_pod} unreachable for {LOST_AFTER_SECONDS:.0f}s")
             return
         await until(ends, asyncio.sleep(1))
 
 
-async def write_progress(op: Operator, job: GenerationJob, progress: protocol.Progress) -> None:
-    from .reconcile import set_job_phase
-
-    worker = job.status.worker
-    await set_job_phase(
+async def write_progress(
+    op: Operator, job: GenerationJob, attempt: int, progress: protocol.Progress
+) -> GenerationJob:
+    current = still_current(op, job, attempt)
+    if current is None:
+        return job
+    worker = current.status.worker
+    return await set_phase(
         op,
-        job,
+        current,
         JobPhase.RUNNING,
         Reason.RUNNING,
         f"step {progress.step}/{progress.total_steps} on {worker.pod if worker else '?'}",
@@ -282,34 +336,42 @@ async def write_progress(op: Operator, job: GenerationJob, progress: protocol.Pr
 
 
 async def finish(op: Operator, job: GenerationJob, attempt: int, run: protocol.JobStatus) -> None:
-    from .reconcile import job_body_of, set_job_phase
-
     meta = job.metadata
-    body = job_body_of(job)
+    namespace, pool = meta["namespace"], job.spec.pool_ref.name
+    body = body_of(job)
+    worker = job.status.worker
     if run.phase == protocol.Phase.SUCCEEDED:
         started = job.status.start_time or run.created_at
         seconds = ((run.finished_at or dt.datetime.now(dt.UTC)) - started).total_seconds()
-        worker = job.status.worker
         message = f"{len(run.artifacts)} image(s) in {seconds:.0f}s on {worker.node if worker else '?'}"
-        await set_job_phase(
+        if await set_outcome(
             op,
             job,
+            attempt,
             JobPhase.SUCCEEDED,
             Reason.COMPLETED,
             message,
-            completion_time=_stamp(),
+            completion_time=stamp(),
             progress={"percent": 100, "step": run.progress.step, "totalSteps": run.progress.total_steps},
             artifacts=[a.model_dump(mode="json", by_alias=True) for a in run.artifacts],
-        )
-        await op.kube.event(body, Reason.COMPLETED, message)
-        metrics.finished(meta["namespace"], job.spec.pool_ref.name, "succeeded", seconds)
+        ):
+            if worker:
+                record_run(op, job, worker.pod, succeeded=True)
+            op.spawn(op.kube.event(body, Reason.COMPLETED, message), f"event-{meta['name']}")
+            metrics.finished(namespace, pool, "succeeded", seconds)
         return
     if run.phase == protocol.Phase.CANCELLED:
-        await set_job_phase(
-            op, job, JobPhase.CANCELLED, Reason.CANCELLED, "stopped on its worker", completion_time=_stamp()
-        )
-        await op.kube.event(body, Reason.CANCELLED, "stopped on its worker")
-        metrics.finished(meta["namespace"], job.spec.pool_ref.name, "cancelled", 0)
+        if await set_outcome(
+            op,
+            job,
+            attempt,
+            JobPhase.CANCELLED,
+            Reason.CANCELLED,
+            "stopped on its worker",
+            completion_time=stamp(),
+        ):
+            op.spawn(op.kube.event(body, Reason.CANCELLED, "stopped on its worker"), f"event-{meta['name']}")
+            metrics.finished(namespace, pool, "cancelled", 0)
         return
     reason = FINAL_REASONS.get(run.reason) if run.reason else None
     if reason is None:
@@ -320,40 +382,49 @@ async def finish(op: Operator, job: GenerationJob, attempt: int, run: protocol.J
             if run.reason == protocol.Reason.UPLOAD_FAILED
             else Reason.WORKER_ERROR
         )
+        if worker and reason is Reason.WORKER_ERROR:
+            record_run(op, job, worker.pod, succeeded=False, cause=run.message)
         await retry_or_fail(op, job, attempt, reason, f"attempt {attempt} failed: {run.message}", ran=True)
         return
-    await set_job_phase(op, job, JobPhase.FAILED, reason, run.message, completion_time=_stamp())
-    await op.kube.event(body, reason, run.message, warning=True)
-    metrics.finished(meta["namespace"], job.spec.pool_ref.name, "failed", 0)
+    if await set_outcome(op, job, attempt, JobPhase.FAILED, reason, run.message, completion_time=stamp()):
+        op.spawn(op.kube.event(body, reason, run.message, warning=True), f"event-{meta['name']}")
+        metrics.finished(namespace, pool, "failed", 0)
 
 
 async def lost(op: Operator, job: GenerationJob, attempt: int, why: str, ran: bool = True) -> None:
     memory = op.job(job.metadata["namespace"], job.metadata["name"])
     if job.status.worker is not None:
         memory.avoid.add(job.status.worker.pod)
+        record_run(op, job, job.status.worker.pod, succeeded=False, cause=why)
     await retry_or_fail(op, job, attempt, Reason.WORKER_LOST, why, ran=ran)
 
 
 async def retry_or_fail(
     op: Operator, job: GenerationJob, attempt: int, reason: Reason, why: str, ran: bool
 ) -> None:
-    from .reconcile import job_body_of, set_job_phase
-
     meta, spec = job.metadata, job.spec
-    body = job_body_of(job)
+    body = body_of(job)
     if not ran:  # give the attempt number back: it never ran
-        await set_job_phase(op, job, JobPhase.QUEUED, Reason.QUEUED, why, attempts=attempt - 1, worker=None)
+        await set_outcome(
+            op, job, attempt, JobPhase.QUEUED, Reason.QUEUED, why, attempts=attempt - 1, worker=None
+        )
         return
     delay = jobrules.retry_delay(attempt, spec.retry.max_attempts, spec.retry.backoff_seconds)
     if delay is None:
         message = f"{why}; all {spec.retry.max_attempts} attempts used"
-        await set_job_phase(
-            op, job, JobPhase.FAILED, Reason.BACKOFF_LIMIT_EXCEEDED, message, completion_time=_stamp()
-        )
-        await op.kube.event(body, Reason.BACKOFF_LIMIT_EXCEEDED, message, warning=True)
-        metrics.finished(meta["namespace"], spec.pool_ref.name, "failed", 0)
+        if await set_outcome(
+            op,
+            job,
+            attempt,
+            JobPhase.FAILED,
+            Reason.BACKOFF_LIMIT_EXCEEDED,
+            message,
+            completion_time=stamp(),
+        ):
+            op.spawn(op.kube.event(body, Reason.BACKOFF_LIMIT_EXCEEDED, message, warning=True), "event")
+            metrics.finished(meta["namespace"], spec.pool_ref.name, "failed", 0)
         return
-    op.job(meta["namespace"], meta["name"]).not_before = time.monotonic() + delay
+    op.job(meta["namespace"], meta["name"]).not_before = op.clock() + delay
     message = f"{why}; attempt {attempt + 1} of {spec.retry.max_attempts} in {delay:.0f}s"
-    await set_job_phase(op, job, JobPhase.QUEUED, Reason.RETRYING, message, worker=None)
-    await op.kube.event(body, Reason.RETRYING, message, warning=True)
+    if await set_outcome(op, job, attempt, JobPhase.QUEUED, Reason.RETRYING, message, worker=None):
+        op.spawn(op.kube.event(body, Reason.RETRYING, message, warning=True), "event")

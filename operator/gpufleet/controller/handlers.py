@@ -1,4 +1,9 @@
-"""kopf wiring: watches feed in-memory views; one daemon per WorkerPool reconciles it.
+"""kopf wiring: watches feed the operator's cache; one daemon per WorkerPool runs its rounds.
+
+The ``Operator`` (all the state there is) reaches every handler as kopf's ``memo``. Index
+handlers fill the cache: kopf calls no other handler, daemon included, before every watched
+kind's first listing has been indexed, so the cache is complete when rounds start. Event
+handlers take the deletions, which kopf does not pass to index handlers.
 
 No change-detecting handlers (create/update/delete) are used, so kopf writes nothing into
 the resources' annotations: everything the operator learns goes to ``status``.
@@ -7,150 +12,153 @@ the resources' annotations: everything the operator learns goes to ``status``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any
 
-import httpx
 import kopf
 
 from gpufleet import labels
 from gpufleet.api.conditions import JobPhase, Reason
-from gpufleet.api.models import GROUP, VERSION, GenerationJob
+from gpufleet.api.models import GROUP, VERSION
 from gpufleet.core import jobs as jobrules
 from gpufleet.core import placement
 
 from . import metrics, reconcile
-from .kube import JOBS, Kube, load_client
+from .jobstatus import body_of, set_phase
+from .kube import JOBS
 from .state import Operator
 
 log = logging.getLogger("gpufleet.operator")
-RECONCILE_INTERVAL = 1.0
-
-# Views of the cluster, kept current by the watches below.
-POOLS: dict[tuple[str, str], dict[str, Any]] = {}
-JOB_BODIES: dict[tuple[str, str], dict[str, Any]] = {}
-PODS: dict[tuple[str, str], dict[str, Any]] = {}
-GPU_NODES: dict[str, jobrules.GpuClass] = {}
-SETTINGS: dict[str, Any] = {}  # filled by main() before kopf starts
-STATE: dict[str, Operator] = {}
+RECONCILE_INTERVAL = 1.0  # a pool's round runs at least this often, and at once on a wake-up
+ORPHAN_INTERVAL = 2.0
 
 
-def pod_of(namespace: str, name: str) -> dict[str, Any] | None:
-    return PODS.get((namespace, name))
+def operator_of(memo: Any) -> Operator:
+    op = memo.operator
+    assert isinstance(op, Operator)
+    return op
 
 
-def _version(body: dict[str, Any]) -> int:
-    version = body.get("metadata", {}).get("resourceVersion", "")
-    return int(version) if str(version).isdigit() else 0
+class QuietEchoes(logging.Filter):
+    """Drops kopf's INFO line for each watch event the cache handlers took: every status
+    write of the operator comes back as one, thousands a minute under load."""
 
+    HANDLERS = ("job_seen", "job_event", "pool_seen", "pool_event", "pod_seen", "pod_event", "node_event")
 
-def remember(view: dict, key: Any, body: dict[str, Any]) -> None:
-    """Stores ``body`` unless the view already holds a newer version of the object.
-
-    The operator stores what its own writes return, so the next round does not act on a
-    watch event that has not caught up with them yet.
-    """
-    current = view.get(key)
-    if (
-        current is None
-        or current["metadata"].get("uid") != body["metadata"].get("uid")
-        or _version(body) >= _version(current)
-    ):
-        view[key] = body
-
-
-def _track(view: dict, key: Any, event_type: str | None, body: Any) -> None:
-    if event_type == "DELETED":
-        view.pop(key, None)
-    else:
-        remember(view, key, dict(body))
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (
+            record.levelno <= logging.INFO
+            and message.endswith("succeeded.")
+            and any(f"'{name}'" in message for name in self.HANDLERS)
+        )
 
 
 @kopf.on.startup()
-async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+async def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     settings.persistence.finalizer = f"{GROUP}/operator"
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
-    STATE["op"] = Operator(kube=Kube(load_client()), http=httpx.AsyncClient(), **SETTINGS)
+    logging.getLogger("kopf.objects").addFilter(QuietEchoes())
+    op = operator_of(memo)
     # Compiling the placer takes ~10 s the first time (then it loads from NUMBA_CACHE_DIR).
     await asyncio.to_thread(placement.warm_up)
-    asyncio.get_running_loop().create_task(orphans(), name="orphan-jobs")
+    op.spawn(orphans(op), name="orphan-jobs")
 
 
 @kopf.on.cleanup()
-async def close(**_: Any) -> None:
-    if "op" in STATE:
-        await STATE["op"].http.aclose()
+async def close(memo: Any, **_: Any) -> None:
+    await operator_of(memo).close()
+
+
+@kopf.index(GROUP, VERSION, "workerpools")
+def pool_seen(body: Any, memo: Any, **_: Any) -> None:
+    operator_of(memo).cache.remember_pool(dict(body))
 
 
 @kopf.on.event(GROUP, VERSION, "workerpools")
-def pool_event(event: Any, namespace: Any, name: Any, body: Any, **_: Any) -> None:
-    _track(POOLS, (namespace, name), event.get("type"), body)
+def pool_event(event: Any, namespace: Any, name: Any, memo: Any, **_: Any) -> None:
+    op = operator_of(memo)
+    op.cache.synced.set()
+    if event.get("type") == "DELETED":
+        op.cache.forget_pool(namespace, name)
+        metrics.forget_pool(namespace, name)
+        op.pools.pop((namespace, name), None)
+
+
+@kopf.index(GROUP, VERSION, "generationjobs")
+def job_seen(body: Any, memo: Any, **_: Any) -> None:
+    operator_of(memo).cache.remember_job(dict(body))
 
 
 @kopf.on.event(GROUP, VERSION, "generationjobs")
-def job_event(event: Any, namespace: Any, name: Any, body: Any, **_: Any) -> None:
-    _track(JOB_BODIES, (namespace, name), event.get("type"), body)
+def job_event(event: Any, namespace: Any, name: Any, memo: Any, **_: Any) -> None:
+    op = operator_of(memo)
+    op.cache.synced.set()
+    if event.get("type") == "DELETED":
+        op.cache.forget_job(namespace, name)
+        op.followers.stop((namespace, name))
+        op.jobs.pop((namespace, name), None)
+
+
+@kopf.index("", "v1", "pods", labels={labels.POOL: kopf.PRESENT})
+def pod_seen(body: Any, memo: Any, **_: Any) -> None:
+    operator_of(memo).cache.remember_pod(dict(body))
 
 
 @kopf.on.event("", "v1", "pods", labels={labels.POOL: kopf.PRESENT})
-def pod_event(event: Any, namespace: Any, name: Any, body: Any, **_: Any) -> None:
-    _track(PODS, (namespace, name), event.get("type"), body)
+def pod_event(event: Any, namespace: Any, name: Any, memo: Any, **_: Any) -> None:
+    op = operator_of(memo)
+    op.cache.synced.set()
+    if event.get("type") == "DELETED":
+        op.cache.forget_pod(namespace, name)
 
 
 @kopf.on.event("", "v1", "nodes")
-def node_event(event: Any, name: Any, labels: Any, **_: Any) -> None:
+def node_event(event: Any, name: Any, labels: Any, memo: Any, **_: Any) -> None:
     from gpufleet import labels as keys
 
+    nodes = operator_of(memo).cache.gpu_nodes
     memory = labels.get(keys.GPU_MEMORY_MIB)
     if event.get("type") == "DELETED" or not memory or not memory.isdigit():
-        GPU_NODES.pop(name, None)
+        nodes.pop(name, None)
         return
-    GPU_NODES[name] = jobrules.GpuClass(labels.get(keys.GPU_PRODUCT, ""), int(memory) * 2**20)
+    nodes[name] = jobrules.GpuClass(labels.get(keys.GPU_PRODUCT, ""), int(memory) * 2**20)
 
 
 @kopf.daemon(GROUP, VERSION, "workerpools", cancellation_timeout=5.0)
-async def pool_daemon(namespace: Any, name: Any, stopped: kopf.DaemonStopped, **_: Any) -> None:
-    """Reconciles one pool every second, for as long as it exists."""
+async def pool_daemon(namespace: Any, name: Any, stopped: kopf.DaemonStopped, memo: Any, **_: Any) -> None:
+    """Runs the pool's rounds for as long as it exists: at once when woken (a job arrived or
+    changed, a run ended, a worker changed), else every RECONCILE_INTERVAL."""
+    op = operator_of(memo)
+    wakeup = op.cache.wakeup(namespace, name)
     while not stopped:
-        body = POOLS.get((namespace, name))
-        if body is not None and not body["metadata"].get("deletionTimestamp"):
-            try:
-                await reconcile.reconcile_pool(
-                    STATE["op"],
-                    body,
-                    [
-                        p
-                        for (ns, _), p in PODS.items()
-                        if ns == namespace and p["metadata"].get("labels", {}).get(labels.POOL) == name
-                    ],
-                    [
-                        j
-                        for (ns, _), j in JOB_BODIES.items()
-                        if ns == namespace and (j.get("spec") or {}).get("poolRef", {}).get("name") == name
-                    ],
-                    list({(c.product, c.memory_bytes): c for c in GPU_NODES.values()}.values()),
-                )
-            except Exception:
-                metrics.RECONCILE_ERRORS.labels(name).inc()
-                log.exception("reconciling pool %s/%s", namespace, name)
-        await stopped.wait(RECONCILE_INTERVAL)
+        wakeup.clear()
+        try:
+            await reconcile.reconcile_pool(op, namespace, name)
+        except Exception:
+            metrics.RECONCILE_ERRORS.labels(name).inc()
+            log.exception("reconciling pool %s/%s", namespace, name)
+        if stopped:
+            break
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(wakeup.wait(), RECONCILE_INTERVAL)
 
 
-async def orphans() -> None:
+async def orphans(op: Operator) -> None:
     """Jobs whose pool does not exist: Pending with PoolNotFound; deleted ones released."""
-    await asyncio.sleep(3)  # let the first listings of pools and jobs arrive
+    await op.cache.synced.wait()
     while True:
-        op = STATE["op"]
-        for (namespace, name), body in list(JOB_BODIES.items()):
+        for (namespace, name), body in list(op.cache.jobs.items()):
             pool = (body.get("spec") or {}).get("poolRef", {}).get("name")
-            if (namespace, pool) in POOLS:
+            if (namespace, pool) in op.cache.pools:
                 continue
             try:
                 await orphan(op, body)
             except Exception:
                 log.exception("job %s/%s without pool", namespace, name)
-        await asyncio.sleep(2)
+        await asyncio.sleep(ORPHAN_INTERVAL)
 
 
 async def orphan(op: Operator, body: dict) -> None:
@@ -165,13 +173,19 @@ async def orphan(op: Operator, body: dict) -> None:
                 {"finalizers": [f for f in finalizers if f != labels.FINALIZER]},
             )
         return
-    job = GenerationJob.model_validate(body)
-    if job.status.phase not in (None, JobPhase.PENDING, JobPhase.QUEUED):
-        return  # running elsewhere or finished: the pool's deletion took its workers
+    job = op.cache.parsed(body)
+    if job is None or job.status.phase not in (None, JobPhase.PENDING, JobPhase.QUEUED, *reconcile.ACTIVE):
+        return
     refused = jobrules.refusal(job.spec, None, [])
     assert refused is not None
+    message = refused.message
+    fields: dict[str, Any] = {"queue_position": None}
+    if job.status.phase in reconcile.ACTIVE:
+        # Its pool went (perhaps while no operator ran) and took the workers with it.
+        worker = job.status.worker.pod if job.status.worker else "?"
+        message = f"{message}: it was deleted while attempt {job.status.attempts} ran on {worker}"
+        op.followers.stop((meta["namespace"], meta["name"]))
+        fields["worker"] = None
     if job.status.reason != refused.reason:
-        await reconcile.set_job_phase(
-            op, job, JobPhase.PENDING, Reason.POOL_NOT_FOUND, refused.message, queue_position=None
-        )
-        await op.kube.event(body, Reason.POOL_NOT_FOUND, refused.message, warning=True)
+        await set_phase(op, job, JobPhase.PENDING, Reason.POOL_NOT_FOUND, message, **fields)
+        await op.kube.event(body_of(job), Reason.POOL_NOT_FOUND, message, warning=True)

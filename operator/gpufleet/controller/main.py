@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import argparse
 import http.server
+import importlib
 import logging
 import threading
 from pathlib import Path
 
+import httpx
 import kopf
 from kubernetes import client
 from prometheus_client import start_http_server
 
 from gpufleet.core.workerpod import WorkerEnv
 
-from . import handlers
-from .kube import load_client
+from .kube import Kube, load_client
 from .leader import LeaderElector
-from .state import read_key
+from .state import Operator, read_key
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -70,7 +71,9 @@ def run(args: argparse.Namespace) -> int:
     kopf.configure(verbose=args.verbose)  # sets up logging for kopf and for us
     for noisy in ("kubernetes", "httpx", "httpcore", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    handlers.SETTINGS.update(
+    operator = Operator(
+        kube=Kube(load_client()),
+        http=httpx.AsyncClient(limits=httpx.Limits(max_connections=256, max_keepalive_connections=64)),
         token_key=read_key(args.token_key_file),
         worker_env=WorkerEnv(
             s3_endpoint=args.worker_s3_endpoint, s3_credentials_secret=args.worker_s3_secret
@@ -86,7 +89,9 @@ def run(args: argparse.Namespace) -> int:
         finally:
             standby.close()
     start_http_server(args.metrics_port, addr=args.bind_address)
+    importlib.import_module(f"{__package__}.handlers")  # registers the kopf handlers
     kopf.run(
+        memo=kopf.Memo(operator=operator),
         standalone=True,
         clusterwide=not args.namespace,
         namespaces=args.namespace,

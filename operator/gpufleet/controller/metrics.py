@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from prometheus_client import Counter, Gauge, Histogram
 
 QUEUE_DEPTH = Gauge("gpufleet_queue_depth", "Jobs waiting in a pool's queue", ["namespace", "pool"])
@@ -28,3 +30,13 @@ def finished(namespace: str, pool: str, outcome: str, seconds: float) -> None:
     FINISHED.labels(namespace, pool, outcome).inc()
     if outcome == "succeeded":
         RUN_SECONDS.observe(seconds)
+
+
+def forget_pool(namespace: str, pool: str) -> None:
+    """Removes a deleted pool's series, so dashboards and KEDA stop seeing it."""
+    for gauge in (QUEUE_DEPTH, READY_WORKERS, DESIRED_WORKERS):
+        with contextlib.suppress(KeyError):
+            gauge.remove(namespace, pool)
+    for outcome in ("succeeded", "failed", "cancelled"):
+        with contextlib.suppress(KeyError):
+            FINISHED.remove(namespace, pool, outcome)

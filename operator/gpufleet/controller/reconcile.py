@@ -1,7 +1,8 @@
 """One reconcile round of one WorkerPool: its pods, its jobs' queue, dispatch, status.
 
-Inputs come from the watches (kopf indexes); outputs are API writes. The decisions are the
-pure functions of gpufleet.core.
+Inputs come from the cache (the watches and the operator's own writes) and the workers'
+inventories; outputs are API writes and worker calls. The decisions are the pure functions
+of gpufleet.core; `reconcile_pool` states the round's steps in order.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import base64
 import datetime as dt
 import logging
 import time
+from collections.abc import Awaitable, Iterable, Iterator
 from typing import Any
 
 import httpx
@@ -18,10 +20,10 @@ from pydantic import ValidationError
 
 import gpufleet_worker.protocol as protocol
 from gpufleet import labels
-from gpufleet.api.conditions import TERMINAL_PHASES, JobPhase, Reason, job_conditions, merge_conditions
+from gpufleet.api.conditions import JobPhase, Reason
 from gpufleet.api.models import GenerationJob, WorkerPool
 from gpufleet.api.quantity import parse_quantity
-from gpufleet.core import dispatch, queue, sizing
+from gpufleet.core import breaker, dispatch, queue, sizing
 from gpufleet.core import jobs as jobrules
 from gpufleet.core.placement import Demand, Gpu, Worker, observe
 from gpufleet.core.poolstatus import pool_status
@@ -35,20 +37,15 @@ from gpufleet.core.workerpod import (
 )
 
 from . import follow, metrics
+from .jobstatus import body_of, now_utc, set_phase, stamp
 from .kube import JOBS, POOLS
 from .state import Operator, PoolMemory
 from .workers import WorkerClient, WorkerError
 
 log = logging.getLogger("gpufleet.pools")
 DRAINING = f"{labels.GROUP}/draining"
-
-
-def now_utc() -> dt.datetime:
-    return dt.datetime.now(dt.UTC).replace(microsecond=0)
-
-
-def stamp(moment: dt.datetime) -> str:
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+ACTIVE = (JobPhase.DISPATCHED, JobPhase.RUNNING)
+POSITION_WRITES_PER_ROUND = 32  # queue positions refreshed per round (new jobs' first status: all)
 
 
 def pod_ready(pod: dict[str, Any]) -> bool:
@@ -115,32 +112,38 @@ async def fetch_inventories(op: Operator, pods: list[dict], token: str) -> dict[
     return {name: inventory for name, inventory in results if inventory is not None}
 
 
-async def reconcile_pool(
-    op: Operator, body: dict, pods: list[dict], job_bodies: list[dict], gpu_classes: list[jobrules.GpuClass]
-) -> None:
+async def bounded(limit: int, coroutines: Iterable[Awaitable[Any]]) -> list[Any]:
+    """Runs independent writes and worker calls concurrently, at most ``limit`` at once."""
+    gate = asyncio.Semaphore(limit)
+
+    async def one(coroutine: Awaitable[Any]) -> Any:
+        async with gate:
+            return await coroutine
+
+    return await asyncio.gather(*(one(c) for c in coroutines))
+
+
+async def reconcile_pool(op: Operator, namespace: str, name: str) -> None:
+    """One round of one pool, in numbered steps; writes of a step run concurrently."""
+    cache = op.cache
+    body = cache.pools.get((namespace, name))
+    if body is None or body["metadata"].get("deletionTimestamp"):
+        return
+    # 1. Snapshot: the pool, its pods and jobs as the cache holds them now, parsed once.
     pool = WorkerPool.model_validate(body)
-    meta = pool.metadata
-    namespace, name = meta["namespace"], meta["name"]
     memory = op.pool(namespace, name)
+    pods = cache.pool_pods(namespace, name)
+    jobs = [(b, j) for b in cache.pool_jobs(namespace, name) if (j := cache.parsed(b)) is not None]
+    gpu_classes = cache.gpu_classes()
     token = await ensure_token_secret(op, pool, memory)
 
-    # -- pods -----------------------------------------------------------------------------
-    for pod in pods:
-        if not pod["metadata"].get("deletionTimestamp") and not pod_active(pod):
-            await op.kube.delete_pod(namespace, pod["metadata"]["name"], pod["metadata"]["uid"])
-            await op.kube.event(
-                body,
-                "WorkerReplaced",
-                f"worker {pod['metadata']['name']} {pod['status'].get('phase')}; replacing it",
-                warning=True,
-            )
+    # 2. Pods: replace the ones that ended and the ones their circuit breaker condemned.
+    await replace_pods(op, pool, body, pods, memory)
     active = [p for p in pods if pod_active(p)]
     busy = {p["metadata"]["name"]: 0 for p in active}
-    for listed in job_bodies:
-        worker = ((listed.get("status") or {}).get("worker") or {}).get("pod")
-        phase = (listed.get("status") or {}).get("phase")
-        if worker in busy and phase in (JobPhase.DISPATCHED, JobPhase.RUNNING):
-            busy[worker] += 1
+    for _, job in jobs:
+        if job.status.worker and job.status.worker.pod in busy and job.status.phase in ACTIVE:
+            busy[job.status.worker.pod] += 1
     ready = [
         p
         for p in active
@@ -150,35 +153,37 @@ async def reconcile_pool(
     ]
     inventories = await fetch_inventories(op, ready, token)
 
-    # -- jobs -----------------------------------------------------------------------------
+    # 3. Per-job decisions (core.jobs.next_step); their writes run concurrently.
     now = now_utc()
     classes = jobrules.pool_gpu_classes(pool.spec, gpu_classes, min_memory_bytes(pool))
     waiting: list[tuple[queue.WaitingJob, GenerationJob]] = []
-    pods_by_name = {p["metadata"]["name"]: p for p in pods}
-    for job_body in job_bodies:
-        try:
-            job = GenerationJob.model_validate(job_body)
-        except ValidationError as error:
-            log.warning("job %s does not parse: %s", job_key(job_body), error)
-            continue
-        action = await handle_job(op, pool, job, job_body, now, classes, pods_by_name, token)
+    writes: list[Awaitable[Any]] = []
+    for job_body, job in jobs:
+        action = job_step(op, pool, job, job_body, now, classes, token, writes)
         if action is not None:
             waiting.append((action, job))
-            if job_key(job_body) not in memory.observed:
-                memory.observed.add(job_key(job_body))
+            key = job_key(job_body)
+            if key not in memory.observed:
+                memory.observed.add(key)
                 memory.mix = observe(
                     memory.mix, Demand(gpus=pool.spec.gpu.count, vram=jobrules.working_vram(job.spec))
                 )
+    await bounded(op.concurrency, writes)
 
-    decision = size_pool(
-        pool, memory, active, ready, inventories, busy, [job for _, job in waiting], job_bodies
-    )
+    # 4. Sizing: how many workers, and apply it.
+    decision = size_pool(pool, memory, active, ready, inventories, busy, [job for _, job in waiting], jobs)
     await scale(op, pool, body, active, decision, busy, gpu_classes)
-    desired = decision.desired_replicas
 
+    # 5. Placement: the queue in order onto the workers that take jobs now.
     ordered = queue.order([w for w, _ in waiting], time.time())
     by_key = {w.key: job for w, job in waiting}
-    dispatchable = [w for w in ordered if op.job(*w.key.split("/")).not_before <= time.monotonic()]
+    clock = op.clock()
+    dispatchable = [w for w in ordered if op.job(*w.key.split("/")).not_before <= clock]
+    workers = [
+        w
+        for w in fleet_workers(op, ready, inventories, jobs)
+        if breaker.takes_jobs(memory.workers.get(w.name, breaker.WorkerHealth()), clock, op.breaker)
+    ]
     plan = dispatch.plan(
         [
             dispatch.QueuedJob(
@@ -190,29 +195,32 @@ async def reconcile_pool(
             )
             for w in dispatchable
         ],
-        fleet_workers(op, pool, ready, inventories, job_bodies),
+        workers,
         memory.mix,
     )
-    dispatched = set()
-    for assignment in plan.assignments:
-        job = by_key[assignment.key]
-        pod = pods_by_name[assignment.placement.worker]
-        if await follow.dispatch(op, job, pod, assignment.placement, token):
-            dispatched.add(assignment.key)
-    positions = queue.positions([w for w in ordered if w.key not in dispatched])
-    for w in ordered:
-        if w.key in dispatched:
-            continue
-        job = by_key[w.key]
-        position = positions[w.key] - 1
-        if job.status.phase != JobPhase.QUEUED or job.status.queue_position != position:
-            message = f"position {position} in pool {name}'s queue"
-            if w.key in plan.waiting:
-                message += f"; waiting for VRAM: {plan.waiting[w.key].reason}"
-            await set_job_phase(op, job, JobPhase.QUEUED, Reason.QUEUED, message, queue_position=position)
-            if job.status.phase in (None, JobPhase.PENDING):
-                await op.kube.event(job_body_of(job), Reason.QUEUED, message)
 
+    # 6. Apply: dispatch the placed jobs, and tell the others where they stand.
+    pods_by_name = {p["metadata"]["name"]: p for p in pods}
+    for assignment in plan.assignments:
+        pod_name = assignment.placement.worker
+        memory.workers[pod_name] = breaker.probe_sent(
+            memory.workers.get(pod_name, breaker.WorkerHealth()), clock, op.breaker
+        )
+    sent = await bounded(
+        op.concurrency,
+        (
+            follow.dispatch(op, by_key[a.key], pods_by_name[a.placement.worker], a.placement, token)
+            for a in plan.assignments
+        ),
+    )
+    dispatched = {a.key for a, ok in zip(plan.assignments, sent, strict=True) if ok}
+    remaining = [w for w in ordered if w.key not in dispatched]
+    # A refused dispatch has written its job's status already.
+    attempted = {a.key for a in plan.assignments}
+    unplaced = [w for w in remaining if w.key not in attempted]
+    await bounded(op.concurrency, queued_writes(op, name, unplaced, by_key, plan.waiting))
+
+    # 7. Status of the pool.
     await write_pool_status(
         op,
         pool,
@@ -220,122 +228,175 @@ async def reconcile_pool(
         active,
         ready,
         inventories,
-        job_bodies,
-        desired,
-        len(ordered) - len(dispatched),
+        jobs,
+        decision.desired_replicas,
+        len(remaining),
         decision.cluster_full,
     )
-    metrics.QUEUE_DEPTH.labels(namespace, name).set(len(ordered) - len(dispatched))
+    metrics.QUEUE_DEPTH.labels(namespace, name).set(len(remaining))
 
 
-def job_body_of(job: GenerationJob) -> dict:
-    return {"apiVersion": job.api_version, "kind": job.kind, "metadata": job.metadata}
+def queued_writes(
+    op: Operator,
+    pool: str,
+    remaining: list[queue.WaitingJob],
+    by_key: dict[str, GenerationJob],
+    waiting: dict[str, Any],
+) -> Iterator[Awaitable[Any]]:
+    """Status writes for jobs still queued: a job's first (right away), and a new position
+    only when `queue.position_due` says so, at most POSITION_WRITES_PER_ROUND a round."""
+    budget = POSITION_WRITES_PER_ROUND
+    for position, w in enumerate(remaining):
+        job = by_key[w.key]
+        first = job.status.phase != JobPhase.QUEUED
+        if not first and (budget <= 0 or not queue.position_due(job.status.queue_position, position)):
+            continue
+        if not first:
+            budget -= 1
+        message = f"position {position} in pool {pool}'s queue"
+        if w.key in waiting:
+            message += f"; waiting for VRAM: {waiting[w.key].reason}"
+        yield queue_job(op, job, message, position, announce=job.status.phase in (None, JobPhase.PENDING))
 
 
-async def set_job_phase(
-    op: Operator, job: GenerationJob, phase: JobPhase, reason: str, message: str, **fields: Any
-) -> GenerationJob:
-    """Writes phase, reason, message, conditions and any extra status fields (camelCase)."""
-    now = now_utc()
-    generation = job.metadata.get("generation", 1)
-    merged = merge_conditions(job.status.conditions, job_conditions(phase, reason, message, generation, now))
-    status = {
-        "phase": phase.value,
-        "reason": str(reason),
-        "message": message,
-        "conditions": merged,
-        "observedGeneration": generation,
-    }
-    status.update({_camel(k): v for k, v in fields.items()})
-    meta = job.metadata
-    stored = await op.kube.patch_status(JOBS, meta["namespace"], meta["name"], status)
-    if stored is not None:
-        from .handlers import JOB_BODIES, remember
-
-        remember(JOB_BODIES, (meta["namespace"], meta["name"]), stored)
-    metrics.count_transition(phase)
-    return GenerationJob.model_validate(stored) if stored is not None else job
+async def queue_job(op: Operator, job: GenerationJob, message: str, position: int, announce: bool) -> None:
+    current = op.cache.current(job)
+    if current is None or current.status.phase not in (None, JobPhase.PENDING, JobPhase.QUEUED):
+        return  # it moved on while the round ran
+    job = await set_phase(op, current, JobPhase.QUEUED, Reason.QUEUED, message, queue_position=position)
+    if announce:
+        op.spawn(op.kube.event(body_of(job), Reason.QUEUED, message), "event")
 
 
-def _camel(snake: str) -> str:
-    head, *rest = snake.split("_")
-    return head + "".join(part.title() for part in rest)
+async def replace_pods(
+    op: Operator, pool: WorkerPool, body: dict, pods: list[dict], memory: PoolMemory
+) -> None:
+    """Deletes pods that ended (the pool creates new ones) and workers whose circuit breaker
+    says their probe failed too; forgets the breakers of pods that are gone."""
+    namespace = pool.metadata["namespace"]
+    names = {p["metadata"]["name"] for p in pods}
+    for gone in set(memory.workers) - names:
+        del memory.workers[gone]
+    clock = op.clock()
+    removals = []
+    for pod in pods:
+        pod_name = pod["metadata"]["name"]
+        if pod["metadata"].get("deletionTimestamp"):
+            continue
+        health = memory.workers.get(pod_name, breaker.WorkerHealth())
+        if not pod_active(pod):
+            why = f"worker {pod_name} {pod['status'].get('phase')}; replacing it"
+        elif breaker.state(health, clock, op.breaker) is breaker.BreakerState.REPLACE:
+            why = f"{breaker.describe(pod_name, health)}, also after a pause; replacing it"
+        else:
+            continue
+        removals.append(replace_pod(op, body, namespace, pod, why))
+    await bounded(op.concurrency, removals)
 
 
-async def handle_job(
+async def replace_pod(op: Operator, body: dict, namespace: str, pod: dict, why: str) -> None:
+    await op.kube.delete_pod(namespace, pod["metadata"]["name"], pod["metadata"]["uid"])
+    await op.kube.event(body, "WorkerReplaced", why, warning=True)
+
+
+def job_step(
     op: Operator,
     pool: WorkerPool,
     job: GenerationJob,
     body: dict,
     now: dt.datetime,
     classes: list[jobrules.GpuClass],
-    pods_by_name: dict[str, dict],
     token: str,
+    writes: list[Awaitable[Any]],
 ) -> queue.WaitingJob | None:
-    """Acts on one job; returns it as a queue entry when it waits to be dispatched."""
+    """Decides one job (core.jobs.next_step), adds its writes; returns it when it waits in the queue."""
     meta, status, spec = job.metadata, job.status, job.spec
     namespace, name = meta["namespace"], meta["name"]
     memory = op.job(namespace, name)
-    phase = status.phase
-
-    if meta.get("deletionTimestamp"):
-        if phase in (JobPhase.DISPATCHED, JobPhase.RUNNING):
-            await follow.cancel_run(op, job, pods_by_name, token)
-        await release_finalizer(op, job)
-        follow.stop_follower(op, namespace, name)
-        op.jobs.pop((namespace, name), None)
-        return None
-
-    if phase in TERMINAL_PHASES:
-        await release_finalizer(op, job)
-        if jobrules.ttl_expired(status.completion_time, spec.ttl_seconds_after_finished, now):
-            await op.kube.delete_job(namespace, name)
-        return None
-
-    if spec.cancel:
-        if phase in (JobPhase.DISPATCHED, JobPhase.RUNNING):
-            if not memory.cancel_sent:
-                await follow.cancel_run(op, job, pods_by_name, token)
-                memory.cancel_sent = True
-            return None
-        await set_job_phase(
-            op,
-            job,
-            JobPhase.CANCELLED,
-            Reason.CANCELLED,
-            "cancelled before it ran",
-            completion_time=stamp(now),
-            queue_position=None,
-        )
-        await op.kube.event(body, Reason.CANCELLED, "cancelled before it ran")
-        return None
-
-    if phase in (JobPhase.DISPATCHED, JobPhase.RUNNING):
-        follow.ensure_follower(op, job, token)  # which also keeps the job's deadline
-        return None
-
     refused = jobrules.refusal(spec, pool.spec, classes)
-    if refused is not None:
-        if phase != JobPhase.PENDING or status.reason != refused.reason or status.message != refused.message:
-            await set_job_phase(
-                op, job, JobPhase.PENDING, refused.reason, refused.message, queue_position=None
-            )
-            await op.kube.event(body, refused.reason, refused.message, warning=True)
-        return None
-    if status.attempts and jobrules.past_deadline(status.start_time, spec.timeout_seconds, now):
-        message = jobrules.deadline_message(spec.timeout_seconds)
-        await set_job_phase(
-            op,
-            job,
-            JobPhase.FAILED,
-            Reason.DEADLINE_EXCEEDED,
-            message,
-            completion_time=stamp(now),
-            queue_position=None,
-        )
-        return None
-    created = dt.datetime.fromisoformat(meta["creationTimestamp"].replace("Z", "+00:00")).timestamp()
-    return queue.WaitingJob(key=f"{namespace}/{name}", priority=spec.priority, enqueued_at=created)
+    step = jobrules.next_step(
+        jobrules.JobView(
+            phase=status.phase,
+            deleting=bool(meta.get("deletionTimestamp")),
+            holds_finalizer=labels.FINALIZER in (meta.get("finalizers") or []),
+            cancel=spec.cancel,
+            cancel_sent=memory.cancel_sent,
+            attempts=status.attempts,
+            start_time=status.start_time,
+            completion_time=status.completion_time,
+            timeout_seconds=spec.timeout_seconds,
+            ttl_seconds=spec.ttl_seconds_after_finished,
+        ),
+        refused,
+        now,
+    )
+    Step = jobrules.Step
+    if step is Step.FORGET:
+        writes.append(forget_job(op, job, token))
+    elif step is Step.RELEASE:
+        writes.append(release_finalizer(op, job))
+    elif step is Step.EXPIRE:
+        writes.append(op.kube.delete_job(namespace, name))
+    elif step is Step.CANCEL_RUN:
+        memory.cancel_sent = True
+        writes.append(follow.cancel_run(op, job, token))
+    elif step is Step.CANCEL:
+        writes.append(cancel_before_run(op, job, body, now))
+    elif step is Step.FOLLOW:
+        follow.start_follower(op, job, token, status.attempts)  # which also keeps the deadline
+    elif step is Step.REFUSE:
+        assert refused is not None
+        if (
+            status.phase != JobPhase.PENDING
+            or status.reason != refused.reason
+            or status.message != refused.message
+        ):
+            writes.append(refuse(op, job, body, refused))
+    elif step is Step.TIME_OUT:
+        writes.append(time_out(op, job, now))
+    elif step is Step.QUEUE:
+        created = dt.datetime.fromisoformat(meta["creationTimestamp"].replace("Z", "+00:00")).timestamp()
+        return queue.WaitingJob(key=f"{namespace}/{name}", priority=spec.priority, enqueued_at=created)
+    return None
+
+
+async def forget_job(op: Operator, job: GenerationJob, token: str) -> None:
+    meta = job.metadata
+    if job.status.phase in ACTIVE:
+        await follow.cancel_run(op, job, token)
+    await release_finalizer(op, job)
+    op.followers.stop((meta["namespace"], meta["name"]))
+    op.jobs.pop((meta["namespace"], meta["name"]), None)
+
+
+async def cancel_before_run(op: Operator, job: GenerationJob, body: dict, now: dt.datetime) -> None:
+    await set_phase(
+        op,
+        job,
+        JobPhase.CANCELLED,
+        Reason.CANCELLED,
+        "cancelled before it ran",
+        completion_time=stamp(now),
+        queue_position=None,
+    )
+    await op.kube.event(body, Reason.CANCELLED, "cancelled before it ran")
+
+
+async def refuse(op: Operator, job: GenerationJob, body: dict, refused: jobrules.Refusal) -> None:
+    await set_phase(op, job, JobPhase.PENDING, refused.reason, refused.message, queue_position=None)
+    await op.kube.event(body, refused.reason, refused.message, warning=True)
+
+
+async def time_out(op: Operator, job: GenerationJob, now: dt.datetime) -> None:
+    await set_phase(
+        op,
+        job,
+        JobPhase.FAILED,
+        Reason.DEADLINE_EXCEEDED,
+        jobrules.deadline_message(job.spec.timeout_seconds),
+        completion_time=stamp(now),
+        queue_position=None,
+    )
 
 
 async def release_finalizer(op: Operator, job: GenerationJob) -> None:
@@ -343,7 +404,7 @@ async def release_finalizer(op: Operator, job: GenerationJob) -> None:
     meta = job.metadata
     finalizers = meta.get("finalizers") or []
     if labels.FINALIZER in finalizers:
-        await op.kube.patch_metadata(
+        stored = await op.kube.patch_metadata(
             JOBS,
             meta["namespace"],
             meta["name"],
@@ -352,23 +413,28 @@ async def release_finalizer(op: Operator, job: GenerationJob) -> None:
                 "resourceVersion": meta["resourceVersion"],
             },
         )
+        if stored is not None:
+            op.cache.remember_job(stored)
 
 
 def fleet_workers(
     op: Operator,
-    pool: WorkerPool,
     ready: list[dict],
     inventories: dict[str, protocol.Inventory],
-    job_bodies: list[dict],
+    jobs: list[tuple[dict, GenerationJob]],
 ) -> list[Worker]:
-    """The placer's view: each worker's GPUs as reported, less reservations it has not reported yet."""
-    # Jobs the operator dispatched that a worker's inventory does not list yet still hold VRAM.
-    pending: dict[str, list[tuple[str, str | None, dict]]] = {}
-    for body in job_bodies:
-        status = body.get("status") or {}
-        worker = status.get("worker") or {}
-        if status.get("phase") in (JobPhase.DISPATCHED, JobPhase.RUNNING) and worker.get("pod"):
-            pending.setdefault(worker["pod"], []).append((job_key(body), worker.get("gpu"), body))
+    """The placer's view: each worker's GPUs as reported, less reservations it has not reported yet.
+
+    A dispatched job that its worker's inventory does not list holds its VRAM only until its
+    worker has been seen running it: after that, absent from the inventory means ended, so a
+    reservation never outlives its run.
+    """
+    pending: dict[str, list[tuple[str, str | None, GenerationJob]]] = {}
+    for body, job in jobs:
+        worker = job.status.worker
+        seen = op.job(job.metadata["namespace"], job.metadata["name"]).seen_on_worker
+        if job.status.phase in ACTIVE and worker and worker.pod and not seen:
+            pending.setdefault(worker.pod, []).append((job_key(body), worker.gpu, job))
     workers = []
     for pod in ready:
         name = pod["metadata"]["name"]
@@ -378,9 +444,9 @@ def fleet_workers(
         known = {run.job_id for run in inventory.jobs}
         free = {g.uuid: g.admittable_bytes for g in inventory.gpus}
         counts = {g.uuid: g.running_jobs for g in inventory.gpus}
-        for key, gpu, body in pending.get(name, []):
+        for key, gpu, job in pending.get(name, []):
             if key not in known and gpu in free:
-                free[gpu] -= jobrules.working_vram(GenerationJob.model_validate(body).spec)
+                free[gpu] -= jobrules.working_vram(job.spec)
                 counts[gpu] += 1
         workers.append(
             Worker(
@@ -410,7 +476,7 @@ def size_pool(
     inventories: dict[str, protocol.Inventory],
     busy: dict[str, int],
     queued: list[GenerationJob],
-    job_bodies: list[dict],
+    jobs: list[tuple[dict, GenerationJob]],
 ) -> sizing.Decision:
     """The pool's size from its queue (or spec.replicas), via gpufleet.core.sizing."""
     autoscaling = pool.spec.autoscaling
@@ -455,13 +521,7 @@ def size_pool(
             vram=model_vram.get(job.spec.model, 0) + jobrules.working_vram(job.spec),
         )
 
-    running = []
-    for body in job_bodies:
-        if (body.get("status") or {}).get("phase") in (JobPhase.DISPATCHED, JobPhase.RUNNING):
-            try:
-                running.append(as_job(GenerationJob.model_validate(body)))
-            except ValidationError:
-                continue
+    running = [as_job(job) for _, job in jobs if job.status.phase in ACTIVE]
     shape = sizing.worker_shape(
         min_memory_bytes(pool), pool.spec.gpu.count, pool.spec.gpu.max_jobs_per_gpu, views
     )
@@ -535,22 +595,29 @@ async def write_pool_status(
     active: list[dict],
     ready: list[dict],
     inventories: dict[str, protocol.Inventory],
-    job_bodies: list[dict],
+    jobs: list[tuple[dict, GenerationJob]],
     desired: int,
     queue_depth: int,
     cluster_full: bool,
 ) -> None:
+    clock = op.clock()
+    failing = {
+        pod: breaker.describe(pod, health)
+        for pod, health in memory.workers.items()
+        if breaker.state(health, clock, op.breaker) is not breaker.BreakerState.CLOSED
+    }
     status = pool_status(
         pool,
         active,
         ready,
         inventories,
-        job_bodies,
+        [b for b, _ in jobs],
         desired,
         queue_depth,
         selector(pool.metadata["name"]),
         now_utc(),
         cluster_full,
+        failing,
     )
     if status != memory.last_status:
         await op.kube.patch_status(POOLS, pool.metadata["namespace"], pool.metadata["name"], status)

@@ -1,21 +1,30 @@
-"""What the operator keeps in memory between reconcile rounds. All of it can be lost:
-after a restart it is rebuilt from the resources and the workers' reports."""
+"""What the operator keeps in memory. All of it can be lost: after a restart it is rebuilt
+from the resources and the workers' reports. One ``Operator`` owns it and is passed
+explicitly (to kopf handlers through their ``memo``)."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
 import hmac
+import logging
+import time
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
+from gpufleet.core.breaker import BreakerPolicy, WorkerHealth
 from gpufleet.core.placement import DemandMix
 from gpufleet.core.sizing import SizingState
 from gpufleet.core.workerpod import WorkerEnv
 
+from .cache import Cache, Key
 from .kube import Kube
+
+log = logging.getLogger("gpufleet.operator")
 
 
 @dataclass
@@ -25,17 +34,57 @@ class PoolMemory:
     token_secret_for: str | None = None  # pool uid whose token Secret exists
     last_status: dict | None = None
     sizing: SizingState = field(default_factory=SizingState)
+    workers: dict[str, WorkerHealth] = field(default_factory=dict)  # by pod name
+    positions_written_at: float = 0.0
 
 
 @dataclass
 class JobMemory:
     not_before: float = 0.0  # retry backoff: earliest next dispatch (monotonic)
-    avoid: set[str] = field(default_factory=set)  # workers that lost an attempt
-    follower: asyncio.Task | None = None
-    follower_attempt: int = 0
+    avoid: set[str] = field(default_factory=set)  # workers that lost or refused an attempt
     last_progress_write: float = 0.0
     cancel_sent: bool = False
-    last_refusal: str | None = None
+    finished_attempt: int = 0  # the last attempt whose outcome has been written
+    seen_on_worker: bool = False  # the current attempt has been reported by its worker
+    refusals: int = 0  # dispatches refused in a row (for the backoff)
+
+
+class Followers:
+    """The follower task of each dispatched job attempt: one at a time per job, all cancelled
+    on shutdown. A finished task's reference is dropped when it ends."""
+
+    def __init__(self) -> None:
+        self.tasks: dict[Key, tuple[int, asyncio.Task[None]]] = {}
+
+    def running(self, key: Key, attempt: int) -> bool:
+        held = self.tasks.get(key)
+        return held is not None and held[0] == attempt and not held[1].done()
+
+    def start(self, key: Key, attempt: int, follow: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        if self.running(key, attempt):
+            return
+        self.stop(key)
+        task = asyncio.create_task(follow(), name=f"follow-{key[0]}/{key[1]}-{attempt}")
+        self.tasks[key] = (attempt, task)
+        task.add_done_callback(lambda done: self._ended(key, done))
+
+    def _ended(self, key: Key, task: asyncio.Task[None]) -> None:
+        if self.tasks.get(key, (0, None))[1] is task:
+            del self.tasks[key]
+        if not task.cancelled() and task.exception() is not None:
+            log.error("follower of %s/%s failed", *key, exc_info=task.exception())
+
+    def stop(self, key: Key) -> None:
+        held = self.tasks.pop(key, None)
+        if held is not None and not held[1].done():
+            held[1].cancel()
+
+    async def close(self) -> None:
+        tasks = [task for _, task in self.tasks.values()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self.tasks.clear()
 
 
 @dataclass
@@ -46,8 +95,15 @@ class Operator:
     worker_env: WorkerEnv
     worker_port: int = 8080
     progress_interval: float = 1.0
-    pools: dict[tuple[str, str], PoolMemory] = field(default_factory=dict)
-    jobs: dict[tuple[str, str], JobMemory] = field(default_factory=dict)
+    # Concurrent API writes and worker calls of one round.
+    concurrency: int = 32
+    breaker: BreakerPolicy = field(default_factory=BreakerPolicy)
+    clock: Callable[[], float] = time.monotonic
+    cache: Cache = field(default_factory=Cache)
+    followers: Followers = field(default_factory=Followers)
+    pools: dict[Key, PoolMemory] = field(default_factory=dict)
+    jobs: dict[Key, JobMemory] = field(default_factory=dict)
+    background: set[asyncio.Task[None]] = field(default_factory=set)
 
     def pool_token(self, namespace: str, pool: str, uid: str) -> str:
         """The pool's worker token, derived from the operator's key: never stored where it is read."""
@@ -59,6 +115,19 @@ class Operator:
 
     def pool(self, namespace: str, name: str) -> PoolMemory:
         return self.pools.setdefault((namespace, name), PoolMemory())
+
+    def spawn(self, coroutine: Coroutine[Any, Any, None], name: str) -> None:
+        """Runs a background task the operator keeps a reference to until it ends."""
+        task = asyncio.get_running_loop().create_task(coroutine, name=name)
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+
+    async def close(self) -> None:
+        await self.followers.close()
+        for task in list(self.background):
+            task.cancel()
+        await asyncio.gather(*self.background, return_exceptions=True)
+        await self.http.aclose()
 
 
 def read_key(path: Path) -> bytes:

@@ -53,8 +53,15 @@ def plan(ordered: Sequence[QueuedJob], workers: Iterable[Worker], mix: DemandMix
     fleet = Fleet.of(workers)
     assignments: list[Assignment] = []
     waiting: dict[str, NoFit] = {}
+    # A job that found no fit is the same as any later one with the same needs until the fleet
+    # changes: remembered, so a queue of thousands behind a full fleet costs one try per shape.
+    no_fit: dict[tuple, NoFit] = {}
     for job in ordered:
         demand = Demand(gpus=job.gpus, vram=job.vram, products=job.products)
+        shape = (demand, job.model, job.avoid)
+        if shape in no_fit:
+            waiting[job.key] = no_fit[shape]
+            continue
         view, avoided = _without_avoided(fleet, job, demand)
         result = placement.place(view, Job(demand, job.model), mix)
         if isinstance(result, NoFit):
@@ -64,9 +71,10 @@ def plan(ordered: Sequence[QueuedJob], workers: Iterable[Worker], mix: DemandMix
                     reason=f"{result.reason}; not on {', '.join(avoided)}, which lost an earlier attempt "
                     "of this job, while another worker could take it",
                 )
-            waiting[job.key] = result
+            waiting[job.key] = no_fit[shape] = result
             continue
         fleet = placement.commit(fleet, result)
+        no_fit.clear()
         assignments.append(Assignment(job.key, result))
     return Plan(tuple(assignments), waiting)
 

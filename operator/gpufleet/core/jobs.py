@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from enum import StrEnum
 
-from gpufleet.api.conditions import Reason
+from gpufleet.api.conditions import TERMINAL_PHASES, JobPhase, Reason
 from gpufleet.api.models import GenerationJobSpec, WorkerPoolSpec
 from gpufleet.api.quantity import parse_quantity
 
@@ -125,3 +126,56 @@ def ttl_expired(completion_time: datetime | None, ttl_seconds: int | None, now: 
         and ttl_seconds is not None
         and now >= completion_time + timedelta(seconds=ttl_seconds)
     )
+
+
+class Step(StrEnum):
+    """What a pool round does with one job (see `next_step`)."""
+
+    NOTHING = "Nothing"
+    FORGET = "Forget"  # being deleted: stop its run, release the finalizer, forget it
+    RELEASE = "Release"  # finished: release the finalizer
+    EXPIRE = "Expire"  # finished and past ttlSecondsAfterFinished: delete it
+    CANCEL_RUN = "CancelRun"  # spec.cancel while it runs: ask its worker to stop
+    CANCEL = "Cancel"  # spec.cancel before it ran: Cancelled now
+    FOLLOW = "Follow"  # dispatched or running: make sure its attempt is followed
+    REFUSE = "Refuse"  # its pool can never run it as it is: Pending with the reason
+    TIME_OUT = "TimeOut"  # waiting for a retry past its deadline: Failed
+    QUEUE = "Queue"  # waits for a GPU
+
+
+@dataclass(frozen=True)
+class JobView:
+    """What the round's per-job decision reads of a job."""
+
+    phase: JobPhase | None
+    deleting: bool
+    holds_finalizer: bool
+    cancel: bool
+    cancel_sent: bool
+    attempts: int
+    start_time: datetime | None
+    completion_time: datetime | None
+    timeout_seconds: int
+    ttl_seconds: int | None
+
+
+def next_step(job: JobView, refused: Refusal | None, now: datetime) -> Step:
+    """The round's decision for one job; ``refused`` is `refusal` of the job against its pool."""
+    running = job.phase in (JobPhase.DISPATCHED, JobPhase.RUNNING)
+    if job.deleting:
+        return Step.FORGET
+    if job.phase in TERMINAL_PHASES:
+        if ttl_expired(job.completion_time, job.ttl_seconds, now):
+            return Step.EXPIRE
+        return Step.RELEASE if job.holds_finalizer else Step.NOTHING
+    if job.cancel:
+        if running:
+            return Step.NOTHING if job.cancel_sent else Step.CANCEL_RUN
+        return Step.CANCEL
+    if running:
+        return Step.FOLLOW
+    if refused is not None:
+        return Step.REFUSE
+    if job.attempts and past_deadline(job.start_time, job.timeout_seconds, now):
+        return Step.TIME_OUT
+    return Step.QUEUE

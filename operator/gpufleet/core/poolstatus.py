@@ -28,8 +28,14 @@ def pool_status(
     label_selector: str,
     now: dt.datetime,
     unschedulable: bool,
+    failing: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The pool's ``status`` as written to the API server (conditions keep their transition times)."""
+    """The pool's ``status`` as written to the API server (conditions keep their transition times).
+
+    ``failing`` names the workers whose circuit breaker is open, with why; crash-looping
+    worker pods are found here from their container statuses.
+    """
+    failing = {**(failing or {}), **crash_looping(active)}
     generation = pool.metadata.get("generation", 1)
     running: dict[str, list[str]] = {}
     for job in jobs:
@@ -66,7 +72,9 @@ def pool_status(
             }
         )
     ready_count = sum(1 for w in workers if w["ready"])
-    if unschedulable:
+    if failing:
+        reason, message = Reason.WORKERS_FAILING, "; ".join(failing[pod] for pod in sorted(failing))
+    elif unschedulable:
         reason, message = (
             Reason.INSUFFICIENT_GPUS,
             "worker pods cannot be scheduled: no node has free GPUs matching spec.gpu",
@@ -83,7 +91,7 @@ def pool_status(
         reason, message = Reason.SCALED_TO_ZERO, "no workers wanted"
     else:
         reason, message = Reason.WORKERS_READY, f"{ready_count} of {desired} workers ready"
-    settled = ready_count >= desired and len(active) == desired
+    settled = not failing and ready_count >= desired and len(active) == desired
     conditions = kstatus_conditions(
         ready=settled,
         reconciling=not settled and not unschedulable,
@@ -107,7 +115,12 @@ def pool_status(
             now,
         ),
         boolean_condition(
-            ConditionType.DEGRADED, 0 < ready_count < desired, reason, message, generation, now
+            ConditionType.DEGRADED,
+            bool(failing) or 0 < ready_count < desired,
+            reason,
+            message,
+            generation,
+            now,
         ),
     ]
     rendered = merge_conditions(pool.status.conditions, conditions)
@@ -122,3 +135,26 @@ def pool_status(
         "workers": workers,
         "conditions": rendered,
     }
+
+
+CRASH_LOOP_RESTARTS = 3  # restarts after which a worker container counts as crash-looping
+
+
+def crash_looping(pods: list[dict]) -> dict[str, str]:
+    """Worker pods whose container keeps crashing: pod name -> what its status says."""
+    found = {}
+    for pod in pods:
+        for container in (pod.get("status") or {}).get("containerStatuses") or []:
+            waiting = (container.get("state") or {}).get("waiting") or {}
+            last = (container.get("lastState") or {}).get("terminated") or {}
+            restarts = container.get("restartCount", 0)
+            if waiting.get("reason") == "CrashLoopBackOff" or restarts >= CRASH_LOOP_RESTARTS:
+                cause = waiting.get("message") or last.get("reason") or waiting.get("reason") or "crashes"
+                exit_code = last.get("exitCode")
+                found[pod["metadata"]["name"]] = (
+                    f"worker {pod['metadata']['name']} restarted {restarts} times"
+                    f" (last exit {exit_code}: {cause})"
+                    if exit_code is not None
+                    else f"worker {pod['metadata']['name']} restarted {restarts} times ({cause})"
+                )
+    return found

@@ -38,3 +38,15 @@ def order(
 def positions(ordered: Sequence[WaitingJob]) -> dict[str, int]:
     """1-based queue position of each job (``status.queuePosition`` is 0-based: this less one)."""
     return {job.key: index for index, job in enumerate(ordered, start=1)}
+
+
+def position_due(written: int | None, actual: int) -> bool:
+    """Whether a queued job's written ``status.queuePosition`` should be rewritten.
+
+    Positions are written rarely and coarsely: when first queued, when the job has moved at
+    least halfway to the head, and when it has fallen far behind what was written. A job that
+    waits behind N others costs about log2(N) position writes, not N.
+    """
+    if written is None:
+        return True
+    return (actual < written and actual <= written // 2) or actual > 2 * written + 1

@@ -1,0 +1,152 @@
+"""What the operator knows of the cluster: fed by the watches and by its own writes.
+
+The watch handlers and the operator's writes both store bodies here; a body older than the
+one held is ignored (by resourceVersion), so a round never acts on a watch event that has
+not caught up with the operator's own last write. Jobs are indexed by pool, and each job
+body is parsed once per resourceVersion, so a round over a queue of thousands costs no
+re-parsing. Pool rounds wait on a per-pool wake-up that job events and finished runs set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from gpufleet import labels
+from gpufleet.api.models import GenerationJob
+from gpufleet.core.jobs import GpuClass
+
+log = logging.getLogger("gpufleet.cache")
+Key = tuple[str, str]  # (namespace, name)
+
+
+def resource_version(body: dict[str, Any]) -> int:
+    version = body.get("metadata", {}).get("resourceVersion", "")
+    return int(version) if str(version).isdigit() else 0
+
+
+def newer(current: dict[str, Any] | None, body: dict[str, Any]) -> bool:
+    """Whether ``body`` should replace ``current``: another object of that name, or not older."""
+    return (
+        current is None
+        or current["metadata"].get("uid") != body["metadata"].get("uid")
+        or resource_version(body) >= resource_version(current)
+    )
+
+
+def pool_of(job: dict[str, Any]) -> str | None:
+    return ((job.get("spec") or {}).get("poolRef") or {}).get("name")
+
+
+@dataclass
+class Cache:
+    pools: dict[Key, dict[str, Any]] = field(default_factory=dict)
+    jobs: dict[Key, dict[str, Any]] = field(default_factory=dict)
+    pods: dict[Key, dict[str, Any]] = field(default_factory=dict)
+    gpu_nodes: dict[str, GpuClass] = field(default_factory=dict)
+    # Set once kopf has delivered its first listing of every watched kind (see handlers).
+    synced: asyncio.Event = field(default_factory=asyncio.Event)
+    _jobs_by_pool: dict[Key, set[str]] = field(default_factory=dict)
+    _parsed: dict[Key, tuple[str, int, GenerationJob | None]] = field(default_factory=dict)
+    _wakeups: dict[Key, asyncio.Event] = field(default_factory=dict)
+
+    # -- jobs ----------------------------------------------------------------------------------
+    def remember_job(self, body: dict[str, Any]) -> None:
+        meta = body["metadata"]
+        key = (meta["namespace"], meta["name"])
+        current = self.jobs.get(key)
+        if not newer(current, body):
+            return
+        if current is not None and pool_of(current) != pool_of(body):
+            self._jobs_by_pool.get((key[0], pool_of(current) or ""), set()).discard(key[1])
+        self.jobs[key] = body
+        pool = (key[0], pool_of(body) or "")
+        self._jobs_by_pool.setdefault(pool, set()).add(key[1])
+        self.wake(*pool)
+
+    def forget_job(self, namespace: str, name: str) -> None:
+        body = self.jobs.pop((namespace, name), None)
+        self._parsed.pop((namespace, name), None)
+        if body is not None:
+            pool = (namespace, pool_of(body) or "")
+            self._jobs_by_pool.get(pool, set()).discard(name)
+            self.wake(*pool)
+
+    def pool_jobs(self, namespace: str, pool: str) -> list[dict[str, Any]]:
+        names = self._jobs_by_pool.get((namespace, pool), ())
+        return [self.jobs[(namespace, n)] for n in sorted(names) if (namespace, n) in self.jobs]
+
+    def parsed(self, body: dict[str, Any]) -> GenerationJob | None:
+        """The typed job of ``body``, parsed once per resourceVersion; None when it does not parse."""
+        meta = body["metadata"]
+        key = (meta["namespace"], meta["name"])
+        uid, version = meta.get("uid", ""), resource_version(body)
+        held = self._parsed.get(key)
+        if held is not None and held[0] == uid and held[1] == version and version:
+            return held[2]
+        try:
+            job: GenerationJob | None = GenerationJob.model_validate(body)
+        except ValidationError as error:
+            log.warning("job %s/%s does not parse: %s", key[0], key[1], error)
+            job = None
+        self._parsed[key] = (uid, version, job)
+        return job
+
+    def current(self, job: GenerationJob) -> GenerationJob | None:
+        """The latest known version of ``job``, None once it is gone (or replaced by a new uid)."""
+        meta = job.metadata
+        body = self.jobs.get((meta["namespace"], meta["name"]))
+        if body is None or body["metadata"].get("uid") != meta.get("uid"):
+            return None
+        return self.parsed(body)
+
+    # -- pools, pods, nodes --------------------------------------------------------------------
+    def remember_pool(self, body: dict[str, Any]) -> None:
+        key = (body["metadata"]["namespace"], body["metadata"]["name"])
+        if newer(self.pools.get(key), body):
+            self.pools[key] = body
+            self.wake(*key)
+
+    def forget_pool(self, namespace: str, name: str) -> None:
+        self.pools.pop((namespace, name), None)
+        self.wake(namespace, name)
+
+    def remember_pod(self, body: dict[str, Any]) -> None:
+        key = (body["metadata"]["namespace"], body["metadata"]["name"])
+        if newer(self.pods.get(key), body):
+            self.pods[key] = body
+            pool = body["metadata"].get("labels", {}).get(labels.POOL)
+            if pool:
+                self.wake(key[0], pool)
+
+    def forget_pod(self, namespace: str, name: str) -> None:
+        self.pods.pop((namespace, name), None)
+
+    def pod(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.pods.get((namespace, name))
+
+    def pool_pods(self, namespace: str, pool: str) -> list[dict[str, Any]]:
+        return [
+            p
+            for (ns, _), p in self.pods.items()
+            if ns == namespace and p["metadata"].get("labels", {}).get(labels.POOL) == pool
+        ]
+
+    def gpu_classes(self) -> list[GpuClass]:
+        return list({(c.product, c.memory_bytes): c for c in self.gpu_nodes.values()}.values())
+
+    def pool_keys(self) -> Iterable[Key]:
+        return list(self.pools)
+
+    # -- wake-ups ------------------------------------------------------------------------------
+    def wakeup(self, namespace: str, pool: str) -> asyncio.Event:
+        return self._wakeups.setdefault((namespace, pool), asyncio.Event())
+
+    def wake(self, namespace: str, pool: str) -> None:
+        """Asks the pool's next round to start now rather than at its next tick."""
+        self.wakeup(namespace, pool).set()

@@ -1,0 +1,180 @@
+"""Pool rounds in-process against FakeKube and FakeWorkers: each fault the controller's old
+structure let through, and the drain of a large queue with its write budget."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Awaitable, Callable
+
+import gpufleet_worker.protocol as protocol
+from gpufleet.controller import handlers, metrics
+from gpufleet.core import breaker
+
+from .fakes import NAMESPACE, Harness
+
+
+def in_loop(scenario: Callable[[Harness], Awaitable[None]]) -> Callable[[], None]:
+    """A sync test that runs ``scenario`` on a fresh Harness in its own event loop."""
+
+    def test() -> None:
+        async def run() -> None:
+            harness = Harness()
+            try:
+                await asyncio.wait_for(scenario(harness), 120)
+            finally:
+                await harness.close()
+
+        asyncio.run(run())
+
+    test.__name__ = scenario.__name__
+    test.__doc__ = scenario.__doc__
+    return test
+
+
+async def rounds(fleet: Harness, count: int, pool: str = "sd") -> None:
+    for _ in range(count):
+        await fleet.round(pool)
+        await fleet.settle()
+
+
+@in_loop
+async def test_a_job_is_dispatched_followed_and_succeeds_in_three_status_writes(fleet):
+    [worker] = fleet.pool()
+    fleet.job("a")
+    await rounds(fleet, 2)
+    status = fleet.status("a")
+    assert status["phase"] == "Succeeded", status
+    assert status["attempts"] == 1
+    assert worker.submits == [protocol.run_id(f"{NAMESPACE}/a", 1)]
+    # Dispatched by the round that first saw it (no Queued), then Succeeded: no Running write
+    # for a run that ends within a progress interval.
+    assert fleet.kube.status_writes["a"] == 2
+
+
+@in_loop
+async def test_a_refused_task_fails_the_job_instead_of_requeueing_it_for_ever(fleet):
+    [worker] = fleet.pool()
+    worker.refuse = (422, protocol.Reason.UNSUPPORTED_TASK, "this worker's runtime does not do segment")
+    fleet.job("a")
+    await rounds(fleet, 6)
+    status = fleet.status("a")
+    assert status["phase"] == "Failed"
+    assert status["reason"] == "TaskNotServed"
+    assert "does not do segment" in status["message"]
+    assert len(worker.submits) == 1
+    assert ("a", "TaskNotServed") in {(name, reason) for name, reason, _ in fleet.kube.events}
+
+
+@in_loop
+async def test_a_busy_worker_refusal_backs_off_and_keeps_the_attempt_number(fleet):
+    [worker] = fleet.pool()
+    worker.refuse = (409, protocol.Reason.TOO_MANY_JOBS, "every slot is taken")
+    fleet.job("a")
+    await rounds(fleet, 1)
+    status = fleet.status("a")
+    assert (status["phase"], status["attempts"]) == ("Queued", 0)
+    assert "every slot is taken" in status["message"]
+    await rounds(fleet, 5)  # the clock does not move: the backoff holds the job back
+    assert len(worker.submits) == 1
+    fleet.clock.now += 1.5
+    worker.refuse = None
+    await rounds(fleet, 2)
+    assert fleet.status("a")["phase"] == "Succeeded"
+    assert fleet.status("a")["attempts"] == 1
+
+
+@in_loop
+async def test_a_round_with_a_stale_copy_does_not_replay_a_finished_run(fleet):
+    [worker] = fleet.pool()
+    worker.hold = True
+    fleet.job("a")
+    await fleet.round()  # dispatched; its follower waits for the run's result
+    assert fleet.status("a")["phase"] == "Dispatched"
+    # The next round snapshots the job as running, then waits on the worker's inventory...
+    worker.inventory_gate = asyncio.Event()
+    worker.inventory_asked.clear()
+    stale_round = asyncio.create_task(fleet.round())
+    await worker.inventory_asked.wait()
+    # ...while the run ends and its follower writes the outcome.
+    worker.released.set()
+    await fleet.settle()
+    assert fleet.status("a")["phase"] == "Succeeded"
+    worker.inventory_gate.set()
+    await stale_round
+    await fleet.settle()
+    assert fleet.status("a")["phase"] == "Succeeded"
+    assert [reason for name, reason, _ in fleet.kube.events if name == "a"].count("Completed") == 1
+    assert fleet.kube.status_writes["a"] == 2
+
+
+@in_loop
+async def test_a_worker_whose_runs_keep_failing_gets_no_jobs_and_the_pool_says_so(fleet):
+    [bad] = fleet.pool(max_jobs_per_gpu=1)  # one run at a time: failures come one by one
+    bad.outcome = protocol.Reason.INTERNAL_ERROR
+    for index in range(4):
+        fleet.job(f"j{index}", retry={"maxAttempts": 5, "backoffSeconds": 1})
+    for _ in range(6):
+        await rounds(fleet, 1)
+        fleet.clock.now += 2  # past each retry's backoff, well within the breaker's cooldown
+    health = fleet.op.pool(NAMESPACE, "sd").workers[bad.name]
+    assert breaker.state(health, fleet.clock(), fleet.op.breaker) is breaker.BreakerState.OPEN
+    submitted = len(bad.submits)
+    assert submitted == fleet.op.breaker.threshold
+    pool_status = fleet.kube.objects[("workerpools", NAMESPACE, "sd")]["status"]
+    assert pool_status["conditions"][0]["status"] == "False"  # Ready
+    assert any(
+        c["reason"] == "WorkersFailing" and bad.name in c["message"] for c in pool_status["conditions"]
+    ), pool_status["conditions"]
+    assert any(reason == "WorkersFailing" for _, reason, _ in fleet.kube.events)
+    await rounds(fleet, 3)
+    assert len(bad.submits) == submitted  # open: nothing more for it
+    # After the cooldown one probe goes; it fails too, so the worker is replaced.
+    fleet.clock.now += fleet.op.breaker.cooldown_seconds
+    await rounds(fleet, 3)
+    assert len(bad.submits) == submitted + 1
+    assert bad.name in fleet.kube.deleted_pods
+
+
+@in_loop
+async def test_a_deleted_pool_leaves_no_gauges(fleet):
+    fleet.pool()
+    await rounds(fleet, 1)
+    assert metrics.QUEUE_DEPTH.labels(NAMESPACE, "sd") is not None
+
+    class Memo:
+        operator = fleet.op
+
+    handlers.pool_event(event={"type": "DELETED"}, namespace=NAMESPACE, name="sd", memo=Memo())
+    samples = {
+        (s.name, s.labels.get("pool"))
+        for family in (metrics.QUEUE_DEPTH, metrics.READY_WORKERS, metrics.DESIRED_WORKERS)
+        for m in family.collect()
+        for s in m.samples
+    }
+    assert not {s for s in samples if s[1] == "sd"}
+
+
+@in_loop
+async def test_a_large_queue_drains_within_a_bounded_write_budget(fleet):
+    workers = fleet.pool(workers=4, max_jobs_per_gpu=32)
+    jobs = 2000
+    for index in range(jobs):
+        fleet.job(f"j{index:05d}", vram="512Mi")
+    dispatched_per_round = []
+    for _ in range(200):
+        before = sum(len(w.submits) for w in workers)
+        await rounds(fleet, 1)
+        dispatched_per_round.append(sum(len(w.submits) for w in workers) - before)
+        if all(fleet.status(f"j{i:05d}").get("phase") == "Succeeded" for i in range(jobs)):
+            break
+    assert all(fleet.status(f"j{i:05d}").get("phase") == "Succeeded" for i in range(jobs))
+    assert sum(len(w.submits) for w in workers) == jobs  # none twice
+    slots = 4 * 32
+    # Steady: every round after the first fills every free slot.
+    assert all(count == slots for count in dispatched_per_round[:-1]), dispatched_per_round
+    # Writes: Queued, Dispatched, Succeeded, plus positions rewritten only as they halve.
+    per_job = fleet.kube.status_writes
+    assert max(per_job.values()) <= 3 + math.ceil(math.log2(jobs)), max(per_job.values())
+    assert sum(per_job.values()) <= jobs * 3 + 32 * len(dispatched_per_round)
+    assert fleet.kube.writes["create events"] <= 3 * jobs
