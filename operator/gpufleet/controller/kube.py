@@ -6,6 +6,7 @@ import asyncio
 import datetime as dt
 import logging
 import secrets
+from collections.abc import Callable
 from typing import Any, cast
 
 from kubernetes import client, config
@@ -29,18 +30,30 @@ def load_client() -> client.ApiClient:
 
 
 class Kube:
-    def __init__(self, api: client.ApiClient) -> None:
+    """Every write of the operator. ``fence`` runs right before each request leaves (see
+    leader.LeaderElector.fence): a replica that no longer knows it leads never writes."""
+
+    def __init__(self, api: client.ApiClient, fence: Callable[[], None] | None = None) -> None:
         self.core = client.CoreV1Api(api)
         self.custom = client.CustomObjectsApi(api)
         self.events = client.EventsV1Api(api)
         self.coordination = client.CoordinationV1Api(api)
+        self.fence = fence
+
+    async def _send(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        def fenced() -> Any:
+            if self.fence is not None:
+                self.fence()
+            return call(*args, **kwargs)
+
+        return await asyncio.to_thread(fenced)
 
     async def patch_status(
         self, plural: str, namespace: str, name: str, status: dict[str, Any]
     ) -> dict[str, Any] | None:
         """Merge-patches ``status``; returns the object as now stored, None if it was deleted."""
         try:
-            stored = await asyncio.to_thread(
+            stored = await self._send(
                 self.custom.patch_namespaced_custom_object_status,
                 GROUP,
                 VERSION,
@@ -59,7 +72,7 @@ class Kube:
         self, plural: str, namespace: str, name: str, metadata: dict[str, Any]
     ) -> dict[str, Any] | None:
         try:
-            stored = await asyncio.to_thread(
+            stored = await self._send(
                 self.custom.patch_namespaced_custom_object,
                 GROUP,
                 VERSION,
@@ -76,7 +89,7 @@ class Kube:
 
     async def delete_job(self, namespace: str, name: str) -> None:
         try:
-            await asyncio.to_thread(
+            await self._send(
                 self.custom.delete_namespaced_custom_object, GROUP, VERSION, namespace, JOBS, name
             )
         except ApiException as error:
@@ -86,7 +99,7 @@ class Kube:
     async def create_pod(self, namespace: str, manifest: dict[str, Any]) -> bool:
         """Creates the pod; False when one of that name exists already (idempotent)."""
         try:
-            await asyncio.to_thread(self.core.create_namespaced_pod, namespace, manifest)  # type: ignore[arg-type]
+            await self._send(self.core.create_namespaced_pod, namespace, manifest)  # type: ignore[arg-type]
             return True
         except ApiException as error:
             if error.status == 409:
@@ -96,14 +109,14 @@ class Kube:
     async def delete_pod(self, namespace: str, name: str, uid: str | None = None) -> None:
         body = client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=uid) if uid else None)
         try:
-            await asyncio.to_thread(self.core.delete_namespaced_pod, name, namespace, body=body)
+            await self._send(self.core.delete_namespaced_pod, name, namespace, body=body)
         except ApiException as error:
             if error.status not in (404, 409):
                 raise
 
     async def patch_pod_labels(self, namespace: str, name: str, pod_labels: dict[str, str | None]) -> None:
         try:
-            await asyncio.to_thread(
+            await self._send(
                 self.core.patch_namespaced_pod, name, namespace, {"metadata": {"labels": pod_labels}}
             )
         except ApiException as error:
@@ -112,7 +125,7 @@ class Kube:
 
     async def create_secret(self, namespace: str, manifest: dict[str, Any]) -> None:
         try:
-            await asyncio.to_thread(self.core.create_namespaced_secret, namespace, manifest)  # type: ignore[arg-type]
+            await self._send(self.core.create_namespaced_secret, namespace, manifest)  # type: ignore[arg-type]
         except ApiException as error:
             if error.status != 409:
                 raise
@@ -141,6 +154,6 @@ class Kube:
             ),
         )
         try:
-            await asyncio.to_thread(self.events.create_namespaced_event, meta["namespace"], body)
+            await self._send(self.events.create_namespaced_event, meta["namespace"], body)
         except Exception as error:  # an event is worth a log line, never a failed reconcile
             log.warning("event %s on %s/%s not recorded: %s", reason, meta["namespace"], meta["name"], error)

@@ -1,8 +1,13 @@
 """Leader election on a coordination.k8s.io Lease: one active operator at a time.
 
-A replica acquires the Lease (or waits for it to expire), then renews it; a leader that
-fails to renew before the Lease would expire exits at once, so two leaders never act
-together: the one that lost its Lease is gone before another can take it.
+A replica acquires the Lease (or waits for it to expire), then renews it every
+``retry_seconds``. It acts only while it knows it holds the Lease: every write checks
+`LeaderElector.holds` first, which is true only within ``renew_deadline_seconds`` (shorter
+than the Lease's duration) of the start of the last successful renewal, measured on the
+monotonic clock. A process that was frozen (SIGSTOP, a long pause) finds on resuming that its
+deadline has passed and exits before its next write, and another replica can take the Lease
+only once it has expired, after the deadline: the two never act together. Failover takes at
+most the Lease's duration plus one retry period.
 """
 
 from __future__ import annotations
@@ -18,8 +23,9 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 log = logging.getLogger("gpufleet.leader")
-LEASE_SECONDS = 15
-RENEW_SECONDS = 5
+LEASE_SECONDS = 10
+RENEW_DEADLINE_SECONDS = 7
+RETRY_SECONDS = 2
 
 
 def _now() -> dt.datetime:
@@ -40,18 +46,56 @@ class LeaderElector:
         namespace: str,
         name: str = "gpufleet-operator",
         identity: str | None = None,
+        lease_seconds: int = LEASE_SECONDS,
+        renew_deadline_seconds: float = RENEW_DEADLINE_SECONDS,
+        retry_seconds: float = RETRY_SECONDS,
     ) -> None:
+        if not 0 < retry_seconds < renew_deadline_seconds < lease_seconds:
+            raise ValueError(
+                "leader election needs 0 < retry period < renew deadline < lease duration, got "
+                f"{retry_seconds} / {renew_deadline_seconds} / {lease_seconds}"
+            )
         self.api = coordination
         self.namespace = namespace
         self.name = name
+        self.lease_seconds = lease_seconds
+        self.renew_deadline_seconds = renew_deadline_seconds
+        self.retry_seconds = retry_seconds
+        self.renewed_at: float | None = None  # monotonic start of the last successful renewal
         # The pod name when run in a pod (the chart sets POD_NAME), else host and process.
         self.identity = identity or os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
 
+    def holds(self) -> bool:
+        """Whether this replica may act: it renewed the Lease within the renew deadline."""
+        return (
+            self.renewed_at is not None and time.monotonic() - self.renewed_at < self.renew_deadline_seconds
+        )
+
+    def fence(self) -> None:
+        """Called before every write: a replica that no longer knows it leads exits instead."""
+        if not self.holds():
+            log.error(
+                "leader: lease %s/%s not renewed in time; exiting before writing", self.namespace, self.name
+            )
+            self.stop()
+
+    def stop(self) -> None:
+        """Ends the process at once: nothing it still has in flight may reach the API server."""
+        logging.shutdown()
+        os._exit(1)
+
     def _try_acquire(self) -> bool:
+        started = time.monotonic()
+        if self._write_lease():
+            self.renewed_at = started
+            return True
+        return False
+
+    def _write_lease(self) -> bool:
         now = _now()
         spec = client.V1LeaseSpec(
             holder_identity=self.identity,
-            lease_duration_seconds=LEASE_SECONDS,
+            lease_duration_seconds=self.lease_seconds,
             acquire_time=now,
             renew_time=now,
         )
@@ -87,22 +131,22 @@ class LeaderElector:
     def acquire(self) -> None:
         """Blocks until this replica holds the Lease, then renews it in the background."""
         while not self._try_acquire():
-            time.sleep(RENEW_SECONDS)
+            time.sleep(self.retry_seconds)
         log.info("leader: %s holds lease %s/%s", self.identity, self.namespace, self.name)
         threading.Thread(target=self._renew, name="lease-renewal", daemon=True).start()
 
     def _renew(self) -> None:
-        last_renewal = time.monotonic()
         while True:
-            time.sleep(RENEW_SECONDS)
+            time.sleep(self.retry_seconds)
             try:
-                if self._try_acquire():
-                    last_renewal = time.monotonic()
+                if self.holds() and self._try_acquire():
                     continue
-                log.error("leader: lease %s/%s taken by another replica; exiting", self.namespace, self.name)
+                log.error(
+                    "leader: lease %s/%s lost or taken by another replica; exiting", self.namespace, self.name
+                )
             except Exception as error:
-                if time.monotonic() - last_renewal < LEASE_SECONDS - RENEW_SECONDS:
+                if self.holds():
                     log.warning("leader: renewal failed (%s); retrying", error)
                     continue
                 log.error("leader: could not renew lease %s/%s in time; exiting", self.namespace, self.name)
-            os._exit(1)
+            self.stop()

@@ -17,7 +17,7 @@ from prometheus_client import start_http_server
 from gpufleet.core.workerpod import WorkerEnv
 
 from .kube import Kube, load_client
-from .leader import LeaderElector
+from .leader import LEASE_SECONDS, RENEW_DEADLINE_SECONDS, RETRY_SECONDS, LeaderElector
 from .state import Operator, read_key
 
 
@@ -32,6 +32,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="secret key the pools' worker tokens are derived from",
     )
     parser.add_argument("--leader-election-namespace", help="hold a Lease here; omit to run without election")
+    parser.add_argument(
+        "--lease-seconds", type=int, default=LEASE_SECONDS, help="how long a Lease holds without renewal"
+    )
+    parser.add_argument(
+        "--renew-deadline-seconds",
+        type=float,
+        default=RENEW_DEADLINE_SECONDS,
+        help="a leader that has not renewed for this long stops writing and exits (< lease)",
+    )
+    parser.add_argument(
+        "--retry-period-seconds",
+        type=float,
+        default=RETRY_SECONDS,
+        help="how often the leader renews and a standby tries to take the Lease",
+    )
     parser.add_argument("--metrics-port", type=int, default=8080)
     parser.add_argument("--health-port", type=int, default=8081)
     parser.add_argument("--bind-address", default="0.0.0.0", help="address for metrics and health")
@@ -71,8 +86,17 @@ def run(args: argparse.Namespace) -> int:
     kopf.configure(verbose=args.verbose)  # sets up logging for kopf and for us
     for noisy in ("kubernetes", "httpx", "httpcore", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    elector = None
+    if args.leader_election_namespace:
+        elector = LeaderElector(
+            client.CoordinationV1Api(load_client()),
+            args.leader_election_namespace,
+            lease_seconds=args.lease_seconds,
+            renew_deadline_seconds=args.renew_deadline_seconds,
+            retry_seconds=args.retry_period_seconds,
+        )
     operator = Operator(
-        kube=Kube(load_client()),
+        kube=Kube(load_client(), fence=elector.fence if elector else None),
         http=httpx.AsyncClient(limits=httpx.Limits(max_connections=256, max_keepalive_connections=64)),
         token_key=read_key(args.token_key_file),
         worker_env=WorkerEnv(
@@ -80,12 +104,12 @@ def run(args: argparse.Namespace) -> int:
         ),
         worker_port=args.worker_port,
     )
-    if args.leader_election_namespace:
+    if elector is not None:
         # A standby replica is healthy while it waits for the Lease: answer /healthz until
         # it leads, then hand the port to kopf's own liveness endpoint.
         standby = StandbyHealth(args.bind_address, args.health_port)
         try:
-            LeaderElector(client.CoordinationV1Api(load_client()), args.leader_election_namespace).acquire()
+            elector.acquire()
         finally:
             standby.close()
     start_http_server(args.metrics_port, addr=args.bind_address)

@@ -1,0 +1,73 @@
+"""Leader election on the real API server: a replica that was frozen past its renew deadline
+stops before its next write, and another takes the Lease only after that deadline."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from gpufleet.controller.kube import Kube
+from gpufleet.controller.leader import LeaderElector
+from gpufleet.localcluster.waiting import wait_for
+
+pytestmark = [pytest.mark.cluster]
+
+
+class Exited(Exception):
+    pass
+
+
+def elector(cluster: Any, namespace: str, identity: str) -> LeaderElector:
+    return LeaderElector(
+        client.CoordinationV1Api(cluster.api_client()),
+        namespace,
+        identity=identity,
+        lease_seconds=3,
+        renew_deadline_seconds=2,
+        retry_seconds=0.5,
+    )
+
+
+def test_a_frozen_leader_stops_before_another_takes_over(cluster, namespace):
+    exits: list[str] = []
+
+    def stop_instead() -> None:
+        exits.append("stopped")
+        raise Exited
+
+    first, second = elector(cluster, namespace, "first"), elector(cluster, namespace, "second")
+    first.stop = stop_instead  # type: ignore[method-assign]
+    assert first._try_acquire() and first.holds()
+    assert not second._try_acquire()  # held, not expired
+
+    # The first replica freezes: it renews no more, and its clock runs on meanwhile.
+    frozen_at = time.monotonic()
+    took_over = wait_for(
+        lambda: second._try_acquire(), bool, 30, interval=0.1, what="the second replica takes the Lease"
+    )
+    assert took_over
+    took_over_after = time.monotonic() - frozen_at
+    # It could not take over before the first one's renew deadline had passed...
+    assert took_over_after >= first.renew_deadline_seconds
+    assert not first.holds()
+    # ...and the first one, resumed, exits at its next write instead of writing.
+    kube = Kube(cluster.api_client(), fence=first.fence)
+    with pytest.raises(Exited):
+        asyncio.run(kube.patch_status("generationjobs", namespace, "any", {"phase": "Running"}))
+    assert exits == ["stopped"]
+    lease = client.CoordinationV1Api(cluster.api_client()).read_namespaced_lease(
+        "gpufleet-operator", namespace
+    )
+    assert lease.spec.holder_identity == "second"
+
+
+def test_timings_that_would_let_two_leaders_overlap_are_refused(cluster):
+    api = client.CoordinationV1Api(cluster.api_client())
+    with pytest.raises(ValueError, match="renew deadline < lease duration"):
+        LeaderElector(api, "default", lease_seconds=5, renew_deadline_seconds=5, retry_seconds=1)
+    with pytest.raises(ValueError, match="retry period < renew deadline"):
+        LeaderElector(api, "default", lease_seconds=5, renew_deadline_seconds=2, retry_seconds=3)
