@@ -21,6 +21,7 @@ Config file (YAML or JSON, camelCase)::
     localOutputRoot: /data/artifacts # enables file:/// output URIs under this folder
     imageFetch: {maxBytes: 20Mi, timeoutSeconds: 10, allowedNetworks: []}
     keepFinishedJobs: 1000
+    maxRequestBytes: 1Mi             # larger request bodies get 413
 
 Environment: ``GPUFLEET_WORKER_CONFIG`` (config file path), ``POD_NAME``,
 ``GPUFLEET_SIMULATED_GPU_PRODUCT`` / ``_MEMORY`` / ``_COUNT`` (the simulated GPU),
@@ -127,6 +128,8 @@ class WorkerConfig(CamelModel):
     local_output_root: Path | None = None
     image_fetch: ImageFetchConfig = Field(default_factory=ImageFetchConfig)
     keep_finished_jobs: int = Field(default=1000, ge=1)
+    # The largest submit is a few tens of KiB (two 4000-character prompts, three URLs).
+    max_request_bytes: Bytes = Field(default=2**20, gt=0, le=2**30)
 
     @model_validator(mode="after")
     def _unique_model_names(self) -> WorkerConfig:
@@ -189,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="let input images come from this private network (repeatable)",
     )
     parser.add_argument("--image-max-bytes", help="largest input image, e.g. 20Mi")
+    parser.add_argument("--max-request-bytes", help="largest request body, e.g. 1Mi (default)")
     return parser
 
 
@@ -230,6 +234,7 @@ def load_config(argv: list[str] | None = None, env: dict[str, str] | None = None
         "device": args.device,
         "maxJobsPerGpu": args.max_jobs_per_gpu,
         "localOutputRoot": args.local_output_root,
+        "maxRequestBytes": args.max_request_bytes,
         "models": [parse_model_flag(m) for m in args.model] if args.model else None,
     }
     data.update({key: value for key, value in flags.items() if value is not None})

@@ -110,6 +110,7 @@ class Reason(StrEnum):
     # refusals of a request
     UNAUTHORIZED = "Unauthorized"
     INVALID_REQUEST = "InvalidRequest"
+    REQUEST_TOO_LARGE = "RequestTooLarge"
     UNKNOWN_MODEL = "UnknownModel"
     UNSUPPORTED_TASK = "UnsupportedTask"
     UNSUPPORTED_OUTPUT = "UnsupportedOutput"
