@@ -44,6 +44,14 @@ from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from gpufleet.api.inputs import CamelModel, Task
 from gpufleet.api.quantity import parse_quantity
+from gpufleet.api.servedmodels import (
+    MAX_MODEL_NAME_CHARS,
+    MAX_MODEL_SOURCE_CHARS,
+    MODEL_NAME_PATTERN,
+    MODEL_SOURCE_PATTERN,
+    WORKER_SOURCE_RULE,
+    worker_loads,
+)
 
 
 def parse_bytes(value: Any) -> Any:
@@ -55,13 +63,14 @@ def parse_bytes(value: Any) -> Any:
 
 Bytes = Annotated[int, BeforeValidator(parse_bytes)]
 
-BUILTIN_SCHEME = "builtin://"
-FILE_SCHEME = "file://"
-
 
 class ModelSpec(CamelModel):
-    name: str = Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9._]*[a-z0-9])?$")
-    source: str = Field(description="builtin://tiny-sd, or file:///path of a diffusers model directory.")
+    name: str = Field(min_length=1, max_length=MAX_MODEL_NAME_CHARS, pattern=MODEL_NAME_PATTERN)
+    source: str = Field(
+        max_length=MAX_MODEL_SOURCE_CHARS,
+        pattern=MODEL_SOURCE_PATTERN,
+        description="builtin://tiny-sd, or file:///path of a diffusers model directory.",
+    )
     vram: Bytes = Field(gt=0, description="VRAM one resident copy holds.")
     tasks: list[Task] | None = Field(
         default=None, description="Tasks to accept; default: every task the model supports."
@@ -69,12 +78,9 @@ class ModelSpec(CamelModel):
 
     @field_validator("source")
     @classmethod
-    def _known_scheme(cls, source: str) -> str:
-        if not source.startswith((BUILTIN_SCHEME, FILE_SCHEME)):
-            raise ValueError(
-                f"source {source!r} must start with {BUILTIN_SCHEME} or {FILE_SCHEME} "
-                "(copy s3:// and pvc:// models into a local directory first)"
-            )
+    def _loadable(cls, source: str) -> str:
+        if not worker_loads(source):
+            raise ValueError(f"source {source!r}: {WORKER_SOURCE_RULE}")
         return source
 
 
