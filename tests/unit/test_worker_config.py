@@ -61,11 +61,18 @@ def test_the_written_config_reads_back_and_never_holds_credentials(tmp_path: Pat
         (["--model", MODEL, "--port", "70000"], "port"),
         (["--model", MODEL, "--allow-image-network", "not-a-cidr"], "allowedNetworks"),
         (["--model", MODEL, "--simulated-gpu-memory", "0"], "simulatedGpu.memory"),
+        (["--model", MODEL, "--max-request-bytes", "0"], "maxRequestBytes"),
     ],
 )
 def test_bad_settings_are_refused_naming_the_field(argv: list[str], field: str) -> None:
     with pytest.raises(ValidationError, match=field.replace(".", r"\.")):
         load_config(["--token-file", "/run/token", *argv], env={})
+
+
+def test_request_bodies_are_limited_to_1mi_unless_configured() -> None:
+    assert load_config(["--token-file", "/t", "--model", MODEL], env={}).max_request_bytes == 2**20
+    flagged = load_config(["--token-file", "/t", "--model", MODEL, "--max-request-bytes", "64Ki"], env={})
+    assert flagged.max_request_bytes == 64 * 1024
 
 
 def test_a_model_flag_must_be_key_value_pairs() -> None:

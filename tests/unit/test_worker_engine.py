@@ -200,6 +200,32 @@ def test_requests_for_what_the_worker_cannot_do_are_refused(tmp_path: Path) -> N
     engine.shutdown()
 
 
+@pytest.mark.parametrize(
+    ("output_uri", "rule"),
+    [
+        ("s3://169.254.169.254/latest/", "must not be an IP address"),
+        ("s3://10.0.0.7/out/", "must not be an IP address"),
+        ("s3://my..bucket/out/", "must not contain '..', '.-' or '-.'"),
+        ("s3://bucket/studio/../other/", "'.' and '..' path segments"),
+        ("s3://bucket/./studio/", "'.' and '..' path segments"),
+        ("file://{root}/a/../b/", "'.' and '..' path segments"),
+    ],
+)
+def test_outputs_that_can_never_be_written_are_refused_before_any_gpu_time(
+    tmp_path: Path, output_uri: str, rule: str
+) -> None:
+    pipeline = FakePipeline()
+    engine = make_engine(tmp_path, pipeline)
+    bad = request(tmp_path).model_copy(update={"output_uri": output_uri.format(root=tmp_path)})
+    weights = reserved(engine)
+    with pytest.raises(Refusal) as refused:
+        engine.submit(bad)
+    assert refused.value.reason is Reason.UNSUPPORTED_OUTPUT
+    assert refused.value.message.startswith("outputUri: ") and rule in refused.value.message
+    assert (engine.runs(), reserved(engine), pipeline.calls) == ([], weights, 0)
+    engine.shutdown()
+
+
 def test_only_the_newest_finished_runs_are_kept(tmp_path: Path) -> None:
     engine = make_engine(tmp_path, FakePipeline(), keepFinishedJobs=2)
     for job in ("a", "b", "c", "d"):

@@ -38,7 +38,17 @@ from gpufleet.api.inputs import (
     Task,
     input_problems,
 )
+from gpufleet.api.outputs import OUTPUT_URI_PATTERN, UNWRITABLE, cel_rule, output_uri_problems
 from gpufleet.api.quantity import parse_quantity
+from gpufleet.api.servedmodels import (
+    BUILTIN_SCHEME,
+    DIFFUSERS_SOURCE_RULE,
+    FILE_SCHEME,
+    MAX_MODEL_NAME_CHARS,
+    MAX_MODEL_SOURCE_CHARS,
+    MODEL_NAME_PATTERN,
+    MODEL_SOURCE_PATTERN,
+)
 
 GROUP = labels.GROUP
 VERSION = "v1alpha1"
@@ -48,7 +58,6 @@ MAX_MODELS = 32
 MAX_REPLICAS = 1000
 MAX_GPUS_PER_WORKER = 16
 MAX_JOBS_PER_GPU = 64
-MAX_NAME_CHARS = 128
 MAX_URI_CHARS = 2048
 MAX_WORKERS_IN_STATUS = MAX_REPLICAS
 MAX_ARTIFACTS = 256
@@ -57,15 +66,6 @@ MAX_TIMEOUT_SECONDS = 7 * 24 * 3600
 MAX_TTL_SECONDS = 365 * 24 * 3600
 MAX_PRIORITY = 1_000_000
 
-MODEL_NAME_PATTERN = r"^[A-Za-z0-9]([A-Za-z0-9._/-]*[A-Za-z0-9])?$"
-_S3_BUCKET = r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]"
-MODEL_SOURCE_PATTERN = (
-    r"^(builtin://[a-z0-9]([-a-z0-9.]*[a-z0-9])?"
-    r"|file:///\S+"
-    rf"|s3://{_S3_BUCKET}/\S+"
-    r"|pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?/\S*)$"
-)
-OUTPUT_URI_PATTERN = rf"^s3://{_S3_BUCKET}(/\S*)?$"
 IMAGE_PATTERN = (
     r"^[a-z0-9]([a-z0-9._-]*[a-z0-9])?(:[0-9]{1,5})?(/[a-z0-9]([a-z0-9._-]*[a-z0-9])?)*"
     r"(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[a-f0-9]{64})?$"
@@ -100,14 +100,20 @@ class ServedModel(CamelModel):
     """A model the pool's workers serve."""
 
     name: str = Field(
-        max_length=MAX_NAME_CHARS,
+        max_length=MAX_MODEL_NAME_CHARS,
         pattern=MODEL_NAME_PATTERN,
-        description="What jobs write in spec.model, e.g. tiny-sd or sdxl-base-1.0.",
+        description=(
+            "What jobs write in spec.model, e.g. tiny-sd or sdxl-base-1.0: lower-case letters, "
+            "digits, '-', '.' and '_'."
+        ),
     )
     source: str = Field(
-        max_length=MAX_URI_CHARS,
+        max_length=MAX_MODEL_SOURCE_CHARS,
         pattern=MODEL_SOURCE_PATTERN,
-        description="Where the weights are: builtin://NAME, file:///path, s3://bucket/key or pvc://claim/path.",
+        description=(
+            "Where the weights are: builtin://NAME, file:///path, s3://bucket/key or pvc://claim/path "
+            "(no spaces or commas). Runtime diffusers loads file:/// only."
+        ),
     )
     vram: VramQuantity = Field(description="GPU memory one loaded copy needs, e.g. 2Gi.")
 
@@ -454,8 +460,13 @@ class WorkerPoolSpec(CamelModel):
                 field_path=".models",
             ),
             rule(
-                "self.models.all(m, m.source.startsWith('builtin://') == (self.runtime == 'builtin'))",
+                f"self.models.all(m, m.source.startsWith('{BUILTIN_SCHEME}') == (self.runtime == 'builtin'))",
                 SOURCE_SCHEME_RULE,
+                field_path=".models",
+            ),
+            rule(
+                f"self.runtime != 'diffusers' || self.models.all(m, m.source.startsWith('{FILE_SCHEME}'))",
+                DIFFUSERS_SOURCE_RULE,
                 field_path=".models",
             ),
         )
@@ -493,10 +504,13 @@ class WorkerPoolSpec(CamelModel):
         mismatched = [
             m.name
             for m in self.models
-            if m.source.startswith("builtin://") != (self.runtime is Runtime.BUILTIN)
+            if m.source.startswith(BUILTIN_SCHEME) != (self.runtime is Runtime.BUILTIN)
         ]
         if mismatched:
             raise ValueError(f"{SOURCE_SCHEME_RULE}; runtime {self.runtime.value}: {', '.join(mismatched)}")
+        unloadable = [m.name for m in self.models if not m.source.startswith(FILE_SCHEME)]
+        if self.runtime is Runtime.DIFFUSERS and unloadable:
+            raise ValueError(f"{DIFFUSERS_SOURCE_RULE}; not file:///: {', '.join(unloadable)}")
         return self
 
 
@@ -522,8 +536,8 @@ class WorkerStatus(CamelModel):
     node: DnsSubdomain | None = None
     ready: bool = False
     gpus: list[GpuStatus] = Field(default_factory=list, max_length=MAX_GPUS_PER_WORKER)
-    loaded_models: Annotated[list[Annotated[str, Field(max_length=MAX_NAME_CHARS)]], UniqueItems()] = Field(
-        default_factory=list, max_length=MAX_MODELS
+    loaded_models: Annotated[list[Annotated[str, Field(max_length=MAX_MODEL_NAME_CHARS)]], UniqueItems()] = (
+        Field(default_factory=list, max_length=MAX_MODELS)
     )
     jobs: Annotated[list[Annotated[str, Field(max_length=253)]], UniqueItems()] = Field(
         default_factory=list,
@@ -588,7 +602,12 @@ class OutputSpec(CamelModel):
         )
     )
 
-    uri: str = Field(max_length=1024, pattern=OUTPUT_URI_PATTERN, description="S3-compatible URI prefix.")
+    uri: str = Field(
+        max_length=1024,
+        pattern=OUTPUT_URI_PATTERN,
+        description="S3-compatible URI prefix.",
+        json_schema_extra=validations(*(rule(cel_rule(r), f"output.uri: {r.message}") for r in UNWRITABLE)),
+    )
 
     @field_validator("uri", mode="before")
     @classmethod
@@ -597,6 +616,13 @@ class OutputSpec(CamelModel):
         if isinstance(value, str) and not value.startswith("s3://"):
             raise ValueError(OUTPUT_SCHEME_RULE)
         return value
+
+    @field_validator("uri")
+    @classmethod
+    def _writable(cls, uri: str) -> str:
+        if problems := output_uri_problems(uri):
+            raise ValueError("; ".join(f"output.uri: {problem}" for problem in problems))
+        return uri
 
 
 IMMUTABLE_SPEC_RULE = "is immutable: a GenerationJob's spec cannot change after creation, except spec.cancel"
@@ -662,7 +688,9 @@ class GenerationJobSpec(CamelModel):
     pool_ref: PoolRef
     task: Task
     model: str = Field(
-        max_length=MAX_NAME_CHARS, pattern=MODEL_NAME_PATTERN, description="One of the pool's models[].name."
+        max_length=MAX_MODEL_NAME_CHARS,
+        pattern=MODEL_NAME_PATTERN,
+        description="One of the pool's models[].name.",
     )
     input: JobInput
     vram: VramQuantity | None = Field(

@@ -176,11 +176,13 @@ def _schema(kind: str, part: str) -> Json:
 
 
 def _repair_pool_spec(spec: Json) -> Json:
-    builtin = spec.get("runtime", models.Runtime.BUILTIN) == models.Runtime.BUILTIN
+    runtime = spec.get("runtime", models.Runtime.BUILTIN)
     for index, model in enumerate(spec["models"]):
-        is_builtin = model["source"].startswith("builtin://")
-        if builtin != is_builtin:
-            model["source"] = f"builtin://model-{index}" if builtin else f"file:///models/{index}"
+        builtin = model["source"].startswith("builtin://")
+        if runtime == models.Runtime.BUILTIN and not builtin:
+            model["source"] = f"builtin://model-{index}"
+        elif builtin or (runtime == models.Runtime.DIFFUSERS and not model["source"].startswith("file://")):
+            model["source"] = f"file:///models/{index}"
     gpu = spec.get("gpu", {})
     if "minMemory" in gpu:
         gpu["minMemory"] = "1Pi"  # fits every drawn model

@@ -1,7 +1,8 @@
 """A kubelet stand-in: runs the pods bound to simulated GPU nodes as local processes.
 
-For each pod bound to one of its nodes it gives the pod its own loopback address
-(127.1.x.y) as pod IP, so many workers can listen on the same port; materializes its
+For each pod bound to one of its nodes it gives the pod its own loopback address as pod
+IP, from a 127.N.0.0/16 no other local cluster on the machine holds (``podnetwork``), so
+many workers can listen on the same port; materializes its
 volumes (Secrets, ConfigMaps, projected ServiceAccount tokens from the TokenRequest API,
 downward API, emptyDir) under the pod's directory; runs each container's command with the
 pod's environment; honours startup, readiness and liveness probes and the restart policy; reports
@@ -45,8 +46,9 @@ from kubernetes.client.rest import ApiException
 
 from gpufleet import labels
 
-from . import simnodes
+from . import podnetwork, simnodes
 from .controlplane import write_kubeconfig
+from .podnetwork import IPPool
 from .podspec import (
     ContainerState,
     PodSpecError,
@@ -71,28 +73,6 @@ CONFIG_RETRY_SECONDS = 1.0
 
 def now_rfc3339() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-class IPPool:
-    """Loopback addresses for pods: 127.1.0.1 upwards, reused after a pod is gone."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._next = int(ipaddress.IPv4Address("127.1.0.1"))
-        self._free: list[int] = []
-
-    def allocate(self) -> str:
-        with self._lock:
-            if self._free:
-                return str(ipaddress.IPv4Address(self._free.pop()))
-            while (self._next & 0xFF) in (0, 255):  # skip network/broadcast-looking addresses
-                self._next += 1
-            self._next += 1
-            return str(ipaddress.IPv4Address(self._next - 1))
-
-    def release(self, address: str) -> None:
-        with self._lock:
-            self._free.append(int(ipaddress.IPv4Address(address)))
 
 
 class Probe:
@@ -595,7 +575,13 @@ class PodRunner(threading.Thread):
 class LocalKubelet:
     """Registers the simulated nodes, keeps them Ready, and runs their pods."""
 
-    def __init__(self, kubeconfig: Path, nodes: list[simnodes.SimNode], state_dir: Path) -> None:
+    def __init__(
+        self,
+        kubeconfig: Path,
+        nodes: list[simnodes.SimNode],
+        state_dir: Path,
+        pod_network: ipaddress.IPv4Network,
+    ) -> None:
         configuration = client.Configuration()
         config.load_kube_config(str(kubeconfig), client_configuration=configuration)
         configuration.connection_pool_maxsize = 64
@@ -607,7 +593,7 @@ class LocalKubelet:
         self.ca_cert = Path(str(configuration.ssl_ca_cert))
         self.nodes = {n.name: n for n in nodes}
         self.state_dir = state_dir
-        self.ips = IPPool()
+        self.ips = IPPool(pod_network)
         self.runners: dict[tuple[str, str], PodRunner] = {}
         self.terminating: set[tuple[tuple[str, str], str]] = set()
         self.lock = threading.Lock()
@@ -740,7 +726,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("kubernetes").setLevel(logging.WARNING)
     nodes = simnodes.load_fleet(args.fleet) if args.fleet else list(simnodes.DEFAULT_FLEET)
     args.state_dir.mkdir(parents=True, exist_ok=True)
-    kubelet = LocalKubelet(args.kubeconfig, nodes, args.state_dir)
+    pod_network = podnetwork.claim()  # held until this process exits
+    log.info("pod addresses from %s", pod_network.network)
+    kubelet = LocalKubelet(args.kubeconfig, nodes, args.state_dir, pod_network.network)
 
     def on_signal(signum, _frame):
         kubelet.shutdown()

@@ -37,6 +37,13 @@ compares in constant time. A missing or wrong token gets `401` with reason `Unau
 and `WWW-Authenticate: {p.AUTH_SCHEME}`. For Prometheus, give the scrape job the same
 token (for example a ServiceMonitor's `authorization` from the pool's Secret).
 
+The token is checked before the request body is read: a caller without it gets `401`
+whatever it sends (never a parse error), and its body is not read or held. An authenticated
+request whose body is over the worker's `maxRequestBytes` (default 1 MiB; a submit is a few
+tens of KiB) gets `413` with reason `RequestTooLarge`, as soon as its `Content-Length`
+says so or, for a chunked body, once that many bytes have arrived. Only then is the body
+parsed: malformed JSON or fields that break the rules get `422` with reason `InvalidRequest`.
+
 ## Runs and idempotency
 
 One attempt of a GenerationJob on a worker is a *run*, named

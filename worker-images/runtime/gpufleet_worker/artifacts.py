@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from gpufleet.api.outputs import output_uri_problems
+
 from .config import S3Config
 from .protocol import Artifact
 
@@ -55,6 +57,8 @@ class ArtifactStore:
 
     def output_problem(self, output_uri: str) -> str | None:
         """Why this worker cannot write under ``output_uri``, or None."""
+        if problems := output_uri_problems(output_uri):
+            return "; ".join(f"outputUri: {problem}" for problem in problems)
         if output_uri.startswith(S3_PREFIX):
             return None
         if output_uri.startswith(FILE_PREFIX):

@@ -21,6 +21,7 @@ Config file (YAML or JSON, camelCase)::
     localOutputRoot: /data/artifacts # enables file:/// output URIs under this folder
     imageFetch: {maxBytes: 20Mi, timeoutSeconds: 10, allowedNetworks: []}
     keepFinishedJobs: 1000
+    maxRequestBytes: 1Mi             # larger request bodies get 413
 
 Environment: ``GPUFLEET_WORKER_CONFIG`` (config file path), ``POD_NAME``,
 ``GPUFLEET_SIMULATED_GPU_PRODUCT`` / ``_MEMORY`` / ``_COUNT`` (the simulated GPU),
@@ -43,6 +44,14 @@ from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from gpufleet.api.inputs import CamelModel, Task
 from gpufleet.api.quantity import parse_quantity
+from gpufleet.api.servedmodels import (
+    MAX_MODEL_NAME_CHARS,
+    MAX_MODEL_SOURCE_CHARS,
+    MODEL_NAME_PATTERN,
+    MODEL_SOURCE_PATTERN,
+    WORKER_SOURCE_RULE,
+    worker_loads,
+)
 
 
 def parse_bytes(value: Any) -> Any:
@@ -54,13 +63,14 @@ def parse_bytes(value: Any) -> Any:
 
 Bytes = Annotated[int, BeforeValidator(parse_bytes)]
 
-BUILTIN_SCHEME = "builtin://"
-FILE_SCHEME = "file://"
-
 
 class ModelSpec(CamelModel):
-    name: str = Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9._]*[a-z0-9])?$")
-    source: str = Field(description="builtin://tiny-sd, or file:///path of a diffusers model directory.")
+    name: str = Field(min_length=1, max_length=MAX_MODEL_NAME_CHARS, pattern=MODEL_NAME_PATTERN)
+    source: str = Field(
+        max_length=MAX_MODEL_SOURCE_CHARS,
+        pattern=MODEL_SOURCE_PATTERN,
+        description="builtin://tiny-sd, or file:///path of a diffusers model directory.",
+    )
     vram: Bytes = Field(gt=0, description="VRAM one resident copy holds.")
     tasks: list[Task] | None = Field(
         default=None, description="Tasks to accept; default: every task the model supports."
@@ -68,12 +78,9 @@ class ModelSpec(CamelModel):
 
     @field_validator("source")
     @classmethod
-    def _known_scheme(cls, source: str) -> str:
-        if not source.startswith((BUILTIN_SCHEME, FILE_SCHEME)):
-            raise ValueError(
-                f"source {source!r} must start with {BUILTIN_SCHEME} or {FILE_SCHEME} "
-                "(copy s3:// and pvc:// models into a local directory first)"
-            )
+    def _loadable(cls, source: str) -> str:
+        if not worker_loads(source):
+            raise ValueError(f"source {source!r}: {WORKER_SOURCE_RULE}")
         return source
 
 
@@ -127,6 +134,8 @@ class WorkerConfig(CamelModel):
     local_output_root: Path | None = None
     image_fetch: ImageFetchConfig = Field(default_factory=ImageFetchConfig)
     keep_finished_jobs: int = Field(default=1000, ge=1)
+    # The largest submit is a few tens of KiB (two 4000-character prompts, three URLs).
+    max_request_bytes: Bytes = Field(default=2**20, gt=0, le=2**30)
 
     @model_validator(mode="after")
     def _unique_model_names(self) -> WorkerConfig:
@@ -189,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="let input images come from this private network (repeatable)",
     )
     parser.add_argument("--image-max-bytes", help="largest input image, e.g. 20Mi")
+    parser.add_argument("--max-request-bytes", help="largest request body, e.g. 1Mi (default)")
     return parser
 
 
@@ -230,6 +240,7 @@ def load_config(argv: list[str] | None = None, env: dict[str, str] | None = None
         "device": args.device,
         "maxJobsPerGpu": args.max_jobs_per_gpu,
         "localOutputRoot": args.local_output_root,
+        "maxRequestBytes": args.max_request_bytes,
         "models": [parse_model_flag(m) for m in args.model] if args.model else None,
     }
     data.update({key: value for key, value in flags.items() if value is not None})

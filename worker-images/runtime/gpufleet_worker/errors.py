@@ -14,6 +14,7 @@ STATUS_CODES = {
     Reason.UNKNOWN_MODEL: 422,
     Reason.UNSUPPORTED_TASK: 422,
     Reason.UNSUPPORTED_OUTPUT: 422,
+    Reason.REQUEST_TOO_LARGE: 413,
     Reason.NOT_READY: 503,
 }
 

@@ -21,6 +21,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from gpufleet.api.inputs import MAX_URL_CHARS, CamelModel, JobInput, Task
+from gpufleet.api.outputs import S3_BUCKET_PATTERN
 
 # --- auth -----------------------------------------------------------------------------------
 
@@ -110,6 +111,7 @@ class Reason(StrEnum):
     # refusals of a request
     UNAUTHORIZED = "Unauthorized"
     INVALID_REQUEST = "InvalidRequest"
+    REQUEST_TOO_LARGE = "RequestTooLarge"
     UNKNOWN_MODEL = "UnknownModel"
     UNSUPPORTED_TASK = "UnsupportedTask"
     UNSUPPORTED_OUTPUT = "UnsupportedOutput"
@@ -122,7 +124,7 @@ class Reason(StrEnum):
 
 # --- requests -------------------------------------------------------------------------------
 
-OUTPUT_URI_PATTERN = r"^(s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/|file:///)(.*/)?$"
+OUTPUT_URI_PATTERN = rf"^(s3://{S3_BUCKET_PATTERN}/|file:///)(.*/)?$"
 
 
 class SubmitRequest(CamelModel):
@@ -151,7 +153,9 @@ class SubmitRequest(CamelModel):
         description=(
             "Prefix the artifacts are written under, ending in '/': s3://bucket/prefix/ or, "
             "where the worker has a local output root, file:///path/. Artifact i is "
-            "<outputUri>image-<i>.png."
+            "<outputUri>image-<i>.png. Refused with UnsupportedOutput before the run starts "
+            "when it can never be written: a bucket that is an IP address or holds '..', '.-' "
+            "or '-.', a '.' or '..' path segment."
         ),
     )
 

@@ -17,6 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from . import protocol as p
 from .errors import Refusal
+from .gate import RequestGate, refusal_response
 from .protocol import ErrorResponse, Reason
 
 if TYPE_CHECKING:
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 
 KEEPALIVE_SECONDS = 15.0
 API_VERSION = "v1"
+PUBLIC_PATHS = (p.HEALTHZ, p.READYZ)  # every other path needs the token
 
 
 class EventHub:
@@ -60,11 +62,6 @@ class EventHub:
                 future.set_result(None)
 
 
-def _error(status_code: int, reason: Reason, message: str, **extra: Any) -> JSONResponse:
-    body = ErrorResponse(reason=reason, message=message, **extra)
-    return JSONResponse(status_code=status_code, content=body.model_dump(by_alias=True, exclude_none=True))
-
-
 def _field_path(location: tuple[Any, ...]) -> str:
     # ("body", "input", "width") -> "input.width"; query/path/header keep their kind.
     parts = [str(part) for part in location]
@@ -85,17 +82,16 @@ def _runtime(request: Request) -> Runtime:
     return runtime
 
 
-def require_token(
+def authorized_runtime(
     request: Request,
     _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> Runtime:
-    runtime = _runtime(request)
-    if not runtime.tokens.accepts(request.headers.get(p.AUTH_HEADER)):
-        raise Refusal(Reason.UNAUTHORIZED, "a valid bearer token is required")
-    return runtime
+    """The runtime, for a route behind the token. RequestGate has checked the token before
+    the body was read; ``bearer`` declares the scheme in the API's schema."""
+    return _runtime(request)
 
 
-Authorized = Annotated["Runtime", Depends(require_token)]
+Authorized = Annotated["Runtime", Depends(authorized_runtime)]
 RunId = Annotated[str, Path(pattern=p.RUN_ID_PATTERN, max_length=520, description="run_id(jobId, attempt)")]
 
 
@@ -131,21 +127,22 @@ def create_app(runtime: Runtime | None) -> FastAPI:
         redoc_url=None,
     )
     app.state.runtime = runtime
+    if runtime is not None:
+        app.add_middleware(
+            RequestGate,
+            accepts=runtime.tokens.accepts,
+            public_paths=PUBLIC_PATHS,
+            max_body_bytes=runtime.config.max_request_bytes,
+        )
 
     @app.exception_handler(Refusal)
     async def refusal(_request: Request, error: Refusal) -> JSONResponse:
-        headers = {"WWW-Authenticate": p.AUTH_SCHEME} if error.reason is Reason.UNAUTHORIZED else None
-        response = error.response()
-        return JSONResponse(
-            status_code=error.status_code,
-            content=response.model_dump(by_alias=True, exclude_none=True),
-            headers=headers,
-        )
+        return refusal_response(error)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_request: Request, error: RequestValidationError) -> JSONResponse:
         messages = [f"{_field_path(e['loc'])}: {e['msg']}" for e in error.errors()]
-        return _error(422, Reason.INVALID_REQUEST, "; ".join(messages))
+        return refusal_response(Refusal(Reason.INVALID_REQUEST, "; ".join(messages)))
 
     @app.get(p.HEALTHZ, response_model=p.Health, tags=["health"])
     def healthz() -> p.Health:
@@ -180,7 +177,7 @@ def create_app(runtime: Runtime | None) -> FastAPI:
         status_code=201,
         responses={
             200: {"model": p.JobStatus, "description": "The run already existed; nothing new started."},
-            **_errors(401, 409, 422, 503),
+            **_errors(401, 409, 413, 422, 503),
         },
         tags=["jobs"],
     )

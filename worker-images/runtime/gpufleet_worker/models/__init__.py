@@ -9,8 +9,9 @@ from typing import Protocol
 from PIL import Image
 
 from gpufleet.api.inputs import JobInput, Task
+from gpufleet.api.servedmodels import BUILTIN_SCHEME, FILE_SCHEME
 
-from ..config import BUILTIN_SCHEME, FILE_SCHEME, ModelSpec
+from ..config import ModelSpec
 
 # Called after every denoising step with (steps done, total steps). It raises Cancelled to
 # stop the run between steps.
