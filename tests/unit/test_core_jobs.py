@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from gpufleet.api import testing
 from gpufleet.api.capabilities import model_tasks
 from gpufleet.api.conditions import Reason
-from gpufleet.api.inputs import Task
+from gpufleet.api.inputs import SegmentInput, Task
 from gpufleet.api.models import GenerationJobSpec, WorkerPoolSpec
 from gpufleet.api.quantity import parse_quantity
 from gpufleet.core import jobs
@@ -159,18 +159,19 @@ def test_declared_model_tasks_narrow_what_a_diffusers_model_does() -> None:
 
 def test_a_builtin_model_does_what_its_name_does_whatever_it_declares() -> None:
     pool = pool_spec(
-        models=[{"name": "vtracer", "source": "builtin://vtracer", "vram": "1Mi", "tasks": ["vectorize", "segment"]}],
+        models=[{"name": "vtracer", "source": "builtin://vtracer", "vram": "1Mi", "tasks": ["segment"]}],
         tasks=["vectorize", "segment"],
     )
-    assert model_tasks(pool.runtime, pool.models[0]) == {Task.VECTORIZE}
+    assert model_tasks(pool.runtime, pool.models[0]) == frozenset()
+    tiny = pool_spec(models=[{"name": "tiny-sd", "source": "builtin://tiny-sd", "vram": "2Gi"}])
+    assert model_tasks(tiny.runtime, tiny.models[0]) == DIFFUSION_TASKS
 
 
 def test_working_vram_per_task_follows_the_input() -> None:
     segment = example_job("segment.yaml")
     assert working_vram(segment) == jobs.SEGMENT_BASE_BYTES + jobs.SEGMENT_BYTES_PER_OBJECT
-    boxes = segment.input.model_copy(
-        update={"segment": segment.input.segment.model_validate({"boxes": [{"x0": 0, "y0": 0, "x1": 5, "y1": 5}] * 3})}  # type: ignore[union-attr]
-    )
+    three_boxes = SegmentInput.model_validate({"boxes": [{"x0": 0, "y0": 0, "x1": 5, "y1": 5}] * 3})
+    boxes = segment.input.model_copy(update={"segment": three_boxes})
     assert working_vram(segment.model_copy(update={"input": boxes})) == (
         jobs.SEGMENT_BASE_BYTES + 3 * jobs.SEGMENT_BYTES_PER_OBJECT
     )

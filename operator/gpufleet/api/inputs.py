@@ -88,7 +88,9 @@ class ImageRef(CamelModel):
 
 
 SEGMENT_PROMPT_RULE = "segment needs at least one point or box"
-SEGMENT_POINTS_WITH_BOXES_RULE = "segment.points can be given with at most one box (they refine that box's object)"
+SEGMENT_POINTS_WITH_BOXES_RULE = (
+    "segment.points can be given with at most one box (they refine that box's object)"
+)
 BOX_ORDER_RULE = "a box's x0 must be below x1 and y0 below y1"
 Coordinate = Annotated[float, Field(ge=0, le=MAX_IMAGE_SIDE)]
 
@@ -185,12 +187,12 @@ class VectorizeInput(CamelModel):
     color_mode: ColorMode = ColorMode.COLOR
     hierarchy: Hierarchy = Hierarchy.STACKED
     mode: TraceMode = TraceMode.SPLINE
-    filter_speckle: int = Field(default=4, ge=0, le=128, description="Drop patches smaller than this (pixels).")
+    filter_speckle: int = Field(default=4, ge=0, le=128, description="Drop patches smaller than this.")
     color_precision: int = Field(default=6, ge=1, le=8, description="Significant bits per colour channel.")
     layer_difference: int = Field(default=16, ge=0, le=255, description="Colour difference between layers.")
-    corner_threshold: int = Field(default=60, ge=0, le=180, description="Smallest angle (degrees) that is a corner.")
+    corner_threshold: int = Field(default=60, ge=0, le=180, description="Smallest corner angle (degrees).")
     length_threshold: float = Field(default=4.0, ge=3.5, le=10.0, description="Shortest segment length.")
-    splice_threshold: int = Field(default=45, ge=0, le=180, description="Smallest angle that splits a spline.")
+    splice_threshold: int = Field(default=45, ge=0, le=180, description="Smallest angle splitting a spline.")
     path_precision: int = Field(default=8, ge=0, le=16, description="Decimal places in path coordinates.")
 
 

@@ -241,7 +241,8 @@ def _valid(model: type[BaseModel], repair: Callable[[Json], Json], data: st.Sear
 def _no_image_conflicts(value: Json) -> Json:
     """ImageRef holds exactly one of url and object; the schema walk may draw both or none."""
     job_input = value.get("input", {})
-    refs = [job_input.get("image"), job_input.get("mask"), *job_input.get("caption", {}).get("extraImages", [])]
+    extra = job_input.get("caption", {}).get("extraImages", [])
+    refs = [job_input.get("image"), job_input.get("mask"), *extra]
     for ref in refs:
         if ref is not None and ("url" in ref) == ("object" in ref):
             ref.clear()
