@@ -20,13 +20,13 @@ from gpufleet_worker.engine import Engine
 from gpufleet_worker.errors import Refusal
 from gpufleet_worker.inventory import SimulatedInventory
 from gpufleet_worker.metrics import WorkerMetrics
-from gpufleet_worker.models import Generation, StepHook
+from gpufleet_worker.models import Generation, ImagePipeline, StepHook
 from gpufleet_worker.protocol import Phase, Reason, SubmitRequest
 
 GIB = 2**30
 
 
-class FakePipeline:
+class FakePipeline(ImagePipeline):
     """Takes ``steps`` steps; ``fail`` is raised after the first, ``gate`` holds every step."""
 
     tasks = frozenset({Task.TEXT_TO_IMAGE})
