@@ -102,9 +102,14 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory):
 
 def run(pipeline, task: Task = Task.TEXT_TO_IMAGE, seed: int = 1, **fields: object):
     job_input = JobInput.model_validate({"prompt": "a cat", "width": 64, "height": 64, "steps": 3} | fields)
-    image = Image.new("RGB", (64, 64), (10, 200, 10)) if task is Task.IMAGE_TO_IMAGE else None
+    image = Image.new("RGB", (64, 64), (10, 200, 10)) if task is not Task.TEXT_TO_IMAGE else None
+    mask = None
+    if task is Task.INPAINT:
+        mask = Image.new("L", (64, 64), 0)
+        mask.paste(255, (16, 16, 48, 48))  # repaint the middle
     steps: list[tuple[int, int]] = []
-    images = pipeline.generate(Generation(task, job_input, seed, image), lambda s, t: steps.append((s, t)))
+    job = Generation(task, job_input, seed, image, mask)
+    images = pipeline.generate(job, lambda s, t, stage=None: steps.append((s, t)))
     return [np.asarray(i) for i in images], steps
 
 
@@ -122,6 +127,19 @@ def test_image_to_image_runs_the_strength_share_of_steps(pipeline) -> None:
     images, steps = run(pipeline, Task.IMAGE_TO_IMAGE, steps=4, strength=0.5)
     assert steps == [(1, 2), (2, 2)]
     assert images[0].shape == (64, 64, 3)
+
+
+def test_inpaint_runs_the_inpainting_pipeline_over_the_same_weights(pipeline) -> None:
+    assert Task.INPAINT in pipeline.tasks
+    images, steps = run(pipeline, Task.INPAINT, steps=4, strength=0.75)
+    assert steps == [(1, 3), (2, 3), (3, 3)]
+    assert images[0].shape == (64, 64, 3)
+    again, _ = run(pipeline, Task.INPAINT, steps=4, strength=0.75)
+    assert np.array_equal(images[0], again[0])
+    image = Image.new("RGB", (64, 64))
+    without_mask = Generation(Task.INPAINT, JobInput(prompt="a boat", width=64, height=64, steps=2), 1, image)
+    with pytest.raises(ValueError, match=r"input\.mask is required for inpaint"):
+        pipeline.run(without_mask, lambda *a, **k: None)
 
 
 def test_a_step_hook_that_raises_stops_the_pipeline(pipeline) -> None:

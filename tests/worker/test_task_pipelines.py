@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree
 
@@ -223,3 +224,24 @@ def test_vectorize_options_change_the_tracing(vtracer: Any) -> None:
     }
     coarse = paths({"pathPrecision": 0})
     assert not any(re.search(r"\d\.\d", d) for d in coarse)
+
+
+# --- models that fail to load -----------------------------------------------------------------
+
+
+def test_a_sam_directory_without_weights_fails_to_load(tmp_path: Path) -> None:
+    directory = save_tiny_sam(tmp_path)
+    for weights in directory.glob("*.safetensors"):
+        weights.unlink()
+    with pytest.raises(OSError, match=r"safetensors|pytorch_model"):
+        load_pipeline(ModelSpec(name="broken", source=f"file://{directory}", vram="64Mi"), "cpu")
+
+
+def test_a_directory_of_a_model_that_is_not_image_text_to_text_fails_to_load(tmp_path: Path) -> None:
+    from transformers import BertConfig, BertModel
+
+    BertModel(
+        BertConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=1, intermediate_size=8)
+    ).save_pretrained(tmp_path / "bert")
+    with pytest.raises((ValueError, OSError), match=r"bert|BertConfig|processor|tokenizer"):
+        load_pipeline(ModelSpec(name="bert", source=f"file://{tmp_path / 'bert'}", vram="64Mi"), "cpu")
