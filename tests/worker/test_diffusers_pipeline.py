@@ -3,8 +3,6 @@ saves itself (random weights, nothing downloaded)."""
 
 from __future__ import annotations
 
-import json
-import string
 from pathlib import Path
 
 import numpy as np
@@ -21,73 +19,9 @@ pytest.importorskip(
 from gpufleet.api.inputs import JobInput, Task
 from gpufleet_worker.config import ModelSpec
 from gpufleet_worker.models import Cancelled, Generation, load_pipeline
+from tests.worker.tinymodels import save_tiny_pipeline
 
 pytestmark = pytest.mark.slow
-
-
-def save_tiny_pipeline(directory: Path) -> Path:
-    import torch
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        sample_size=32,
-        in_channels=4,
-        out_channels=4,
-        layers_per_block=1,
-        block_out_channels=(32, 64),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=32,
-        attention_head_dim=8,
-        norm_num_groups=32,
-    )
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        block_out_channels=(32, 64),
-        latent_channels=4,
-        norm_num_groups=32,
-    )
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=100,
-            hidden_size=32,
-            intermediate_size=37,
-            num_attention_heads=4,
-            num_hidden_layers=2,
-            max_position_embeddings=77,
-            bos_token_id=0,
-            eos_token_id=1,
-            pad_token_id=1,
-        )
-    )
-    words = directory / "tokenizer-files"
-    words.mkdir(parents=True)
-    symbols = ["<|startoftext|>", "<|endoftext|>"]
-    symbols += [*string.ascii_lowercase, *(c + "</w>" for c in string.ascii_lowercase)]
-    (words / "vocab.json").write_text(json.dumps({s: i for i, s in enumerate(symbols)}))
-    (words / "merges.txt").write_text("#version: 0.2\n")
-    tokenizer = CLIPTokenizer(str(words / "vocab.json"), str(words / "merges.txt"), model_max_length=77)
-    scheduler = DDIMScheduler(
-        beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False
-    )
-    pipeline = StableDiffusionPipeline(
-        unet=unet,
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    target = directory / "tiny-sd-diffusers"
-    pipeline.save_pretrained(target)
-    return target
 
 
 @pytest.fixture(scope="module")

@@ -20,10 +20,10 @@ MIB = 2**20
 # pixels generated at once.
 BASE_WORKING_BYTES = 256 * MIB
 BYTES_PER_PIXEL = 2048
-# SAM: the prompt-free image encoder dominates. ViT-H at 1024x1024 holds 64x64 tokens of
-# width 1280; its windowed attention and MLP (4x width) activations peak near 1 GiB in fp16,
-# whatever the input size (every image is resized to 1024 on its long side). Each object
-# adds its mask logits (3 x 256x256 floats) and the upscaled masks, a few MiB.
+# SAM: the image encoder dominates, whatever the input size (every image is resized to 1024
+# on its long side). ViT-H has 4096 tokens; a global-attention layer's map is 4096 x 4096 x
+# 16 heads x 2 bytes = 512 MiB in fp16, next to 10 MiB per activation of width 1280 (40 MiB in
+# the MLP). Each object adds its mask logits (3 x 256x256 floats) and upscaled masks.
 SEGMENT_BASE_BYTES = GIB
 SEGMENT_BYTES_PER_OBJECT = 8 * MIB
 # Vision-language generation: the KV cache. A 13B Llama (LLaVA-1.5-13B) keeps 2 x 40 layers x
