@@ -27,6 +27,7 @@ MAX_POINTS = 64
 MAX_BOXES = 16
 MAX_EXTRA_IMAGES = 7
 MAX_NEW_TOKENS = 2048
+DEFAULT_MAX_NEW_TOKENS = 64
 MAX_RESULT_TEXT_CHARS = 16384  # status.result.text; the full text is always in the text artifact
 
 
@@ -203,7 +204,9 @@ class CaptionInput(CamelModel):
     extra_images: list[ImageRef] = Field(
         default_factory=list, max_length=MAX_EXTRA_IMAGES, description="More images after input.image."
     )
-    max_new_tokens: int = Field(default=64, ge=1, le=MAX_NEW_TOKENS, description="Most tokens to generate.")
+    max_new_tokens: int = Field(
+        default=DEFAULT_MAX_NEW_TOKENS, ge=1, le=MAX_NEW_TOKENS, description="Most tokens to generate."
+    )
     temperature: float = Field(
         default=0.0, ge=0.0, le=2.0, description="0 decodes greedily; above 0 samples with the seed."
     )
@@ -287,3 +290,22 @@ def input_problems(task: Task, job_input: JobInput) -> list[str]:
     if task in TASKS_NEEDING_PROMPT and not job_input.prompt:
         problems.append(f"input.prompt is required for task {task.value}")
     return problems
+
+
+# Named stages of the tasks that have no steps of their own; their progress counts stages.
+SEGMENT_STAGES = ("prepare", "encode image", "decode masks", "write masks")
+VECTORIZE_STAGES = ("prepare", "trace", "encode")
+
+
+def progress_total(task: Task, job_input: JobInput) -> int:
+    """Units of progress a run of ``task`` reports: denoising steps (image-to-image and
+    inpaint skip the first 1-strength share), tokens generated at most, or stages."""
+    if task in (Task.IMAGE_TO_IMAGE, Task.INPAINT):
+        return max(1, int(job_input.steps * job_input.strength))
+    if task is Task.CAPTION:
+        return job_input.caption.max_new_tokens if job_input.caption else DEFAULT_MAX_NEW_TOKENS
+    if task is Task.SEGMENT:
+        return len(SEGMENT_STAGES)
+    if task is Task.VECTORIZE:
+        return len(VECTORIZE_STAGES)
+    return job_input.steps

@@ -10,7 +10,7 @@ from typing import Protocol
 
 from PIL import Image
 
-from gpufleet.api.inputs import JobInput, Task
+from gpufleet.api.inputs import JobInput, Task, progress_total
 
 from ..config import BUILTIN_SCHEME, FILE_SCHEME, ModelSpec
 from ..protocol import ProgressUnit
@@ -20,9 +20,6 @@ SVG = "image/svg+xml"
 JSON = "application/json"
 TEXT = "text/plain"
 
-# Named stages of the tasks that have no steps of their own; progress counts them.
-SEGMENT_STAGES = ("prepare", "encode image", "decode masks", "write masks")
-VECTORIZE_STAGES = ("prepare", "trace", "encode")
 # transformers model types served as mask generators (segment); other config.json
 # directories are vision-language models (caption).
 MASK_GENERATION_TYPES = frozenset({"sam"})
@@ -103,17 +100,7 @@ class ImagePipeline:
 
 
 def total_steps(job: Generation) -> int:
-    """Units of progress a run reports: denoising steps (image-to-image and inpaint skip the
-    first 1-strength share), tokens generated at most, or stages."""
-    if job.task in (Task.IMAGE_TO_IMAGE, Task.INPAINT):
-        return max(1, int(job.input.steps * job.input.strength))
-    if job.task is Task.CAPTION:
-        return job.input.caption.max_new_tokens if job.input.caption else 64
-    if job.task is Task.SEGMENT:
-        return len(SEGMENT_STAGES)
-    if job.task is Task.VECTORIZE:
-        return len(VECTORIZE_STAGES)
-    return job.input.steps
+    return progress_total(job.task, job.input)
 
 
 def progress_unit(task: Task) -> ProgressUnit:

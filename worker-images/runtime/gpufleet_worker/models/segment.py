@@ -15,10 +15,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from gpufleet.api.inputs import PointLabel, SegmentInput, Task
+from gpufleet.api.inputs import SEGMENT_STAGES, PointLabel, SegmentInput, Task
 
 from ..fetch import InputRefused
-from . import JSON, PNG, SEGMENT_STAGES, Generation, OutputFile, Outputs, StepHook, encode_png, plural
+from . import JSON, PNG, Generation, OutputFile, Outputs, StepHook, encode_png, plural
 
 
 def rle(mask: np.ndarray) -> dict[str, Any]:

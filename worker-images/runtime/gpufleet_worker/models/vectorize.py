@@ -6,9 +6,9 @@ against the worker's job slots like any other run.
 
 from __future__ import annotations
 
-from gpufleet.api.inputs import Task, TraceMode, VectorizeInput
+from gpufleet.api.inputs import VECTORIZE_STAGES, Task, TraceMode, VectorizeInput
 
-from . import SVG, VECTORIZE_STAGES, Generation, OutputFile, Outputs, StepHook, encode_png
+from . import SVG, Generation, OutputFile, Outputs, StepHook, encode_png
 
 # vtracer calls the pixel mode "none" (no curve fitting: every pixel edge is kept).
 VTRACER_MODES = {TraceMode.SPLINE: "spline", TraceMode.POLYGON: "polygon", TraceMode.PIXEL: "none"}
