@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree
@@ -43,6 +44,13 @@ def artifact_bytes(s3_server: Any, artifact: dict[str, Any]) -> bytes:
     return data
 
 
+def code_under_test() -> dict[str, Any]:
+    """Worker pods are processes started by the kubelet stand-in with a clean environment; they
+    import the code under test as the operator process does when PYTHONPATH points at it."""
+    path = os.environ.get("PYTHONPATH")
+    return {"template": {"env": [{"name": "PYTHONPATH", "value": path}]}} if path else {}
+
+
 def task_job(fleet: Any, name: str, pool: str, task: str, model: str, job_input: dict[str, Any]) -> None:
     """A job of any task: Fleet.job's defaults are text-to-image ones, so input is replaced whole."""
     fleet.job(name, pool=pool, task=task, model=model, input=job_input, vram="512Mi")
@@ -64,11 +72,13 @@ def test_every_task_runs_through_the_operator_and_its_artifacts_check_out(fleet,
         ],
         tasks=["segment", "caption", "inpaint"],
         max_jobs_per_gpu=4,
+        **code_under_test(),
     )
     fleet.pool(
         "vectorize",
         models=[{"name": "vtracer", "source": "builtin://vtracer", "vram": "1Mi"}],
         tasks=["vectorize"],
+        **code_under_test(),
     )
     image = put_png(s3_server, f"{fleet.namespace}/in/scene.png", scene(96, 64))
     mask = Image.new("L", (96, 64), 0)

@@ -182,8 +182,20 @@ class TraceMode(StrEnum):
     PIXEL = "pixel"
 
 
+LENGTH_THRESHOLD_RULE = "vectorize.lengthThreshold must be at least 3.5"
+TOP_P_RULE = "caption.topP must be at least 0.01"
+
+
 class VectorizeInput(CamelModel):
     """How a vectorize job traces its image into SVG (vtracer's options, with its defaults)."""
+
+    # The API server checks an integer against a fractional minimum as an integer (3 passes
+    # minimum 3.5), so these bounds are CEL rules too.
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            rule("self.lengthThreshold >= 3.5", LENGTH_THRESHOLD_RULE, field_path=".lengthThreshold")
+        )
+    )
 
     color_mode: ColorMode = ColorMode.COLOR
     hierarchy: Hierarchy = Hierarchy.STACKED
@@ -200,6 +212,10 @@ class VectorizeInput(CamelModel):
 class CaptionInput(CamelModel):
     """Generation settings of a caption / visual question answering job; the question is
     input.prompt (empty: describe the image)."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(rule("self.topP >= 0.01", TOP_P_RULE, field_path=".topP"))
+    )
 
     extra_images: list[ImageRef] = Field(
         default_factory=list, max_length=MAX_EXTRA_IMAGES, description="More images after input.image."

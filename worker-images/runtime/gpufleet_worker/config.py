@@ -60,7 +60,7 @@ FILE_SCHEME = "file://"
 
 class ModelSpec(CamelModel):
     name: str = Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9._]*[a-z0-9])?$")
-    source: str = Field(description="builtin://tiny-sd, builtin://vtracer, or file:///path of a saved model directory.")
+    source: str = Field(description="builtin://NAME, or file:///path of a saved model directory.")
     vram: Bytes = Field(gt=0, description="VRAM one resident copy holds.")
     tasks: list[Task] | None = Field(
         default=None, description="Tasks to accept; default: every task the model supports."
