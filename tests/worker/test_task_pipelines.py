@@ -3,6 +3,7 @@ SAM and LLaVA models saved with save_pretrained, and vtracer on a real picture."
 
 from __future__ import annotations
 
+import io
 import json
 import re
 from pathlib import Path
@@ -81,7 +82,7 @@ def test_points_give_one_object_with_masks_of_the_input_size(sam: Any) -> None:
     assert [p[:2] for p in progress] == [(1, 4), (2, 4), (3, 4), (4, 4)]
     files = by_name(outputs)
     assert sorted(files) == ["mask-0-0.png", "masks.json"]
-    mask = np.asarray(Image.open(__import__("io").BytesIO(files["mask-0-0.png"].data)))
+    mask = np.asarray(Image.open(io.BytesIO(files["mask-0-0.png"].data)))
     assert mask.shape == (64, 96) and set(np.unique(mask)) <= {0, 255}
     described = json.loads(files["masks.json"].data)
     assert (described["width"], described["height"]) == (96, 64)

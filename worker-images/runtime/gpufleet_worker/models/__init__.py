@@ -3,6 +3,7 @@ vectorizer, diffusers pipelines, SAM mask generation and vision-language generat
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,8 +80,6 @@ def plural(count: int, noun: str) -> str:
 
 def encode_png(image: Image.Image) -> bytes:
     """PNG bytes with no timestamp or other varying metadata: same pixels, same bytes."""
-    import io
-
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
