@@ -19,6 +19,10 @@ EXAMPLES = {
     "pool": REPO / "examples" / "workerpool.yaml",
     "job": REPO / "examples" / "text-to-image.yaml",
     "i2i": REPO / "examples" / "image-to-image.yaml",
+    "inpaint": REPO / "examples" / "inpaint.yaml",
+    "segment": REPO / "examples" / "segment.yaml",
+    "vectorize": REPO / "examples" / "vectorize.yaml",
+    "caption": REPO / "examples" / "caption.yaml",
 }
 CASES = yaml.safe_load((Path(__file__).parent / "invalid_manifests.yaml").read_text())
 LONG_PROMPT = "x" * (MAX_PROMPT_CHARS + 1)

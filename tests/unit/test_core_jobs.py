@@ -13,7 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gpufleet.api import testing
+from gpufleet.api.capabilities import model_tasks
 from gpufleet.api.conditions import Reason
+from gpufleet.api.inputs import SegmentInput, Task
 from gpufleet.api.models import GenerationJobSpec, WorkerPoolSpec
 from gpufleet.api.quantity import parse_quantity
 from gpufleet.core import jobs
@@ -34,6 +36,7 @@ A100 = GpuClass("NVIDIA-A100-SXM4-80GB", 80 * GiB)
 L4 = GpuClass("NVIDIA-L4", 24 * GiB)
 T4 = GpuClass("Tesla-T4", 16 * GiB)
 CLUSTER = [T4, L4, A100]
+DIFFUSION_TASKS = {Task.TEXT_TO_IMAGE, Task.IMAGE_TO_IMAGE, Task.INPAINT}
 
 
 def example(name: str) -> dict[str, Any]:
@@ -76,6 +79,8 @@ def test_working_vram_estimate_from_the_input() -> None:
 @settings(max_examples=100, deadline=None)
 @given(spec=testing.job_specs())
 def test_the_estimate_grows_with_the_pixels_generated_at_once(spec: GenerationJobSpec) -> None:
+    if spec.task not in DIFFUSION_TASKS:
+        spec = spec.model_copy(update={"task": Task.TEXT_TO_IMAGE})
     estimate = working_vram(spec.model_copy(update={"vram": None}))
     assert estimate > jobs.BASE_WORKING_BYTES
     bigger = spec.input.model_copy(update={"num_images": spec.input.num_images + 1})
@@ -122,6 +127,64 @@ def test_task_not_served_lists_what_is_accepted() -> None:
     assert refused is not None
     assert refused.reason is Reason.TASK_NOT_SERVED
     assert "['image-to-image']" in refused.message and "'text-to-image'" in refused.message
+
+
+def example_job(name: str) -> GenerationJobSpec:
+    return GenerationJobSpec.model_validate(example(name))
+
+
+def test_a_task_the_pools_model_cannot_do_is_refused_with_what_it_can_do() -> None:
+    """tiny-sd cannot segment: the job is refused at admission, never sent to a worker."""
+    pool = pool_spec(tasks=["text-to-image", "segment"])
+    job = example_job("segment.yaml").model_copy(update={"model": "tiny-sd"})
+    refused = refusal(job, pool, CLUSTER)
+    assert refused is not None and refused.reason is Reason.TASK_NOT_SERVED
+    assert refused.message == (
+        "model 'tiny-sd' of pool 'studio' (runtime builtin) cannot do 'segment'; "
+        "it does ['image-to-image', 'inpaint', 'text-to-image']"
+    )
+
+
+def test_declared_model_tasks_narrow_what_a_diffusers_model_does() -> None:
+    studio_manifest = next(yaml.safe_load_all((EXAMPLES / "workerpool-studio.yaml").read_text()))
+    studio = WorkerPoolSpec.model_validate(studio_manifest["spec"])
+    assert refusal(example_job("segment.yaml"), studio, CLUSTER) is None
+    assert refusal(example_job("caption.yaml"), studio, CLUSTER) is None
+    assert refusal(example_job("inpaint.yaml"), studio, CLUSTER) is None
+    wrong = example_job("caption.yaml").model_copy(update={"model": "sam-vit-b"})
+    refused = refusal(wrong, studio, CLUSTER)
+    assert refused is not None and refused.reason is Reason.TASK_NOT_SERVED
+    assert "cannot do 'caption'; it does ['segment']" in refused.message
+
+
+def test_a_builtin_model_does_what_its_name_does_whatever_it_declares() -> None:
+    pool = pool_spec(
+        models=[{"name": "vtracer", "source": "builtin://vtracer", "vram": "1Mi", "tasks": ["segment"]}],
+        tasks=["vectorize", "segment"],
+    )
+    assert model_tasks(pool.runtime, pool.models[0]) == frozenset()
+    tiny = pool_spec(models=[{"name": "tiny-sd", "source": "builtin://tiny-sd", "vram": "2Gi"}])
+    assert model_tasks(tiny.runtime, tiny.models[0]) == DIFFUSION_TASKS
+
+
+def test_working_vram_per_task_follows_the_input() -> None:
+    segment = example_job("segment.yaml")
+    assert working_vram(segment) == jobs.SEGMENT_BASE_BYTES + jobs.SEGMENT_BYTES_PER_OBJECT
+    three_boxes = SegmentInput.model_validate({"boxes": [{"x0": 0, "y0": 0, "x1": 5, "y1": 5}] * 3})
+    boxes = segment.input.model_copy(update={"segment": three_boxes})
+    assert working_vram(segment.model_copy(update={"input": boxes})) == (
+        jobs.SEGMENT_BASE_BYTES + 3 * jobs.SEGMENT_BYTES_PER_OBJECT
+    )
+    caption = example_job("caption.yaml")
+    prompt_tokens = -(-len(caption.input.prompt) // 4)
+    assert working_vram(caption) == jobs.CAPTION_BASE_BYTES + (576 + prompt_tokens + 64) * MiB
+    more = caption.input.model_copy(
+        update={"caption": caption.input.caption.model_copy(update={"max_new_tokens": 1000})}  # type: ignore[union-attr]
+    )
+    assert working_vram(caption.model_copy(update={"input": more})) == working_vram(caption) + 936 * MiB
+    assert working_vram(example_job("vectorize.yaml")) == jobs.VECTORIZE_WORKING_BYTES
+    inpaint = example_job("inpaint.yaml")
+    assert working_vram(inpaint) == jobs.BASE_WORKING_BYTES + 512 * 512 * jobs.BYTES_PER_PIXEL
 
 
 def test_the_first_problem_is_reported_pool_then_model_then_task_then_vram() -> None:
@@ -183,7 +246,14 @@ def test_refusal_is_none_exactly_when_pool_model_task_and_vram_fit(
     spec: GenerationJobSpec, pool: WorkerPoolSpec, classes: list[GpuClass]
 ) -> None:
     served = {m.name: m for m in pool.models}
-    spec = spec.model_copy(update={"model": next(iter(served)), "task": pool.tasks[0]})
+    model = next(iter(served.values()))
+    task = pool.tasks[0]
+    spec = spec.model_copy(update={"model": model.name, "task": task})
+    if task not in model_tasks(pool.runtime, model):
+        refused = refusal(spec, pool, classes)
+        assert refused is not None and refused.reason is Reason.TASK_NOT_SERVED
+        assert f"cannot do {task.value!r}" in refused.message
+        return
     needed = parse_quantity(served[spec.model].vram).value() + working_vram(spec)
     largest = max((c.memory_bytes for c in classes), default=0)
     refused = refusal(spec, pool, classes)

@@ -437,3 +437,25 @@ def test_the_pod_shares_no_mutable_state_with_the_pool(wp: WorkerPool) -> None:
             value.append("scribbled")
     assert worker_pod(wp, "p-0", CLASSES_MIB, ENV) == second
     assert wp.model_dump() == before
+
+
+def test_declared_model_tasks_reach_the_worker_config() -> None:
+    """models[].tasks travel in the --model flag, so a worker whose directory holds another
+    kind of model refuses to start it instead of taking jobs it cannot do."""
+    from gpufleet_worker.config import load_config
+
+    spec = example_spec()
+    spec["runtime"] = "diffusers"
+    spec["tasks"] = ["segment", "caption"]
+    spec["models"] = [
+        {"name": "sam", "source": "file:///models/sam", "vram": "1Gi", "tasks": ["segment"]},
+        {"name": "llava", "source": "file:///models/llava", "vram": "8Gi"},
+    ]
+    args = workerpod.worker_args(pool(spec))
+    models = [args[i + 1] for i, a in enumerate(args) if a == "--model"]
+    assert models == [
+        "name=sam,source=file:///models/sam,vram=1Gi,tasks=segment",
+        "name=llava,source=file:///models/llava,vram=8Gi",
+    ]
+    config = load_config(["--token-file", "/run/token", *[x for m in models for x in ("--model", m)]], env={})
+    assert [(m.name, m.tasks) for m in config.models] == [("sam", ["segment"]), ("llava", None)]

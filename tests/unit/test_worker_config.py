@@ -90,3 +90,11 @@ def test_a_config_file_must_hold_a_mapping(tmp_path: Path) -> None:
     (tmp_path / "c.json").write_text(json.dumps(["not", "a", "mapping"]))
     with pytest.raises(ValueError, match="must hold a mapping"):
         load_config(["--config", str(tmp_path / "c.json")], env={})
+
+
+def test_a_model_flag_with_a_task_that_does_not_exist_names_it() -> None:
+    with pytest.raises(ValidationError) as refused:
+        load_config(["--token-file", "/t", "--model", MODEL + ",tasks=segment+paint"], env={})
+    assert "models.0.tasks.1" in str(refused.value)
+    with pytest.raises(ValueError, match=r"expected name=\.\.\.,source=\.\.\.,vram=\.\.\.\[,tasks=a\+b\]"):
+        load_config(["--token-file", "/t", "--model", MODEL + ",kind=sam"], env={})

@@ -12,21 +12,22 @@ import pytest
 import torch
 from PIL import Image
 
-from gpufleet.api.inputs import Task
+from gpufleet.api.inputs import MAX_RESULT_TEXT_CHARS, Task
 from gpufleet.localcluster.waiting import wait_for
 from gpufleet_worker.artifacts import ArtifactStore
 from gpufleet_worker.config import WorkerConfig
 from gpufleet_worker.engine import Engine
 from gpufleet_worker.errors import Refusal
+from gpufleet_worker.fetch import InputRefused
 from gpufleet_worker.inventory import SimulatedInventory
 from gpufleet_worker.metrics import WorkerMetrics
-from gpufleet_worker.models import Generation, StepHook
+from gpufleet_worker.models import Generation, ImagePipeline, OutputFile, Outputs, StepHook, encode_png
 from gpufleet_worker.protocol import Phase, Reason, SubmitRequest
 
 GIB = 2**30
 
 
-class FakePipeline:
+class FakePipeline(ImagePipeline):
     """Takes ``steps`` steps; ``fail`` is raised after the first, ``gate`` holds every step."""
 
     tasks = frozenset({Task.TEXT_TO_IMAGE})
@@ -233,4 +234,71 @@ def test_only_the_newest_finished_runs_are_kept(tmp_path: Path) -> None:
     engine.submit(request(tmp_path, "e"))
     kept = [s.job_id for s in engine.runs()]
     assert kept[-1] == "ns/e" and len(kept) <= 3 and "ns/a" not in kept
+    engine.shutdown()
+
+
+class OutputsPipeline:
+    """Returns the outputs it is given, as a task pipeline does."""
+
+    tasks = frozenset({Task.TEXT_TO_IMAGE})
+
+    def __init__(self, outputs: Outputs | BaseException) -> None:
+        self.outputs = outputs
+
+    def run(self, job: Generation, on_step: StepHook) -> Outputs:
+        on_step(1, 1, "only")
+        if isinstance(self.outputs, BaseException):
+            raise self.outputs
+        return self.outputs
+
+
+def test_an_artifact_that_fails_its_check_fails_the_run_and_nothing_is_written(tmp_path: Path) -> None:
+    good = OutputFile("answer.txt", b"fine", "text/plain")
+    broken = OutputFile("image.svg", b"<svg xmlns='http://www.w3.org/2000/svg'", "image/svg+xml")
+    engine = make_engine(tmp_path, OutputsPipeline(Outputs(files=[good, broken], summary="two files")))
+    result = finished(engine, engine.submit(request(tmp_path))[0].run_id)
+    assert (result.phase, result.reason) == (Phase.FAILED, Reason.INVALID_OUTPUT)
+    assert result.message.startswith("image.svg: not well-formed XML")
+    assert result.artifacts == [] and not (tmp_path / "out").exists()
+    assert reserved(engine) == GIB
+    engine.shutdown()
+
+
+def test_a_mask_of_another_size_than_its_input_is_refused(tmp_path: Path) -> None:
+    mask = OutputFile("mask-0-0.png", encode_png(Image.new("L", (64, 32))), "image/png", (64, 64))
+    engine = make_engine(tmp_path, OutputsPipeline(Outputs(files=[mask])))
+    result = finished(engine, engine.submit(request(tmp_path))[0].run_id)
+    assert (result.reason, result.message) == (Reason.INVALID_OUTPUT, "mask-0-0.png: 64x32, expected 64x64")
+    engine.shutdown()
+
+
+def test_text_goes_to_the_result_cut_to_its_bound_and_whole_to_the_artifact(tmp_path: Path) -> None:
+    text = "é" * (MAX_RESULT_TEXT_CHARS + 10)
+    answer = OutputFile("answer.txt", text.encode(), "text/plain")
+    engine = make_engine(tmp_path, OutputsPipeline(Outputs(files=[answer], text=text, summary="many tokens")))
+    result = finished(engine, engine.submit(request(tmp_path))[0].run_id)
+    assert result.phase is Phase.SUCCEEDED, result.message
+    assert result.result is not None and result.result.truncated
+    assert result.result.text == "é" * MAX_RESULT_TEXT_CHARS
+    (artifact,) = result.artifacts
+    assert (artifact.name, artifact.media_type) == ("answer.txt", "text/plain")
+    assert (tmp_path / "out" / "job" / "answer.txt").read_text() == text
+    assert result.message.startswith("many tokens in ")
+    engine.shutdown()
+
+
+def test_prompts_the_worker_refuses_fail_the_run_with_input_refused(tmp_path: Path) -> None:
+    engine = make_engine(tmp_path, OutputsPipeline(InputRefused("input.segment.points[0]: outside")))
+    result = finished(engine, engine.submit(request(tmp_path))[0].run_id)
+    assert (result.reason, result.message) == (Reason.INPUT_REFUSED, "input.segment.points[0]: outside")
+    engine.shutdown()
+
+
+def test_progress_carries_the_unit_and_stage(tmp_path: Path) -> None:
+    engine = make_engine(tmp_path, OutputsPipeline(Outputs(summary="nothing")))
+    run_id = engine.submit(request(tmp_path))[0].run_id
+    finished(engine, run_id)
+    events, _ = engine.events_after(run_id, 0)
+    progress = [e.progress for e in events if e.progress is not None]
+    assert [(p.step, p.total_steps, p.unit, p.stage) for p in progress] == [(1, 1, "steps", "only")]
     engine.shutdown()

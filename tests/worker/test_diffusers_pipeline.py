@@ -3,8 +3,6 @@ saves itself (random weights, nothing downloaded)."""
 
 from __future__ import annotations
 
-import json
-import string
 from pathlib import Path
 
 import numpy as np
@@ -21,73 +19,9 @@ pytest.importorskip(
 from gpufleet.api.inputs import JobInput, Task
 from gpufleet_worker.config import ModelSpec
 from gpufleet_worker.models import Cancelled, Generation, load_pipeline
+from tests.worker.tinymodels import save_tiny_pipeline
 
 pytestmark = pytest.mark.slow
-
-
-def save_tiny_pipeline(directory: Path) -> Path:
-    import torch
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        sample_size=32,
-        in_channels=4,
-        out_channels=4,
-        layers_per_block=1,
-        block_out_channels=(32, 64),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=32,
-        attention_head_dim=8,
-        norm_num_groups=32,
-    )
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        block_out_channels=(32, 64),
-        latent_channels=4,
-        norm_num_groups=32,
-    )
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=100,
-            hidden_size=32,
-            intermediate_size=37,
-            num_attention_heads=4,
-            num_hidden_layers=2,
-            max_position_embeddings=77,
-            bos_token_id=0,
-            eos_token_id=1,
-            pad_token_id=1,
-        )
-    )
-    words = directory / "tokenizer-files"
-    words.mkdir(parents=True)
-    symbols = ["<|startoftext|>", "<|endoftext|>"]
-    symbols += [*string.ascii_lowercase, *(c + "</w>" for c in string.ascii_lowercase)]
-    (words / "vocab.json").write_text(json.dumps({s: i for i, s in enumerate(symbols)}))
-    (words / "merges.txt").write_text("#version: 0.2\n")
-    tokenizer = CLIPTokenizer(str(words / "vocab.json"), str(words / "merges.txt"), model_max_length=77)
-    scheduler = DDIMScheduler(
-        beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False
-    )
-    pipeline = StableDiffusionPipeline(
-        unet=unet,
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    target = directory / "tiny-sd-diffusers"
-    pipeline.save_pretrained(target)
-    return target
 
 
 @pytest.fixture(scope="module")
@@ -102,9 +36,14 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory):
 
 def run(pipeline, task: Task = Task.TEXT_TO_IMAGE, seed: int = 1, **fields: object):
     job_input = JobInput.model_validate({"prompt": "a cat", "width": 64, "height": 64, "steps": 3} | fields)
-    image = Image.new("RGB", (64, 64), (10, 200, 10)) if task is Task.IMAGE_TO_IMAGE else None
+    image = Image.new("RGB", (64, 64), (10, 200, 10)) if task is not Task.TEXT_TO_IMAGE else None
+    mask = None
+    if task is Task.INPAINT:
+        mask = Image.new("L", (64, 64), 0)
+        mask.paste(255, (16, 16, 48, 48))  # repaint the middle
     steps: list[tuple[int, int]] = []
-    images = pipeline.generate(Generation(task, job_input, seed, image), lambda s, t: steps.append((s, t)))
+    job = Generation(task, job_input, seed, image, mask)
+    images = pipeline.generate(job, lambda s, t, stage=None: steps.append((s, t)))
     return [np.asarray(i) for i in images], steps
 
 
@@ -122,6 +61,19 @@ def test_image_to_image_runs_the_strength_share_of_steps(pipeline) -> None:
     images, steps = run(pipeline, Task.IMAGE_TO_IMAGE, steps=4, strength=0.5)
     assert steps == [(1, 2), (2, 2)]
     assert images[0].shape == (64, 64, 3)
+
+
+def test_inpaint_runs_the_inpainting_pipeline_over_the_same_weights(pipeline) -> None:
+    assert Task.INPAINT in pipeline.tasks
+    images, steps = run(pipeline, Task.INPAINT, steps=4, strength=0.75)
+    assert steps == [(1, 3), (2, 3), (3, 3)]
+    assert images[0].shape == (64, 64, 3)
+    again, _ = run(pipeline, Task.INPAINT, steps=4, strength=0.75)
+    assert np.array_equal(images[0], again[0])
+    image = Image.new("RGB", (64, 64))
+    without_mask = Generation(Task.INPAINT, JobInput(prompt="a boat", width=64, height=64, steps=2), 1, image)
+    with pytest.raises(ValueError, match=r"input\.mask is required for inpaint"):
+        pipeline.run(without_mask, lambda *a, **k: None)
 
 
 def test_a_step_hook_that_raises_stops_the_pipeline(pipeline) -> None:

@@ -7,6 +7,7 @@ refuses out-of-range input) and the worker (which re-checks what it is sent).
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
@@ -21,6 +22,13 @@ MAX_GUIDANCE = 50.0
 MAX_SEED = 2**32 - 1
 MAX_IMAGES = 16
 MAX_URL_CHARS = 2048
+MAX_IMAGE_SIDE = 4096  # workers refuse larger input images (fetch.py), so no coordinate lies beyond
+MAX_POINTS = 64
+MAX_BOXES = 16
+MAX_EXTRA_IMAGES = 7
+MAX_NEW_TOKENS = 2048
+DEFAULT_MAX_NEW_TOKENS = 64
+MAX_RESULT_TEXT_CHARS = 16384  # status.result.text; the full text is always in the text artifact
 
 
 class Task(StrEnum):
@@ -38,6 +46,9 @@ class Task(StrEnum):
 TASKS_NEEDING_IMAGE = frozenset(
     {Task.IMAGE_TO_IMAGE, Task.INPAINT, Task.SEGMENT, Task.VECTORIZE, Task.CAPTION}
 )
+
+# Tasks that draw what a prompt says.
+TASKS_NEEDING_PROMPT = frozenset({Task.TEXT_TO_IMAGE, Task.INPAINT})
 
 
 class CamelModel(BaseModel):
@@ -75,6 +86,147 @@ class ImageRef(CamelModel):
         if (self.url is None) == (self.object is None):
             raise ValueError(IMAGE_REF_RULE)
         return self
+
+
+SEGMENT_PROMPT_RULE = "segment needs at least one point or box"
+SEGMENT_POINTS_WITH_BOXES_RULE = (
+    "segment.points can be given with at most one box (they refine that box's object)"
+)
+BOX_ORDER_RULE = "a box's x0 must be below x1 and y0 below y1"
+Coordinate = Annotated[float, Field(ge=0, le=MAX_IMAGE_SIDE)]
+
+
+class PointLabel(StrEnum):
+    FOREGROUND = "foreground"
+    BACKGROUND = "background"
+
+
+class SegmentPoint(CamelModel):
+    """A point prompt in input-image pixels: on the object (foreground) or off it (background)."""
+
+    x: Coordinate
+    y: Coordinate
+    label: PointLabel = PointLabel.FOREGROUND
+
+
+class SegmentBox(CamelModel):
+    """A box prompt in input-image pixels: one object per box."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(rule("self.x0 < self.x1 && self.y0 < self.y1", BOX_ORDER_RULE))
+    )
+
+    x0: Coordinate
+    y0: Coordinate
+    x1: Coordinate
+    y1: Coordinate
+
+    @model_validator(mode="after")
+    def _ordered(self) -> SegmentBox:
+        if not (self.x0 < self.x1 and self.y0 < self.y1):
+            raise ValueError(f"{BOX_ORDER_RULE}; got ({self.x0}, {self.y0}, {self.x1}, {self.y1})")
+        return self
+
+
+class SegmentInput(CamelModel):
+    """Prompts for a segment job. Boxes give one object each; points without a box give one
+    object; points with one box refine that box's object."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            rule(
+                "(has(self.points) && size(self.points) > 0) || (has(self.boxes) && size(self.boxes) > 0)",
+                SEGMENT_PROMPT_RULE,
+                reason="FieldValueRequired",
+            ),
+            rule(
+                "!has(self.points) || size(self.points) == 0 || !has(self.boxes) || size(self.boxes) <= 1",
+                SEGMENT_POINTS_WITH_BOXES_RULE,
+                field_path=".boxes",
+            ),
+        )
+    )
+
+    points: list[SegmentPoint] = Field(default_factory=list, max_length=MAX_POINTS)
+    boxes: list[SegmentBox] = Field(default_factory=list, max_length=MAX_BOXES)
+    multimask: bool = Field(
+        default=False, description="Three candidate masks per object (whole, part, subpart) instead of one."
+    )
+
+    @model_validator(mode="after")
+    def _prompts(self) -> SegmentInput:
+        if not self.points and not self.boxes:
+            raise ValueError(SEGMENT_PROMPT_RULE)
+        if self.points and len(self.boxes) > 1:
+            raise ValueError(f"{SEGMENT_POINTS_WITH_BOXES_RULE}; got {len(self.boxes)} boxes")
+        return self
+
+    @property
+    def objects(self) -> int:
+        return max(1, len(self.boxes))
+
+
+class ColorMode(StrEnum):
+    COLOR = "color"
+    BINARY = "binary"
+
+
+class Hierarchy(StrEnum):
+    STACKED = "stacked"  # shapes stacked on one another
+    CUTOUT = "cutout"  # shapes cut out of one another, never overlapping
+
+
+class TraceMode(StrEnum):
+    SPLINE = "spline"
+    POLYGON = "polygon"
+    PIXEL = "pixel"
+
+
+LENGTH_THRESHOLD_RULE = "vectorize.lengthThreshold must be at least 3.5"
+TOP_P_RULE = "caption.topP must be at least 0.01"
+
+
+class VectorizeInput(CamelModel):
+    """How a vectorize job traces its image into SVG (vtracer's options, with its defaults)."""
+
+    # The API server checks an integer against a fractional minimum as an integer (3 passes
+    # minimum 3.5), so these bounds are CEL rules too.
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            rule("self.lengthThreshold >= 3.5", LENGTH_THRESHOLD_RULE, field_path=".lengthThreshold")
+        )
+    )
+
+    color_mode: ColorMode = ColorMode.COLOR
+    hierarchy: Hierarchy = Hierarchy.STACKED
+    mode: TraceMode = TraceMode.SPLINE
+    filter_speckle: int = Field(default=4, ge=0, le=128, description="Drop patches smaller than this.")
+    color_precision: int = Field(default=6, ge=1, le=8, description="Significant bits per colour channel.")
+    layer_difference: int = Field(default=16, ge=0, le=255, description="Colour difference between layers.")
+    corner_threshold: int = Field(default=60, ge=0, le=180, description="Smallest corner angle (degrees).")
+    length_threshold: float = Field(default=4.0, ge=3.5, le=10.0, description="Shortest segment length.")
+    splice_threshold: int = Field(default=45, ge=0, le=180, description="Smallest angle splitting a spline.")
+    path_precision: int = Field(default=8, ge=0, le=16, description="Decimal places in path coordinates.")
+
+
+class CaptionInput(CamelModel):
+    """Generation settings of a caption / visual question answering job; the question is
+    input.prompt (empty: describe the image)."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(rule("self.topP >= 0.01", TOP_P_RULE, field_path=".topP"))
+    )
+
+    extra_images: list[ImageRef] = Field(
+        default_factory=list, max_length=MAX_EXTRA_IMAGES, description="More images after input.image."
+    )
+    max_new_tokens: int = Field(
+        default=DEFAULT_MAX_NEW_TOKENS, ge=1, le=MAX_NEW_TOKENS, description="Most tokens to generate."
+    )
+    temperature: float = Field(
+        default=0.0, ge=0.0, le=2.0, description="0 decodes greedily; above 0 samples with the seed."
+    )
+    top_p: float = Field(default=1.0, ge=0.01, le=1.0, description="Nucleus sampling mass when sampling.")
 
 
 class JobInput(CamelModel):
@@ -117,6 +269,9 @@ class JobInput(CamelModel):
     )
     image: ImageRef | None = Field(default=None, description="Input image (image-to-image, inpaint, ...).")
     mask: ImageRef | None = Field(default=None, description="Inpaint mask: white is repainted.")
+    segment: SegmentInput | None = Field(default=None, description="segment: point and box prompts.")
+    vectorize: VectorizeInput | None = Field(default=None, description="vectorize: tracing options.")
+    caption: CaptionInput | None = Field(default=None, description="caption: generation settings.")
 
     @model_validator(mode="after")
     def _pixel_budget(self) -> JobInput:
@@ -125,13 +280,48 @@ class JobInput(CamelModel):
         return self
 
 
+# Task-specific input sections and the task each belongs to.
+TASK_SECTIONS = {"segment": Task.SEGMENT, "vectorize": Task.VECTORIZE, "caption": Task.CAPTION}
+
+
+def section_rule(section: str) -> str:
+    return f"input.{section} is only for task {TASK_SECTIONS[section].value}"
+
+
+SEGMENT_REQUIRED_RULE = "input.segment is required for task segment"
+
+
 def input_problems(task: Task, job_input: JobInput) -> list[str]:
     """Cross-field rules between a task and its input, as messages naming the field."""
     problems = []
+    for section, owner in TASK_SECTIONS.items():
+        if getattr(job_input, section) is not None and task is not owner:
+            problems.append(section_rule(section))
+    if task is Task.SEGMENT and job_input.segment is None:
+        problems.append(SEGMENT_REQUIRED_RULE)
     if task in TASKS_NEEDING_IMAGE and job_input.image is None:
         problems.append(f"input.image is required for task {task.value}")
     if task is Task.INPAINT and job_input.mask is None:
         problems.append("input.mask is required for task inpaint")
-    if task is Task.TEXT_TO_IMAGE and not job_input.prompt:
-        problems.append("input.prompt is required for task text-to-image")
+    if task in TASKS_NEEDING_PROMPT and not job_input.prompt:
+        problems.append(f"input.prompt is required for task {task.value}")
     return problems
+
+
+# Named stages of the tasks that have no steps of their own; their progress counts stages.
+SEGMENT_STAGES = ("prepare", "encode image", "decode masks", "write masks")
+VECTORIZE_STAGES = ("prepare", "trace", "encode")
+
+
+def progress_total(task: Task, job_input: JobInput) -> int:
+    """Units of progress a run of ``task`` reports: denoising steps (image-to-image and
+    inpaint skip the first 1-strength share), tokens generated at most, or stages."""
+    if task in (Task.IMAGE_TO_IMAGE, Task.INPAINT):
+        return max(1, int(job_input.steps * job_input.strength))
+    if task is Task.CAPTION:
+        return job_input.caption.max_new_tokens if job_input.caption else DEFAULT_MAX_NEW_TOKENS
+    if task is Task.SEGMENT:
+        return len(SEGMENT_STAGES)
+    if task is Task.VECTORIZE:
+        return len(VECTORIZE_STAGES)
+    return job_input.steps

@@ -32,11 +32,16 @@ from gpufleet.api.fields import (
     VramQuantity,
 )
 from gpufleet.api.inputs import (
+    MAX_RESULT_TEXT_CHARS,
+    SEGMENT_REQUIRED_RULE,
+    TASK_SECTIONS,
     TASKS_NEEDING_IMAGE,
+    TASKS_NEEDING_PROMPT,
     CamelModel,
     JobInput,
     Task,
     input_problems,
+    section_rule,
 )
 from gpufleet.api.outputs import OUTPUT_URI_PATTERN, UNWRITABLE, cel_rule, output_uri_problems
 from gpufleet.api.quantity import parse_quantity
@@ -116,6 +121,14 @@ class ServedModel(CamelModel):
         ),
     )
     vram: VramQuantity = Field(description="GPU memory one loaded copy needs, e.g. 2Gi.")
+    tasks: Annotated[list[Task], UniqueItems()] | None = Field(
+        default=None,
+        max_length=len(Task),
+        description=(
+            "Tasks this model can do, e.g. [segment] for a SAM directory. Default: what its "
+            "source and the pool's runtime can do (see docs/api.md)."
+        ),
+    )
 
 
 class GpuRequirements(CamelModel):
@@ -629,7 +642,7 @@ IMMUTABLE_SPEC_RULE = "is immutable: a GenerationJob's spec cannot change after 
 CANCEL_RULE = "spec.cancel cannot go back to false once true"
 IMAGE_REQUIRED_RULE = "input.image is required for tasks " + ", ".join(sorted(TASKS_NEEDING_IMAGE))
 MASK_REQUIRED_RULE = "input.mask is required for task inpaint"
-PROMPT_REQUIRED_RULE = "input.prompt is required for task text-to-image"
+PROMPT_REQUIRED_RULE = "input.prompt is required for tasks " + ", ".join(sorted(TASKS_NEEDING_PROMPT))
 
 
 def _spec_immutable_rules(schema: dict[str, Any]) -> None:
@@ -649,7 +662,21 @@ def _spec_immutable_rules(schema: dict[str, Any]) -> None:
         rules.append(rule(expression, f"spec.{name} {IMMUTABLE_SPEC_RULE}", field_path=f".{name}"))
 
 
-_TASKS_NEEDING_IMAGE_CEL = "[" + ", ".join(f"'{t.value}'" for t in sorted(TASKS_NEEDING_IMAGE)) + "]"
+def _cel_list(tasks: frozenset[Task]) -> str:
+    return "[" + ", ".join(f"'{t.value}'" for t in sorted(tasks)) + "]"
+
+
+def _section_rules() -> list[dict[str, Any]]:
+    """Each task's input section (input.segment, ...) only with that task."""
+    return [
+        rule(
+            f"!has(self.input.{section}) || self.task == '{task.value}'",
+            section_rule(section),
+            field_path=f".input.{section}",
+            reason="FieldValueForbidden",
+        )
+        for section, task in TASK_SECTIONS.items()
+    ]
 
 
 def _job_spec_rules(schema: dict[str, Any]) -> None:
@@ -657,7 +684,7 @@ def _job_spec_rules(schema: dict[str, Any]) -> None:
     schema.setdefault("x-kubernetes-validations", []).extend(
         [
             rule(
-                f"!(self.task in {_TASKS_NEEDING_IMAGE_CEL}) || has(self.input.image)",
+                f"!(self.task in {_cel_list(TASKS_NEEDING_IMAGE)}) || has(self.input.image)",
                 IMAGE_REQUIRED_RULE,
                 message_expression="'input.image is required for task ' + self.task",
                 field_path=".input.image",
@@ -670,11 +697,20 @@ def _job_spec_rules(schema: dict[str, Any]) -> None:
                 reason="FieldValueRequired",
             ),
             rule(
-                "self.task != 'text-to-image' || (has(self.input.prompt) && self.input.prompt != '')",
+                f"!(self.task in {_cel_list(TASKS_NEEDING_PROMPT)}) "
+                "|| (has(self.input.prompt) && self.input.prompt != '')",
                 PROMPT_REQUIRED_RULE,
+                message_expression="'input.prompt is required for task ' + self.task",
                 field_path=".input.prompt",
                 reason="FieldValueRequired",
             ),
+            rule(
+                "self.task != 'segment' || has(self.input.segment)",
+                SEGMENT_REQUIRED_RULE,
+                field_path=".input.segment",
+                reason="FieldValueRequired",
+            ),
+            *_section_rules(),
         ]
     )
     _spec_immutable_rules(schema)
@@ -753,6 +789,20 @@ class Artifact(CamelModel):
     sha256: str = Field(pattern=SHA256_PATTERN, max_length=64)
 
 
+class JobResult(CamelModel):
+    """What a job answered besides its artifacts (caption: the generated text)."""
+
+    text: str | None = Field(
+        default=None,
+        max_length=MAX_RESULT_TEXT_CHARS,
+        description=(
+            f"The generated text, cut to {MAX_RESULT_TEXT_CHARS} characters; the whole text is "
+            "the text/plain artifact."
+        ),
+    )
+    truncated: bool = Field(default=False, description="True when text was cut.")
+
+
 class GenerationJobStatus(CamelModel):
     """What happened to the job."""
 
@@ -766,6 +816,7 @@ class GenerationJobStatus(CamelModel):
     artifacts: Annotated[list[Artifact], UniqueItems("name")] = Field(
         default_factory=list, max_length=MAX_ARTIFACTS
     )
+    result: JobResult | None = None
     reason: str | None = Field(default=None, max_length=1024, pattern=REASON_PATTERN)
     message: str | None = Field(default=None, max_length=32768)
     conditions: Annotated[list[Condition], UniqueItems("type")] = Field(

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ValidationError
 from gpufleet import labels
 from gpufleet.api import crdgen, models
 from gpufleet.api.fields import QUALIFIED_NAME_PATTERN
-from gpufleet.api.inputs import MAX_PIXELS, TASKS_NEEDING_IMAGE, Task
+from gpufleet.api.inputs import MAX_PIXELS, TASK_SECTIONS, TASKS_NEEDING_IMAGE, TASKS_NEEDING_PROMPT, Task
 
 Json = dict[str, Any]
 
@@ -216,8 +216,17 @@ def _repair_job_spec(spec: Json) -> Json:
         job_input.setdefault("image", {"url": "https://example.com/in.png"})
     if task is Task.INPAINT:
         job_input.setdefault("mask", {"url": "https://example.com/mask.png"})
-    if task is Task.TEXT_TO_IMAGE and not job_input.get("prompt"):
+    if task in TASKS_NEEDING_PROMPT and not job_input.get("prompt"):
         job_input["prompt"] = "a lighthouse"
+    for section, owner in TASK_SECTIONS.items():
+        if task is not owner:
+            job_input.pop(section, None)
+    if task is Task.SEGMENT:
+        segment = job_input.setdefault("segment", {})
+        if not segment.get("points") and not segment.get("boxes"):
+            segment["points"] = [{"x": 1, "y": 1}]
+        if segment.get("points"):
+            segment["boxes"] = segment.get("boxes", [])[:1]
     return spec
 
 
@@ -233,10 +242,13 @@ def _valid(model: type[BaseModel], repair: Callable[[Json], Json], data: st.Sear
 
 def _no_image_conflicts(value: Json) -> Json:
     """ImageRef holds exactly one of url and object; the schema walk may draw both or none."""
-    for key in ("image", "mask"):
-        ref = value.get("input", {}).get(key)
+    job_input = value.get("input", {})
+    extra = job_input.get("caption", {}).get("extraImages", [])
+    refs = [job_input.get("image"), job_input.get("mask"), *extra]
+    for ref in refs:
         if ref is not None and ("url" in ref) == ("object" in ref):
-            value["input"][key] = {"url": "https://example.com/x.png"}
+            ref.clear()
+            ref["url"] = "https://example.com/x.png"
     return value
 
 

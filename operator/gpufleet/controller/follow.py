@@ -22,6 +22,7 @@ from pydantic import ValidationError
 import gpufleet_worker.protocol as protocol
 from gpufleet import labels
 from gpufleet.api.conditions import JobPhase, Reason
+from gpufleet.api.inputs import progress_total
 from gpufleet.api.models import GenerationJob
 from gpufleet.core import breaker
 from gpufleet.core import jobs as jobrules
@@ -41,6 +42,8 @@ LOST_AFTER_SECONDS = 15.0  # a worker unreachable this long has lost its runs
 FINAL_REASONS = {
     protocol.Reason.INPUT_REFUSED: Reason.INVALID_INPUT,
     protocol.Reason.INPUT_FETCH_FAILED: Reason.INVALID_INPUT,
+    # the same input and seed would make the same unusable artifact again
+    protocol.Reason.INVALID_OUTPUT: Reason.WORKER_ERROR,
 }
 
 
@@ -100,7 +103,7 @@ async def dispatch(op: Operator, job: GenerationJob, pod: dict, placement: Place
             worker=worker,
             queue_position=None,
             start_time=stamp(job.status.start_time) if job.status.start_time else stamp(),
-            progress={"percent": 0, "step": 0, "totalSteps": job.spec.input.steps},
+            progress={"percent": 0, "step": 0, "totalSteps": progress_total(job.spec.task, job.spec.input)},
         )
     ]
     if labels.FINALIZER not in finalizers:
@@ -343,7 +346,7 @@ async def finish(op: Operator, job: GenerationJob, attempt: int, run: protocol.J
     if run.phase == protocol.Phase.SUCCEEDED:
         started = job.status.start_time or run.created_at
         seconds = ((run.finished_at or dt.datetime.now(dt.UTC)) - started).total_seconds()
-        message = f"{len(run.artifacts)} image(s) in {seconds:.0f}s on {worker.node if worker else '?'}"
+        message = f"{len(run.artifacts)} artifact(s) in {seconds:.0f}s on {worker.node if worker else '?'}"
         if await set_outcome(
             op,
             job,
@@ -354,6 +357,11 @@ async def finish(op: Operator, job: GenerationJob, attempt: int, run: protocol.J
             completion_time=stamp(),
             progress={"percent": 100, "step": run.progress.step, "totalSteps": run.progress.total_steps},
             artifacts=[a.model_dump(mode="json", by_alias=True) for a in run.artifacts],
+            **(
+                {"result": run.result.model_dump(mode="json", by_alias=True, exclude_none=True)}
+                if run.result
+                else {}
+            ),
         ):
             if worker:
                 record_run(op, job, worker.pod, succeeded=True)

@@ -99,7 +99,7 @@ class Kube:
     async def create_pod(self, namespace: str, manifest: dict[str, Any]) -> bool:
         """Creates the pod; False when one of that name exists already (idempotent)."""
         try:
-            await self._send(self.core.create_namespaced_pod, namespace, manifest)  # type: ignore[arg-type]
+            await self._send(self.core.create_namespaced_pod, namespace, manifest)
             return True
         except ApiException as error:
             if error.status == 409:
@@ -125,7 +125,7 @@ class Kube:
 
     async def create_secret(self, namespace: str, manifest: dict[str, Any]) -> None:
         try:
-            await self._send(self.core.create_namespaced_secret, namespace, manifest)  # type: ignore[arg-type]
+            await self._send(self.core.create_namespaced_secret, namespace, manifest)
         except ApiException as error:
             if error.status != 409:
                 raise

@@ -7,15 +7,36 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
+from gpufleet.api.capabilities import model_tasks
 from gpufleet.api.conditions import TERMINAL_PHASES, JobPhase, Reason
+from gpufleet.api.inputs import MAX_PROMPT_CHARS, Task
 from gpufleet.api.models import GenerationJobSpec, WorkerPoolSpec
 from gpufleet.api.quantity import parse_quantity
 
 GIB = 2**30
-# Working memory of a diffusion run beyond the resident weights: a fixed part for the
-# sampler's buffers plus activations that grow with the pixels generated at once.
-BASE_WORKING_BYTES = 256 * 2**20
+MIB = 2**20
+# Working memory of a run beyond the resident weights, per task (docs/api.md, "VRAM
+# estimates", gives the figures behind each number).
+# Diffusion: a fixed part for the sampler's buffers plus activations that grow with the
+# pixels generated at once.
+BASE_WORKING_BYTES = 256 * MIB
 BYTES_PER_PIXEL = 2048
+# SAM: the image encoder dominates, whatever the input size (every image is resized to 1024
+# on its long side). ViT-H has 4096 tokens; a global-attention layer's map is 4096 x 4096 x
+# 16 heads x 2 bytes = 512 MiB in fp16, next to 10 MiB per activation of width 1280 (40 MiB in
+# the MLP). Each object adds its mask logits (3 x 256x256 floats) and upscaled masks.
+SEGMENT_BASE_BYTES = GIB
+SEGMENT_BYTES_PER_OBJECT = 8 * MIB
+# Vision-language generation: the KV cache. A 13B Llama (LLaVA-1.5-13B) keeps 2 x 40 layers x
+# 5120 x 2 bytes = 800 KiB per token in fp16 (7B: 512 KiB); 1 MiB a token covers both. Each
+# image is 576 tokens (LLaVA-1.5's 24x24 patches at 336 pixels); a prompt is taken at one
+# token per 4 characters; plus 512 MiB of logits and activations.
+CAPTION_BASE_BYTES = 512 * MIB
+CAPTION_BYTES_PER_TOKEN = MIB
+CAPTION_TOKENS_PER_IMAGE = 576
+CHARS_PER_TOKEN = 4
+# Vectorizing runs on the CPU: the run reserves a nominal amount so it still takes a job slot.
+VECTORIZE_WORKING_BYTES = 16 * MIB
 
 
 @dataclass(frozen=True)
@@ -35,10 +56,24 @@ class Refusal:
 
 
 def working_vram(spec: GenerationJobSpec) -> int:
-    """VRAM the job needs besides its model's weights: spec.vram, else an estimate from the input."""
+    """VRAM the job needs besides its model's weights: spec.vram, else an estimate from the
+    task and input."""
     if spec.vram is not None:
         return parse_quantity(spec.vram).value()
-    pixels = spec.input.width * spec.input.height * spec.input.num_images
+    job_input = spec.input
+    if spec.task is Task.SEGMENT:
+        objects = job_input.segment.objects if job_input.segment else 1
+        return SEGMENT_BASE_BYTES + objects * SEGMENT_BYTES_PER_OBJECT
+    if spec.task is Task.CAPTION:
+        caption = job_input.caption
+        images = 1 + (len(caption.extra_images) if caption else 0)
+        new_tokens = caption.max_new_tokens if caption else 64
+        prompt_tokens = -(-min(len(job_input.prompt), MAX_PROMPT_CHARS) // CHARS_PER_TOKEN)
+        tokens = images * CAPTION_TOKENS_PER_IMAGE + prompt_tokens + new_tokens
+        return CAPTION_BASE_BYTES + tokens * CAPTION_BYTES_PER_TOKEN
+    if spec.task is Task.VECTORIZE:
+        return VECTORIZE_WORKING_BYTES
+    pixels = job_input.width * job_input.height * job_input.num_images
     return BASE_WORKING_BYTES + pixels * BYTES_PER_PIXEL
 
 
@@ -75,6 +110,13 @@ def refusal(spec: GenerationJobSpec, pool: WorkerPoolSpec | None, classes: list[
             Reason.TASK_NOT_SERVED,
             f"pool {spec.pool_ref.name!r} accepts tasks {[t.value for t in pool.tasks]}, "
             f"not {spec.task.value!r}",
+        )
+    can_do = model_tasks(pool.runtime, models[spec.model])
+    if spec.task not in can_do:
+        return Refusal(
+            Reason.TASK_NOT_SERVED,
+            f"model {spec.model!r} of pool {spec.pool_ref.name!r} (runtime {pool.runtime.value}) "
+            f"cannot do {spec.task.value!r}; it does {sorted(t.value for t in can_do)}",
         )
     needed = parse_quantity(models[spec.model].vram).value() + working_vram(spec)
     largest = max((c.memory_bytes for c in classes), default=0)

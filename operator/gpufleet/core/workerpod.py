@@ -125,7 +125,10 @@ def worker_args(pool: WorkerPool) -> list[str]:
         str(pool.spec.gpu.max_jobs_per_gpu),
     ]
     for model in pool.spec.models:
-        args += ["--model", f"name={model.name},source={model.source},vram={model.vram}"]
+        flag = f"name={model.name},source={model.source},vram={model.vram}"
+        if model.tasks is not None:  # the worker then refuses to start a model that cannot do them
+            flag += ",tasks=" + "+".join(t.value for t in model.tasks)
+        args += ["--model", flag]
     return args
 
 

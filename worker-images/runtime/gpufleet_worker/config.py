@@ -69,7 +69,7 @@ class ModelSpec(CamelModel):
     source: str = Field(
         max_length=MAX_MODEL_SOURCE_CHARS,
         pattern=MODEL_SOURCE_PATTERN,
-        description="builtin://tiny-sd, or file:///path of a diffusers model directory.",
+        description="builtin://NAME, or file:///path of a saved model directory.",
     )
     vram: Bytes = Field(gt=0, description="VRAM one resident copy holds.")
     tasks: list[Task] | None = Field(
@@ -158,14 +158,16 @@ def _read_file(path: Path) -> dict[str, Any]:
     return data
 
 
-def parse_model_flag(flag: str) -> dict[str, str]:
-    """``name=tiny-sd,source=builtin://tiny-sd,vram=512Mi`` as a ModelSpec mapping."""
-    fields = {}
+def parse_model_flag(flag: str) -> dict[str, Any]:
+    """``name=tiny-sd,source=builtin://tiny-sd,vram=512Mi[,tasks=a+b]`` as a ModelSpec mapping."""
+    fields: dict[str, Any] = {}
     for part in flag.split(","):
         key, sep, value = part.partition("=")
-        if not sep or key not in {"name", "source", "vram"}:
-            raise ValueError(f"--model {flag!r}: expected name=...,source=...,vram=... (got {part!r})")
-        fields[key] = value
+        if not sep or key not in {"name", "source", "vram", "tasks"}:
+            raise ValueError(
+                f"--model {flag!r}: expected name=...,source=...,vram=...[,tasks=a+b] (got {part!r})"
+            )
+        fields[key] = value.split("+") if key == "tasks" else value
     return fields
 
 
@@ -183,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--model",
         action="append",
-        metavar="name=N,source=S,vram=Q",
+        metavar="name=N,source=S,vram=Q[,tasks=T1+T2]",
         help="a model to serve (repeatable; replaces the file's models)",
     )
     parser.add_argument("--simulated-gpu-product")

@@ -7,7 +7,6 @@ reservations fit. Each run keeps an ordered log of its events, which the server 
 
 from __future__ import annotations
 
-import io
 import logging
 import secrets
 import threading
@@ -21,7 +20,7 @@ from datetime import UTC, datetime
 import torch
 from PIL import Image
 
-from gpufleet.api.inputs import MAX_SEED, ImageRef, input_problems
+from gpufleet.api.inputs import MAX_RESULT_TEXT_CHARS, MAX_SEED, ImageRef, input_problems
 
 from .admission import Admitted, GpuBudget, choose_gpu
 from .artifacts import ArtifactStore, UploadError
@@ -30,7 +29,8 @@ from .errors import Refusal
 from .fetch import FetchPolicy, InputFetchFailed, InputRefused, decode_image, fetch_bytes
 from .inventory import GpuInventory, GpuReading
 from .metrics import WorkerMetrics
-from .models import Cancelled, Generation, Pipeline, total_steps
+from .models import Cancelled, Generation, Outputs, Pipeline, progress_unit, total_steps
+from .outputs import InvalidOutput, check_output
 from .protocol import (
     TERMINAL_PHASES,
     EventName,
@@ -43,12 +43,12 @@ from .protocol import (
     Phase,
     Progress,
     Reason,
+    RunResult,
     SubmitRequest,
 )
 
 log = logging.getLogger("gpufleet_worker")
 
-PNG = "image/png"
 Loader = Callable[[ModelSpec, str], Pipeline]
 
 
@@ -75,13 +75,6 @@ class Run:
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-def encode_png(image: Image.Image) -> bytes:
-    """PNG bytes with no timestamp or other varying metadata: same pixels, same bytes."""
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 class Engine:
@@ -214,7 +207,12 @@ class Engine:
                     model=request.model,
                     seed=seed,
                     phase=Phase.RUNNING,
-                    progress=Progress(step=0, total_steps=request.input.steps, percent=0),
+                    progress=Progress(
+                        step=0,
+                        total_steps=total_steps(Generation(request.task, request.input, seed)),
+                        percent=0,
+                        unit=progress_unit(request.task),
+                    ),
                     gpu=decision.gpu_uuid,
                     vram_reserved_bytes=request.vram_bytes,
                     created_at=_now(),
@@ -260,39 +258,50 @@ class Engine:
         run.events.append(event.model_copy(deep=True))
         self.on_event(run.status.run_id)
 
-    def _progress(self, run: Run, step: int, total: int) -> None:
+    def _progress(self, run: Run, step: int, total: int, stage: str | None = None) -> None:
         if run.cancel_requested.is_set():
             raise Cancelled()
         with self._lock:
-            progress = Progress(step=step, total_steps=total, percent=min(100, step * 100 // total))
+            progress = Progress(
+                step=step,
+                total_steps=total,
+                percent=min(100, step * 100 // total),
+                unit=run.status.progress.unit,
+                stage=stage,
+            )
             run.status.progress = progress
             self._append(run, JobEvent(run_id=run.status.run_id, event=EventName.PROGRESS, progress=progress))
 
     def _execute(self, run: Run, pipeline: Pipeline) -> None:
         request = run.request
         phase, reason, message, artifacts = Phase.FAILED, Reason.INTERNAL_ERROR, "", []
+        result = None
         try:
+            extra = request.input.caption.extra_images if request.input.caption else []
             job = Generation(
                 task=request.task,
                 input=request.input,
                 seed=run.seed,
                 image=self._input_image(request.input.image, "input.image"),
                 mask=self._input_image(request.input.mask, "input.mask"),
+                extra_images=tuple(
+                    self._fetch_image(ref, f"input.caption.extraImages[{i}]") for i, ref in enumerate(extra)
+                ),
             )
-            with self._lock:
-                run.status.progress = Progress(step=0, total_steps=total_steps(job), percent=0)
-            images = self._generate(run, pipeline, job)
+            outputs = self._generate(run, pipeline, job)
             if run.cancel_requested.is_set():
                 raise Cancelled()
-            for index, image in enumerate(images):
-                artifacts.append(
-                    self.store.put(request.output_uri, f"image-{index}.png", encode_png(image), PNG)
+            for file in outputs.files:
+                check_output(file)  # every file before any is written: nothing half-recorded
+            for file in outputs.files:
+                artifacts.append(self.store.put(request.output_uri, file.name, file.data, file.media_type))
+            if outputs.text is not None:
+                result = RunResult(
+                    text=outputs.text[:MAX_RESULT_TEXT_CHARS],
+                    truncated=len(outputs.text) > MAX_RESULT_TEXT_CHARS,
                 )
             phase, reason = Phase.SUCCEEDED, Reason.COMPLETED
-            message = (
-                f"{len(images)} image{'s' if len(images) != 1 else ''} in "
-                f"{time.monotonic() - run.started:.1f}s on {run.status.gpu}"
-            )
+            message = f"{outputs.summary} in {time.monotonic() - run.started:.1f}s on {run.status.gpu}"
         except Cancelled:
             phase, reason, message = Phase.CANCELLED, Reason.CANCELLED, "cancelled on request"
         except torch.cuda.OutOfMemoryError as error:
@@ -303,32 +312,36 @@ class Engine:
             reason, message = Reason.INPUT_FETCH_FAILED, str(error)
         except UploadError as error:
             reason, message = Reason.UPLOAD_FAILED, str(error)
+        except InvalidOutput as error:
+            log.error("run %s made an invalid artifact: %s", request.run_id, error)
+            reason, message = Reason.INVALID_OUTPUT, str(error)
         except Exception as error:  # any other failure ends this run, never the worker
             log.exception("run %s failed", request.run_id)
             message = f"{type(error).__name__}: {error}"
         finally:
-            self._finish(run, phase, reason, message, artifacts)
+            self._finish(run, phase, reason, message, artifacts, result)
 
-    def _generate(self, run: Run, pipeline: Pipeline, job: Generation) -> list[Image.Image]:
-        def on_step(step: int, total: int) -> None:
-            self._progress(run, step, total)
+    def _generate(self, run: Run, pipeline: Pipeline, job: Generation) -> Outputs:
+        def on_step(step: int, total: int, stage: str | None = None) -> None:
+            self._progress(run, step, total, stage)
 
         if run.device.startswith("cuda"):
             # A stream per run lets concurrent runs on one GPU overlap their kernels.
             device = torch.device(run.device)
             with torch.cuda.device(device), torch.cuda.stream(torch.cuda.Stream(device)):
                 try:
-                    images = pipeline.generate(job, on_step)
+                    outputs = pipeline.run(job, on_step)
                     torch.cuda.current_stream().synchronize()
-                    return images
+                    return outputs
                 except torch.cuda.OutOfMemoryError:
                     torch.cuda.empty_cache()  # give the failed run's blocks back to the GPU
                     raise
-        return pipeline.generate(job, on_step)
+        return pipeline.run(job, on_step)
 
     def _input_image(self, ref: ImageRef | None, what: str) -> Image.Image | None:
-        if ref is None:
-            return None
+        return None if ref is None else self._fetch_image(ref, what)
+
+    def _fetch_image(self, ref: ImageRef, what: str) -> Image.Image:
         if ref.url is not None:
             return decode_image(fetch_bytes(ref.url, self._fetch_policy), what)
         assert ref.object is not None  # ImageRef holds exactly one of url and object
@@ -338,13 +351,22 @@ class Engine:
             raise InputFetchFailed(f"{what}: reading {ref.object}: {error}") from error
         return decode_image(data, what)
 
-    def _finish(self, run: Run, phase: Phase, reason: Reason, message: str, artifacts: list) -> None:
+    def _finish(
+        self,
+        run: Run,
+        phase: Phase,
+        reason: Reason,
+        message: str,
+        artifacts: list,
+        result: RunResult | None = None,
+    ) -> None:
         with self._lock:
             budget = self._budgets[run.status.gpu]
             budget.reservations.pop(run.status.run_id, None)
             status = run.status
             status.phase, status.reason, status.message = phase, reason, message
             status.artifacts = artifacts
+            status.result = result
             status.vram_reserved_bytes = 0
             status.finished_at = _now()
             self._append(run, JobEvent(run_id=status.run_id, event=EventName.RESULT, status=status))

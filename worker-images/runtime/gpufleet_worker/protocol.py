@@ -20,7 +20,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from gpufleet.api.inputs import MAX_URL_CHARS, CamelModel, JobInput, Task
+from gpufleet.api.inputs import MAX_RESULT_TEXT_CHARS, MAX_URL_CHARS, CamelModel, JobInput, Task
 from gpufleet.api.outputs import S3_BUCKET_PATTERN
 
 # --- auth -----------------------------------------------------------------------------------
@@ -104,9 +104,12 @@ class Reason(StrEnum):
     COMPLETED = "Completed"
     CANCELLED = "Cancelled"
     OUT_OF_MEMORY = "OutOfMemory"
-    INPUT_REFUSED = "InputRefused"  # the input image URL broke the fetch policy (SSRF, scheme)
+    # the input broke a rule only the worker can check: the fetch policy (SSRF, scheme), or
+    # prompts outside the image
+    INPUT_REFUSED = "InputRefused"
     INPUT_FETCH_FAILED = "InputFetchFailed"  # network error, too large, not an image
     UPLOAD_FAILED = "UploadFailed"
+    INVALID_OUTPUT = "InvalidOutput"  # an artifact failed its check (unparsable, wrong size)
     INTERNAL_ERROR = "InternalError"
     # refusals of a request
     UNAUTHORIZED = "Unauthorized"
@@ -152,10 +155,11 @@ class SubmitRequest(CamelModel):
         pattern=OUTPUT_URI_PATTERN,
         description=(
             "Prefix the artifacts are written under, ending in '/': s3://bucket/prefix/ or, "
-            "where the worker has a local output root, file:///path/. Artifact i is "
-            "<outputUri>image-<i>.png. Refused with UnsupportedOutput before the run starts "
-            "when it can never be written: a bucket that is an IP address or holds '..', '.-' "
-            "or '-.', a '.' or '..' path segment."
+            "where the worker has a local output root, file:///path/. Artifacts: "
+            "image-<i>.png (image tasks), mask-<object>-<k>.png and masks.json (segment), "
+            "image.svg (vectorize), answer.txt (caption). Refused with UnsupportedOutput "
+            "before the run starts when it can never be written: a bucket that is an IP "
+            "address or holds '..', '.-' or '-.', a '.' or '..' path segment."
         ),
     )
 
@@ -167,10 +171,29 @@ class SubmitRequest(CamelModel):
 # --- responses ------------------------------------------------------------------------------
 
 
+ProgressUnit = Literal["steps", "tokens", "stages"]
+
+
 class Progress(CamelModel):
-    step: int = Field(ge=0, description="Denoising steps done.")
+    step: int = Field(ge=0, description="Units done, counted in unit.")
     total_steps: int = Field(ge=0)
     percent: int = Field(ge=0, le=100)
+    unit: ProgressUnit = Field(
+        default="steps",
+        description="steps: denoising steps; tokens: tokens generated of the most asked; stages: stages.",
+    )
+    stage: str | None = Field(default=None, description="The stage just finished, where the task has stages.")
+
+
+class RunResult(CamelModel):
+    """What a run answered besides its artifacts."""
+
+    text: str | None = Field(
+        default=None,
+        max_length=MAX_RESULT_TEXT_CHARS,
+        description="A text task's answer, cut to the bound; the whole text is the text/plain artifact.",
+    )
+    truncated: bool = False
 
 
 class Artifact(CamelModel):
@@ -199,6 +222,7 @@ class JobStatus(CamelModel):
     created_at: datetime
     finished_at: datetime | None = None
     artifacts: list[Artifact] = Field(default_factory=list)
+    result: RunResult | None = Field(default=None, description="Set when a text task succeeds.")
 
 
 class JobList(CamelModel):

@@ -1,21 +1,38 @@
-"""Models a worker serves: the built-in smoke-test model and diffusers pipelines."""
+"""Models a worker serves, one pipeline class per kind: the built-in smoke-test model and
+vectorizer, diffusers pipelines, SAM mask generation and vision-language generation."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 from PIL import Image
 
-from gpufleet.api.inputs import JobInput, Task
+from gpufleet.api.inputs import JobInput, Task, progress_total
 from gpufleet.api.servedmodels import BUILTIN_SCHEME, FILE_SCHEME
 
 from ..config import ModelSpec
+from ..protocol import ProgressUnit
 
-# Called after every denoising step with (steps done, total steps). It raises Cancelled to
-# stop the run between steps.
-StepHook = Callable[[int, int], None]
+PNG = "image/png"
+SVG = "image/svg+xml"
+JSON = "application/json"
+TEXT = "text/plain"
+
+# transformers model types served as mask generators (segment); other config.json
+# directories are vision-language models (caption).
+MASK_GENERATION_TYPES = frozenset({"sam"})
+
+
+class StepHook(Protocol):
+    """Called after every unit of work (denoising step, generated token, stage) with the
+    units done and the total; ``stage`` names the stage where a task has stages. It raises
+    Cancelled to stop the run there."""
+
+    def __call__(self, step: int, total: int, stage: str | None = None) -> None: ...
 
 
 class Cancelled(Exception):
@@ -31,25 +48,87 @@ class Generation:
     seed: int
     image: Image.Image | None = None
     mask: Image.Image | None = None
+    extra_images: tuple[Image.Image, ...] = ()
+
+
+@dataclass(frozen=True)
+class OutputFile:
+    """One artifact before it is written. ``size`` is the (width, height) an image or SVG
+    must have; the engine checks it, and that the bytes parse, before recording it."""
+
+    name: str
+    data: bytes
+    media_type: str
+    size: tuple[int, int] | None = None
+
+
+@dataclass
+class Outputs:
+    files: list[OutputFile] = field(default_factory=list)
+    text: str | None = None  # the answer of a text task, also among files as text/plain
+    summary: str = ""  # what was made, for the run's message ("2 images", "3 masks")
 
 
 class Pipeline(Protocol):
     tasks: frozenset[Task]
 
-    def generate(self, job: Generation, on_step: StepHook) -> list[Image.Image]: ...
+    def run(self, job: Generation, on_step: StepHook) -> Outputs: ...
+
+
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'s' if count != 1 else ''}"
+
+
+def encode_png(image: Image.Image) -> bytes:
+    """PNG bytes with no timestamp or other varying metadata: same pixels, same bytes."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+class ImagePipeline:
+    """A pipeline whose ``generate`` makes images: they become image-<i>.png artifacts."""
+
+    def generate(self, job: Generation, on_step: StepHook) -> list[Image.Image]:
+        raise NotImplementedError
+
+    def run(self, job: Generation, on_step: StepHook) -> Outputs:
+        images = self.generate(job, on_step)
+        size = (job.input.width, job.input.height)
+        files = [OutputFile(f"image-{i}.png", encode_png(image), PNG, size) for i, image in enumerate(images)]
+        return Outputs(files=files, summary=plural(len(images), "image"))
 
 
 def total_steps(job: Generation) -> int:
-    """Denoising steps a run takes: image-to-image and inpaint skip the first (1-strength)."""
-    if job.task in (Task.IMAGE_TO_IMAGE, Task.INPAINT):
-        return max(1, int(job.input.steps * job.input.strength))
-    return job.input.steps
+    return progress_total(job.task, job.input)
+
+
+def progress_unit(task: Task) -> ProgressUnit:
+    if task is Task.CAPTION:
+        return "tokens"
+    if task in (Task.SEGMENT, Task.VECTORIZE):
+        return "stages"
+    return "steps"
+
+
+def model_kind(directory: Path) -> str:
+    """What a saved model directory holds: "diffusers", "mask-generation" or "vision-language"."""
+    if (directory / "model_index.json").is_file():
+        return "diffusers"
+    config = directory / "config.json"
+    if not config.is_file():
+        raise FileNotFoundError(
+            f"{directory} holds no saved model (no model_index.json for diffusers, no config.json "
+            "for transformers)"
+        )
+    model_type = json.loads(config.read_text()).get("model_type")
+    return "mask-generation" if model_type in MASK_GENERATION_TYPES else "vision-language"
 
 
 def load_pipeline(spec: ModelSpec, device: str) -> Pipeline:
     """Loads ``spec`` onto ``device`` ("cpu" or "cuda:N")."""
     if spec.source.startswith(BUILTIN_SCHEME):
-        from .tinysd import BUILTIN_MODELS
+        from .builtin import BUILTIN_MODELS
 
         name = spec.source[len(BUILTIN_SCHEME) :]
         if name not in BUILTIN_MODELS:
@@ -59,7 +138,17 @@ def load_pipeline(spec: ModelSpec, device: str) -> Pipeline:
             )
         return BUILTIN_MODELS[name](device)
     if spec.source.startswith(FILE_SCHEME):
-        from .diffusers_pipeline import DiffusersPipeline
+        directory = spec.source[len(FILE_SCHEME) :]
+        kind = model_kind(Path(directory))
+        if kind == "diffusers":
+            from .diffusers_pipeline import DiffusersPipeline
 
-        return DiffusersPipeline(spec.source[len(FILE_SCHEME) :], device)
+            return DiffusersPipeline(directory, device)
+        if kind == "mask-generation":
+            from .segment import MaskGenerationPipeline
+
+            return MaskGenerationPipeline(directory, device)
+        from .vision_language import VisionLanguagePipeline
+
+        return VisionLanguagePipeline(directory, device)
     raise ValueError(f"models[{spec.name}].source: unsupported scheme in {spec.source!r}")

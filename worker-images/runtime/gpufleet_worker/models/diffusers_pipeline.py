@@ -2,7 +2,7 @@
 
 Nothing is downloaded: the directory must hold a pipeline saved with ``save_pretrained``
 (model_index.json and its components). Text-to-image runs the pipeline itself;
-image-to-image runs the matching image-to-image pipeline over the same loaded weights.
+image-to-image and inpaint run the matching pipelines over the same loaded weights.
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ from PIL import Image
 
 from gpufleet.api.inputs import Task
 
-from . import Generation, StepHook, total_steps
+from . import Generation, ImagePipeline, StepHook, total_steps
 
 
-class DiffusersPipeline:
-    tasks = frozenset({Task.TEXT_TO_IMAGE, Task.IMAGE_TO_IMAGE})
+class DiffusersPipeline(ImagePipeline):
+    tasks = frozenset({Task.TEXT_TO_IMAGE, Task.IMAGE_TO_IMAGE, Task.INPAINT})
 
     def __init__(self, directory: str, device: str) -> None:
         try:
@@ -41,9 +41,13 @@ class DiffusersPipeline:
     def _for_run(self, task: Task) -> Any:
         """A pipeline over the loaded weights with its own scheduler: schedulers keep
         per-run state, so concurrent runs must not share one."""
-        from diffusers import AutoPipelineForImage2Image, AutoPipelineForText2Image
+        from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting, AutoPipelineForText2Image
 
-        auto = AutoPipelineForText2Image if task is Task.TEXT_TO_IMAGE else AutoPipelineForImage2Image
+        auto = {
+            Task.TEXT_TO_IMAGE: AutoPipelineForText2Image,
+            Task.IMAGE_TO_IMAGE: AutoPipelineForImage2Image,
+            Task.INPAINT: AutoPipelineForInpainting,
+        }[task]
         pipeline = auto.from_pipe(self.pipeline, scheduler=copy.deepcopy(self.pipeline.scheduler))
         pipeline.set_progress_bar_config(disable=True)
         return pipeline
@@ -71,8 +75,13 @@ class DiffusersPipeline:
             arguments |= {"width": spec.width, "height": spec.height}
         else:
             if job.image is None:
-                raise ValueError("input.image is required for image-to-image")
+                raise ValueError(f"input.image is required for {job.task.value}")
             image = job.image.resize((spec.width, spec.height), Image.Resampling.BILINEAR)
             arguments |= {"image": image, "strength": spec.strength}
+        if job.task is Task.INPAINT:
+            if job.mask is None:
+                raise ValueError("input.mask is required for inpaint")
+            mask = job.mask.convert("L").resize((spec.width, spec.height), Image.Resampling.NEAREST)
+            arguments |= {"mask_image": mask, "width": spec.width, "height": spec.height}
         with torch.inference_mode():
             return list(self._for_run(job.task)(**arguments).images)

@@ -22,7 +22,7 @@ from torch import nn
 
 from gpufleet.api.inputs import Task
 
-from . import Generation, StepHook, total_steps
+from . import Generation, ImagePipeline, StepHook, total_steps
 
 LATENT_CHANNELS = 4
 LATENT_SCALE = 8  # pixels per latent cell, as in Stable Diffusion
@@ -155,7 +155,7 @@ def to_pixels(image: Image.Image, width: int, height: int, device: torch.device)
     return tensor[None].to(device)
 
 
-class TinySD:
+class TinySD(ImagePipeline):
     tasks = frozenset({Task.TEXT_TO_IMAGE, Task.IMAGE_TO_IMAGE, Task.INPAINT})
 
     def __init__(self, device: str) -> None:
@@ -214,6 +214,3 @@ class TinySD:
         pixels = ((self.codec.decode(latents) + 1) * 127.5).round().to(torch.uint8)
         arrays = pixels.permute(0, 2, 3, 1).cpu().numpy()
         return [Image.fromarray(array, mode="RGB") for array in arrays]
-
-
-BUILTIN_MODELS = {"tiny-sd": TinySD}
