@@ -123,6 +123,7 @@ class ServedModel(CamelModel):
     vram: VramQuantity = Field(description="GPU memory one loaded copy needs, e.g. 2Gi.")
     tasks: Annotated[list[Task], UniqueItems()] | None = Field(
         default=None,
+        min_length=1,
         max_length=len(Task),
         description=(
             "Tasks this model can do, e.g. [segment] for a SAM directory. Default: what its "
