@@ -263,3 +263,30 @@ def test_operator_killed_three_times_runs_every_job_once(fleet, operator):
         # One attempt ran, on one worker, once: its artifacts were written once.
         assert attempts_run == [(key, status["attempts"])], (name, attempts_run)
         assert len(runs[(key, status["attempts"])]) == 1
+
+
+def test_sigterm_with_runs_in_flight_exits_0_and_a_restart_finishes_them(fleet, operator):
+    fleet.pool("sd", replicas=1, max_jobs_per_gpu=2)
+    fleet.wait_ready_workers("sd", 1)
+    names = ["t0", "t1"]
+    for name in names:
+        fleet.job(name, steps=120, size=128)
+    for name in names:  # the SIGTERM lands while both runs are in progress, followed
+        fleet.wait_job(
+            name,
+            lambda j: (
+                j.get("status", {}).get("phase") == "Running"
+                and j["status"].get("progress", {}).get("step", 0) >= 1
+            ),
+            180,
+        )
+    assert operator.process is not None
+    code = operator.process.stop(30)
+    log = operator.log_tail(400)
+    assert code == 0, log
+    assert "Traceback" not in log, log
+    assert all(fleet.get_job(n)["status"]["phase"] == "Running" for n in names)
+    operator.start()
+    for name in names:
+        done = fleet.wait_phase(name, "Succeeded", "Failed", timeout=300)
+        assert (done["status"]["phase"], done["status"]["attempts"]) == ("Succeeded", 1), done["status"]

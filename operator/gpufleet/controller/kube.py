@@ -25,7 +25,7 @@ def load_client() -> client.ApiClient:
     except config.ConfigException:
         config.load_kube_config()
     configuration = client.Configuration.get_default_copy()
-    configuration.connection_pool_maxsize = 32
+    configuration.connection_pool_maxsize = 64  # as many as the write threads (handlers.configure)
     return client.ApiClient(configuration)
 
 

@@ -1,0 +1,391 @@
+"""Dispatch benchmark: N tiny jobs through the operator on the local control plane, beside the
+batch/v1 Job + pod path measured in the same run.
+
+    python -m bench.dispatch                     # 1,000 and 10,000 jobs
+    python -m bench.dispatch --jobs 500 2000     # other sizes
+
+The pool's workers run bench/dispatch/fastworker.py (the worker protocol, runs end after
+0.1 s, nothing computed), 4 workers x 32 slots, so the workers are never the limit. For each
+size it prints the dispatch rate (jobs that reached Dispatched per second, from the first to
+the last), create -> dispatched p50/p95/p99, create -> first status p50, API requests per job
+by verb and resource (the API server's own counters), the operator's CPU seconds and peak RSS.
+The baseline: N batch/v1 Jobs whose pods land on simulated nodes (no process runs), timed
+from create to pod Running, with the same counters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import psutil
+from kubernetes import client, watch
+
+from gpufleet.api.models import GROUP, VERSION
+from gpufleet.localcluster import simnodes
+from gpufleet.localcluster.cluster import LocalCluster
+from gpufleet.localcluster.fleet import OperatorProcess, apply_crds, install_operator_identity
+from gpufleet.localcluster.waiting import wait_for
+
+NAMESPACE = "bench"
+WORKERS, SLOTS = 4, 32
+BASELINE_NODES = 4
+REPO = Path(__file__).resolve().parents[2]
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+def request_counts(api: client.ApiClient) -> dict[str, float]:
+    """The API server's apiserver_request_total, summed by 'verb resource[/subresource]'."""
+    response = api.call_api("GET", f"{api.configuration.host}/metrics")
+    response.read()
+    counts: dict[str, float] = {}
+    for line in (response.data or b"").decode().splitlines():
+        if not line.startswith("apiserver_request_total{"):
+            continue
+        labels = dict(part.split("=", 1) for part in line[line.index("{") + 1 : line.index("}")].split(","))
+        labels = {k: v.strip('"') for k, v in labels.items()}
+        key = f"{labels.get('verb')} {labels.get('resource')}" + (
+            f"/{labels['subresource']}" if labels.get("subresource") else ""
+        )
+        counts[key] = counts.get(key, 0) + float(line.rsplit(" ", 1)[1])
+    return counts
+
+
+def per_job(before: dict[str, float], after: dict[str, float], jobs: int, resources: tuple[str, ...]) -> dict:
+    return {
+        key: round((after.get(key, 0) - before.get(key, 0)) / jobs, 2)
+        for key in sorted(after)
+        if key.split(" ")[0] in ("POST", "PATCH", "PUT", "DELETE", "APPLY")
+        and key.split(" ")[1].split("/")[0] in resources
+        and after.get(key, 0) - before.get(key, 0) > 0
+    }
+
+
+class Sampler:
+    """Peak RSS and CPU seconds of a process tree while a phase runs."""
+
+    def __init__(self, pid: int) -> None:
+        self.process = psutil.Process(pid)
+        self.peak = 0
+        self.stop = threading.Event()
+        self.cpu_start = self.cpu()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def tree(self) -> list[psutil.Process]:
+        return [self.process, *self.process.children(recursive=True)]
+
+    def cpu(self) -> float:
+        return sum(sum(p.cpu_times()[:2]) for p in self.tree())
+
+    def run(self) -> None:
+        while not self.stop.wait(0.25):
+            self.peak = max(self.peak, sum(p.memory_info().rss for p in self.tree()))
+
+    def finish(self) -> tuple[float, int]:
+        self.stop.set()
+        self.thread.join()
+        return self.cpu() - self.cpu_start, self.peak
+
+
+def watch_times(list_call: Any, args: tuple, seen: Any, stop: threading.Event) -> threading.Thread:
+    """Calls ``seen(object, monotonic time)`` for each watch event until ``stop``."""
+
+    def run() -> None:
+        while not stop.is_set():
+            stream = watch.Watch()
+            try:
+                for event in stream.stream(list_call, *args, timeout_seconds=30):
+                    seen(event["object"], time.monotonic())
+                    if stop.is_set():
+                        break
+            finally:
+                stream.stop()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def create_all(count: int, create: Any) -> dict[str, float]:
+    created: dict[str, float] = {}
+    lock = threading.Lock()
+
+    def one(index: int) -> None:
+        name = create(index)
+        with lock:
+            created[name] = time.monotonic()
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(one, range(count)))
+    return created
+
+
+def run_gpufleet(cluster: LocalCluster, operator: OperatorProcess, count: int, tag: str) -> dict:
+    api = cluster.api_client()
+    custom = client.CustomObjectsApi(api)
+    first_status: dict[str, float] = {}
+    dispatched: dict[str, float] = {}
+    succeeded: dict[str, float] = {}
+    created: dict[str, float] = {}
+
+    def seen(job: dict, at: float) -> None:
+        name = job["metadata"]["name"]
+        if not name.startswith(tag):
+            return
+        phase = (job.get("status") or {}).get("phase")
+        if phase:
+            first_status.setdefault(name, at)
+        if phase in ("Dispatched", "Running", "Succeeded"):
+            dispatched.setdefault(name, at)
+        if phase == "Succeeded":
+            succeeded.setdefault(name, at)
+
+    stop = threading.Event()
+    watcher = watch_times(
+        custom.list_namespaced_custom_object, (GROUP, VERSION, NAMESPACE, "generationjobs"), seen, stop
+    )
+    before = request_counts(api)
+    sampler = Sampler(operator.process.pid)  # type: ignore[union-attr]
+
+    def create(index: int) -> str:
+        name = f"{tag}-{index:05d}"
+        custom.create_namespaced_custom_object(
+            GROUP, VERSION, NAMESPACE, "generationjobs", job_manifest(name)
+        )
+        return name
+
+    started = time.monotonic()
+    created = create_all(count, create)
+    wait_for(lambda: len(succeeded), lambda n: n >= count, 3600, interval=1, what=f"{count} jobs succeeded")
+    elapsed = time.monotonic() - started
+    cpu, peak = sampler.finish()
+    after = request_counts(api)
+    stop.set()
+    watcher.join(35)
+    times = sorted(dispatched.values())
+    waits = [dispatched[n] - created[n] for n in created]
+    return {
+        "system": "gpufleet",
+        "jobs": count,
+        "rate": (count - 1) / (times[-1] - times[0]) if times[-1] > times[0] else float("inf"),
+        "create_rate": count / (max(created.values()) - min(created.values()) or 1),
+        "p50": percentile(waits, 0.5),
+        "p95": percentile(waits, 0.95),
+        "p99": percentile(waits, 0.99),
+        "first_status_p50": percentile([first_status[n] - created[n] for n in created], 0.5),
+        "seconds": elapsed,
+        "writes": per_job(before, after, count, ("generationjobs", "events", "pods")),
+        "cpu": cpu,
+        "peak_rss_mb": peak / 2**20,
+    }
+
+
+def job_manifest(name: str) -> dict:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "GenerationJob",
+        "metadata": {"name": name},
+        "spec": {
+            "poolRef": {"name": "fast"},
+            "task": "text-to-image",
+            "model": "tiny-sd",
+            "input": {"prompt": "a dot", "width": 64, "height": 64, "steps": 1, "seed": 1},
+            "vram": "64Mi",
+            "output": {"uri": "s3://bench-artifacts/out/"},
+            "ttlSecondsAfterFinished": 3600,
+        },
+    }
+
+
+def run_batch(cluster: LocalCluster, count: int, tag: str) -> dict:
+    api = cluster.api_client()
+    batch, core = client.BatchV1Api(api), client.CoreV1Api(api)
+    running: dict[str, float] = {}
+
+    def seen(pod: Any, at: float) -> None:
+        job = (pod.metadata.labels or {}).get("job-name", "")
+        if job.startswith(tag) and pod.status and pod.status.phase == "Running":
+            running.setdefault(job, at)
+
+    stop = threading.Event()
+    watcher = watch_times(core.list_namespaced_pod, (NAMESPACE,), seen, stop)
+    before = request_counts(api)
+
+    def create(index: int) -> str:
+        name = f"{tag}-{index:05d}"
+        batch.create_namespaced_job(NAMESPACE, batch_manifest(name))
+        return name
+
+    started = time.monotonic()
+    created = create_all(count, create)
+    wait_for(lambda: len(running), lambda n: n >= count, 3600, interval=1, what=f"{count} Job pods running")
+    elapsed = time.monotonic() - started
+    after = request_counts(api)
+    stop.set()
+    watcher.join(35)
+    times = sorted(running.values())
+    waits = [running[n] - created[n] for n in created]
+    batch.delete_collection_namespaced_job(NAMESPACE, propagation_policy="Background")
+    return {
+        "system": "batch/v1 Job",
+        "jobs": count,
+        "rate": (count - 1) / (times[-1] - times[0]) if times[-1] > times[0] else float("inf"),
+        "create_rate": count / (max(created.values()) - min(created.values()) or 1),
+        "p50": percentile(waits, 0.5),
+        "p95": percentile(waits, 0.95),
+        "p99": percentile(waits, 0.99),
+        "first_status_p50": float("nan"),
+        "seconds": elapsed,
+        "writes": per_job(before, after, count, ("jobs", "pods", "events")),
+        "cpu": float("nan"),
+        "peak_rss_mb": float("nan"),
+    }
+
+
+def batch_manifest(name: str) -> dict:
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": name},
+        "spec": {
+            "backoffLimit": 0,
+            "template": {
+                "spec": {
+                    "restartPolicy": "Never",
+                    "nodeSelector": {"gpufleet.io/bench": "baseline"},
+                    "tolerations": [{"operator": "Exists"}],
+                    "containers": [{"name": "run", "image": "busybox", "command": ["true"]}],
+                }
+            },
+        },
+    }
+
+
+def start_pool(cluster: LocalCluster, shim_dir: Path) -> None:
+    api = cluster.api_client()
+    core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=NAMESPACE)))
+    wait_for(lambda: core.read_namespaced_service_account("default", NAMESPACE), bool, 60, what="default SA")
+    core.create_namespaced_secret(
+        NAMESPACE,
+        client.V1Secret(
+            metadata=client.V1ObjectMeta(name="bench-s3"),
+            string_data={"AWS_ACCESS_KEY_ID": "unused", "AWS_SECRET_ACCESS_KEY": "unused"},
+        ),
+    )
+    path = os.pathsep.join([str(shim_dir), str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    custom.create_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        NAMESPACE,
+        "workerpools",
+        {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "WorkerPool",
+            "metadata": {"name": "fast"},
+            "spec": {
+                "runtime": "builtin",
+                "image": "ghcr.io/gpufleet/worker:0.1.0",
+                "models": [{"name": "tiny-sd", "source": "builtin://tiny-sd", "vram": "1Gi"}],
+                "tasks": ["text-to-image"],
+                "gpu": {"count": 1, "minMemory": "20Gi", "maxJobsPerGPU": SLOTS},
+                "replicas": WORKERS,
+                "template": {
+                    "env": [{"name": "PATH", "value": path}, {"name": "PYTHONPATH", "value": str(REPO)}]
+                },
+            },
+        },
+    )
+    wait_for(
+        lambda: custom.get_namespaced_custom_object(GROUP, VERSION, NAMESPACE, "workerpools", "fast"),
+        lambda pool: (pool.get("status") or {}).get("readyReplicas") == WORKERS,
+        300,
+        interval=1,
+        what=f"{WORKERS} fast workers ready",
+    )
+
+
+def write_shim(directory: Path) -> Path:
+    """``gpufleet-worker`` that runs the fast worker: the pool's pods find it first on PATH."""
+    directory.mkdir(parents=True, exist_ok=True)
+    shim = directory / "gpufleet-worker"
+    shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m bench.dispatch.fastworker "$@"\n')
+    shim.chmod(0o755)
+    return directory
+
+
+def print_table(rows: list[dict]) -> None:
+    print()
+    print(
+        "| system | jobs | dispatched/s | create/s | create->dispatched p50 / p95 / p99 (s) "
+        "| first status p50 (s) | operator CPU s | operator peak RSS MB |"
+    )
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for r in rows:
+        print(
+            f"| {r['system']} | {r['jobs']:,} | {r['rate']:.1f} | {r['create_rate']:.1f} | "
+            f"{r['p50']:.1f} / {r['p95']:.1f} / {r['p99']:.1f} | {r['first_status_p50']:.2f} | "
+            f"{r['cpu']:.0f} | {r['peak_rss_mb']:.0f} |"
+        )
+    print()
+    for r in rows:
+        print(f"API writes per job, {r['system']} at {r['jobs']:,}: {json.dumps(r['writes'])}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.dispatch", description=__doc__.split("\n")[0])
+    parser.add_argument("--jobs", type=int, nargs="+", default=[1000, 10000])
+    parser.add_argument(
+        "--baseline-jobs", type=int, default=500, help="batch/v1 Jobs (pods on simulated nodes)"
+    )
+    args = parser.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="gpufleet-bench-dispatch-"))
+    fleet = (
+        *simnodes.DEFAULT_FLEET,
+        *(
+            dataclasses.replace(node, extra_labels={"gpufleet.io/bench": "baseline"})
+            for node in simnodes.simulated_only_nodes(BASELINE_NODES, prefix="sim-batch")
+        ),
+    )
+    rows = []
+    with LocalCluster(workdir / "cluster", fleet).start() as cluster:
+        api = cluster.api_client()
+        apply_crds(api)
+        install_operator_identity(api)
+        operator = OperatorProcess(
+            api,
+            cluster.server,
+            cluster.control_plane.ca_cert,
+            workdir / "operator",
+            "http://127.0.0.1:9",
+            "bench-s3",
+        )
+        operator.start()
+        try:
+            start_pool(cluster, write_shim(REPO / "_out" / "bench-dispatch-bin"))
+            rows.append(run_batch(cluster, args.baseline_jobs, "batch"))
+            for index, count in enumerate(args.jobs):
+                rows.append(run_gpufleet(cluster, operator, count, f"gj{index}"))
+                print_table(rows)
+        finally:
+            operator.stop()
+    print_table(rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
