@@ -112,6 +112,8 @@ def watch_times(list_call: Any, args: tuple, seen: Any, stop: threading.Event) -
                     seen(event["object"], time.monotonic())
                     if stop.is_set():
                         break
+            except client.ApiException:
+                continue  # an expired resourceVersion: list and watch again
             finally:
                 stream.stop()
 

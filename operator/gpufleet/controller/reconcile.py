@@ -206,19 +206,19 @@ async def reconcile_pool(op: Operator, namespace: str, name: str) -> None:
         memory.workers[pod_name] = breaker.probe_sent(
             memory.workers.get(pod_name, breaker.WorkerHealth()), clock, op.breaker
         )
-    sent = await bounded(
-        op.concurrency,
-        (
-            follow.dispatch(op, by_key[a.key], pods_by_name[a.placement.worker], a.placement, token)
-            for a in plan.assignments
-        ),
-    )
-    dispatched = {a.key for a, ok in zip(plan.assignments, sent, strict=True) if ok}
-    remaining = [w for w in ordered if w.key not in dispatched]
-    # A refused dispatch has written its job's status already.
+    # Dispatches and the other jobs' status writes go out together: a new job's first status
+    # does not wait for this round's dispatches. Positions count the placed jobs as gone.
     attempted = {a.key for a in plan.assignments}
-    unplaced = [w for w in remaining if w.key not in attempted]
-    await bounded(op.concurrency, queued_writes(op, name, unplaced, by_key, plan.waiting))
+    unplaced = [w for w in ordered if w.key not in attempted]
+    dispatches = [
+        follow.dispatch(op, by_key[a.key], pods_by_name[a.placement.worker], a.placement, token)
+        for a in plan.assignments
+    ]
+    outcomes = await bounded(
+        op.concurrency, [*dispatches, *queued_writes(op, name, unplaced, by_key, plan.waiting)]
+    )
+    dispatched = {a.key for a, ok in zip(plan.assignments, outcomes, strict=False) if ok}
+    remaining = [w for w in ordered if w.key not in dispatched]
 
     # 7. Status of the pool.
     await write_pool_status(

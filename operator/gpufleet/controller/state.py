@@ -96,7 +96,7 @@ class Operator:
     worker_port: int = 8080
     progress_interval: float = 1.0
     # Concurrent API writes and worker calls of one round.
-    concurrency: int = 32
+    concurrency: int = 16
     breaker: BreakerPolicy = field(default_factory=BreakerPolicy)
     clock: Callable[[], float] = time.monotonic
     cache: Cache = field(default_factory=Cache)
