@@ -82,7 +82,13 @@ def test_job_conditions_follow_kstatus(
 
 @pytest.mark.parametrize(
     "reason",
-    [Reason.UNSCHEDULABLE, Reason.POOL_NOT_FOUND, Reason.MODEL_NOT_SERVED, Reason.TASK_NOT_SERVED, Reason.INVALID_INPUT],
+    [
+        Reason.UNSCHEDULABLE,
+        Reason.POOL_NOT_FOUND,
+        Reason.MODEL_NOT_SERVED,
+        Reason.TASK_NOT_SERVED,
+        Reason.INVALID_INPUT,
+    ],
 )
 @pytest.mark.parametrize("phase", [JobPhase.PENDING, JobPhase.QUEUED])
 def test_a_job_only_its_user_can_unblock_is_stalled(phase: JobPhase, reason: Reason) -> None:
