@@ -3,7 +3,7 @@ role may submit and cancel GenerationJobs, people bound to ``view`` may only rea
 
 Only the chart's aggregated ClusterRoles are applied (no operator needed); the real
 kube-controller-manager aggregates them into the built-in roles, and ``kubectl auth can-i``
-asks the real authorizer.
+asks the real authorizer (with the CRDs installed: kubectl resolves the resource names).
 """
 
 from __future__ import annotations
@@ -23,7 +23,11 @@ RESOURCE_POOLS = "workerpools.gpufleet.io"
 
 
 def can_i(cluster: Any, user: str, verb: str, resource: str, namespace: str) -> bool:
-    result = cluster.kubectl("auth", "can-i", verb, resource, "-n", namespace, "--as", user, check=False)
+    resource, _, subresource = resource.partition("/")
+    extra = [f"--subresource={subresource}"] if subresource else []
+    result = cluster.kubectl(
+        "auth", "can-i", verb, resource, *extra, "-n", namespace, "--as", user, check=False
+    )
     return result.stdout.strip() == "yes"
 
 
@@ -41,7 +45,7 @@ def bind(rbac: client.RbacAuthorizationV1Api, namespace: str, user: str, cluster
 
 
 def test_built_in_edit_may_submit_jobs_and_view_may_only_read_them(
-    cluster: Any, namespace: str, render: Callable[..., list[dict[str, Any]]]
+    cluster: Any, namespace: str, gpufleet_crds: list[str], render: Callable[..., list[dict[str, Any]]]
 ) -> None:
     rbac = client.RbacAuthorizationV1Api(cluster.api_client())
     user_roles = [

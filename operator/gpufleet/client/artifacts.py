@@ -46,9 +46,18 @@ def split_s3_url(url: str) -> tuple[str, str]:
 
 
 def s3_client(settings: S3Settings) -> Any:
+    key_id, secret = settings.access_key_id, settings.secret_access_key
+    if (key_id is None) != (secret is None):  # one given as a flag: the other from the variables
+        key_id = key_id or os.environ.get("AWS_ACCESS_KEY_ID")
+        secret = secret or os.environ.get("AWS_SECRET_ACCESS_KEY")
+        if not (key_id and secret):
+            raise S3Error(
+                "an S3 access key id needs its secret: give both --s3-access-key-id and "
+                "--s3-secret-access-key (or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
+            )
     session = boto3.session.Session(
-        aws_access_key_id=settings.access_key_id,
-        aws_secret_access_key=settings.secret_access_key,
+        aws_access_key_id=key_id,
+        aws_secret_access_key=secret,
         region_name=settings.region
         or os.environ.get("AWS_REGION")
         or os.environ.get("AWS_DEFAULT_REGION")

@@ -91,8 +91,10 @@ class ProgressBoard:
         self.stream.flush()
 
 
-def _follow(client: Client, names: list[str], timeout: float | None, board: ProgressBoard | None) -> int:
-    """Waits for the jobs (drawing their progress); prints each outcome; the exit code."""
+def _follow(
+    client: Client, names: list[str], timeout: float | None, board: ProgressBoard | None, out: TextIO
+) -> int:
+    """Waits for the jobs (drawing their progress); prints each outcome to ``out``; the exit code."""
     final: dict[str, GenerationJob] = {}
     for job in client.watch(names, timeout):
         if board is not None:
@@ -100,7 +102,7 @@ def _follow(client: Client, names: list[str], timeout: float | None, board: Prog
         if finished(job):
             final[name_of(job)] = job
     for name in names:
-        print(render.outcome_line(final[name]), flush=True)
+        print(render.outcome_line(final[name]), file=out, flush=True)
     return EXIT_OK if all(succeeded(j) for j in final.values()) else EXIT_JOB_UNSUCCESSFUL
 
 
@@ -108,6 +110,19 @@ def submit(args: argparse.Namespace) -> int:
     text, source = read_source(args.filename)
     documents = parse_jobs(text, source)
     client = _client(args)
+    # Like kubectl: the manifests' namespace, when they name one, must be the one asked for.
+    named = {d["metadata"]["namespace"] for d in documents if d["metadata"].get("namespace")}
+    if len(named) > 1:
+        raise ClientError(
+            f"{source}: the jobs name several namespaces ({', '.join(sorted(named))}); submit one at a time"
+        )
+    if named:
+        [namespace] = named
+        if args.namespace and args.namespace != namespace:
+            raise ClientError(
+                f'{source}: metadata.namespace "{namespace}" does not match -n "{args.namespace}"'
+            )
+        client.namespace = namespace
     created = [client.submit(document) for document in documents]
     names = [name_of(job) for job in created]
     if not (args.watch or args.wait):
@@ -117,10 +132,12 @@ def submit(args: argparse.Namespace) -> int:
             for name in names:
                 print(f"generationjob.{GROUP}/{name} created")
         return EXIT_OK
+    # With -o the objects alone go to stdout, for a pipe; everything else to stderr.
+    messages = sys.stderr if args.output else sys.stdout
     for name in names:
-        print(f"generationjob.{GROUP}/{name} created", file=sys.stderr if args.output else sys.stdout)
-    board = ProgressBoard(sys.stderr if args.output else sys.stdout) if args.watch else None
-    code = _follow(client, names, args.timeout, board)
+        print(f"generationjob.{GROUP}/{name} created", file=messages)
+    board = ProgressBoard(messages) if args.watch else None
+    code = _follow(client, names, args.timeout, board, messages)
     if args.output:
         _print_objects([client.get(name) for name in names], args.output)
     return code
@@ -166,7 +183,7 @@ def describe(args: argparse.Namespace) -> int:
 
 def wait(args: argparse.Namespace) -> int:
     client = _client(args)
-    return _follow(client, [job_name(n) for n in args.names], args.timeout, None)
+    return _follow(client, [job_name(n) for n in args.names], args.timeout, None, sys.stdout)
 
 
 def cancel(args: argparse.Namespace) -> int:

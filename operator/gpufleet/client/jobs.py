@@ -95,7 +95,10 @@ class Client:
         namespace = body["metadata"].get("namespace") or self.namespace
         name = body["metadata"].get("name") or body["metadata"].get("generateName", "")
         try:
-            created = self.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, JOBS, body)
+            # Strict, as kubectl: an unknown or duplicated field is an error, not dropped.
+            created = self.custom.create_namespaced_custom_object(
+                GROUP, VERSION, namespace, JOBS, body, field_validation="Strict"
+            )
         except ApiException as exc:
             raise api_error(exc, "create", JOB_RESOURCE, namespace, name) from exc
         return GenerationJob.model_validate(created)
