@@ -170,6 +170,8 @@ def test_progress_line_shows_phase_bar_steps_queue_worker_and_gpu() -> None:
     assert " 50%" in running and "step 15/30" in running and "on sd-0 gpu GPU-1" in running
     stuck = render.progress_line(job({"phase": "Pending", "reason": "Unschedulable"}))
     assert "(Unschedulable)" in stuck
+    dispatched = render.progress_line(job({"phase": "Dispatched", "reason": "Dispatched"}))
+    assert "(" not in dispatched, "a reason that only repeats the phase is left out"
 
 
 def test_outcome_lines() -> None:

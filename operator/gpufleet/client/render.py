@@ -103,7 +103,7 @@ def progress_line(job: GenerationJob) -> str:
         if status.worker.gpu:
             where += f" gpu {status.worker.gpu}"
         parts.append(where)
-    if status.reason and status.phase not in (JobPhase.RUNNING, JobPhase.QUEUED, JobPhase.SUCCEEDED):
+    if status.reason and status.reason != phase_text(job) and status.phase is not JobPhase.SUCCEEDED:
         parts.append(f"({status.reason})")
     return "  ".join(parts)
 
