@@ -178,6 +178,19 @@ def test_watch_of_a_job_that_cannot_run_ends_at_once_with_the_reason(cli: Cli, f
     stalled = next(c for c in fleet.get_job("orphan")["status"]["conditions"] if c["type"] == "Stalled")
     assert stalled["status"] == "True" and stalled["reason"] == "PoolNotFound"
 
+    # Once the user fixes the cause the job runs, and is no longer Stalled.
+    fleet.pool("nowhere", replicas=1)
+    fleet.wait_job(
+        "orphan",
+        lambda j: {c["type"]: c["status"] for c in j["status"]["conditions"]}["Stalled"] == "False",
+        120,
+        what="the job to leave Stalled once its pool exists",
+    )
+    waited = cli("wait", "orphan", "--timeout", "180")
+    assert waited.returncode == 0 and "gj/orphan Succeeded" in waited.stdout, waited
+    conditions = {c["type"]: c["status"] for c in fleet.get_job("orphan")["status"]["conditions"]}
+    assert conditions == {"Ready": "True", "Reconciling": "False", "Stalled": "False"}
+
 
 def test_cp_downloads_artifacts_verified_against_the_bucket(
     cli: Cli, fleet: Fleet, bucket: Any, tmp_path: Path
