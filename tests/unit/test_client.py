@@ -186,7 +186,14 @@ def test_outcome_lines() -> None:
     assert render.outcome_line(done) == (
         "gj/lighthouse Succeeded in 12s: 1 artifact: s3://bucket/out/lighthouse/image-0.png"
     )
-    failed = job({"phase": "Failed", "reason": "OutOfMemory", "message": "CUDA out of memory"})
+    failed = job(
+        {
+            "phase": "Failed",
+            "reason": "OutOfMemory",
+            "message": "CUDA out of memory",
+            "conditions": [condition("Stalled", "True", "OutOfMemory")],
+        }
+    )
     assert render.outcome_line(failed) == "gj/lighthouse Failed: OutOfMemory: CUDA out of memory"
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from gpufleet.api.conditions import JobPhase
+from gpufleet.api.conditions import TERMINAL_PHASES, JobPhase
 from gpufleet.api.models import GenerationJob, GpuStatus, WorkerPool, WorkerStatus
 from gpufleet.api.quantity import parse_quantity
 from gpufleet.client.jobs import Event, name_of, stalled
@@ -48,7 +48,8 @@ def age(since: object, now: datetime) -> str:
 
 def phase_text(job: GenerationJob) -> str:
     phase = job.status.phase.value if job.status.phase else "New"
-    return f"{phase} (Stalled)" if stalled(job) else phase
+    # Only a waiting job needs the mark: a failed one is always Stalled.
+    return f"{phase} (Stalled)" if stalled(job) and job.status.phase not in TERMINAL_PHASES else phase
 
 
 def job_rows(jobs: Sequence[GenerationJob], now: datetime, all_namespaces: bool, wide: bool) -> str:
