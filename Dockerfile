@@ -8,7 +8,7 @@ COPY pyproject.toml README.md ./
 COPY operator ./operator
 COPY worker-images/runtime ./worker-images/runtime
 RUN python -m venv /opt/gpufleet \
- && /opt/gpufleet/bin/pip install --no-cache-dir .
+ && /opt/gpufleet/bin/pip install --no-cache-dir ".[operator]"
 
 FROM python:3.11-slim
 COPY --from=build /opt/gpufleet /opt/gpufleet

@@ -14,7 +14,7 @@ if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; 
   echo "setting up $venv (first run downloads torch; later runs reuse pip's cache)..." >&2
   "$python" -m venv "$venv"
   "$venv/bin/python" -m pip install --quiet --upgrade pip
-  "$venv/bin/python" -m pip install --quiet -e "$repo_root[worker,diffusers,dev]"
+  "$venv/bin/python" -m pip install --quiet -e "$repo_root[operator,client,worker,diffusers,dev]"
   echo "$want" > "$stamp"
 fi
 export PATH="$venv/bin:$PATH"

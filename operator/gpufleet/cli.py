@@ -1,7 +1,10 @@
-"""The ``gpufleet`` command.
+"""The ``gpufleet`` command (also the kubectl plugin ``kubectl gpufleet``).
 
-gpufleet up      bring up the local fleet: a real control plane on loopback with
-                 simulated GPU nodes; stays in the foreground until Ctrl-C.
+Jobs:     submit, get, list, describe, wait, cancel, delete, cp, url, top, completion
+          (see docs/cli.md; these need only the light `client` extra)
+gpufleet up        bring up the local fleet: a real control plane on loopback with
+                   simulated GPU nodes; stays in the foreground until Ctrl-C.
+gpufleet operator  run the operator.
 """
 
 from __future__ import annotations
@@ -15,10 +18,10 @@ import sys
 import threading
 from pathlib import Path
 
-from gpufleet.controller import main as controller_main
-from gpufleet.localcluster import binaries, demo
-from gpufleet.localcluster.cluster import LocalCluster
-from gpufleet.localcluster.s3server import S3Server
+from gpufleet.client import commands
+
+# The operator's and the local fleet's modules are imported by their sub-commands only, so
+# the user's commands run with the light `client` extra (no kopf, numba or torch).
 
 
 def default_state_dir() -> Path:
@@ -27,6 +30,10 @@ def default_state_dir() -> Path:
 
 
 def up(args: argparse.Namespace) -> int:
+    from gpufleet.localcluster import binaries, demo
+    from gpufleet.localcluster.cluster import LocalCluster
+    from gpufleet.localcluster.s3server import S3Server
+
     state_dir: Path = args.state_dir
     print(f"starting the local fleet in {state_dir} ...", flush=True)
     shutil.rmtree(state_dir, ignore_errors=True)  # every run starts a fresh fleet
@@ -61,12 +68,22 @@ def up(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_operator(argv: list[str]) -> int:
+    from gpufleet.controller import main as controller_main
+
+    parser = argparse.ArgumentParser(prog="gpufleet operator", description="run the operator")
+    controller_main.add_arguments(parser)
+    return int(controller_main.run(parser.parse_args(argv)))
+
+
 def main(argv: list[str] | None = None) -> int:
+    prog = "kubectl gpufleet" if Path(sys.argv[0]).name.startswith("kubectl-") else "gpufleet"
     parser = argparse.ArgumentParser(
-        prog="gpufleet", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    commands = parser.add_subparsers(dest="command", required=True)
-    up_parser = commands.add_parser("up", help="bring up the local fleet")
+    subcommands = parser.add_subparsers(dest="command", required=True)
+    commands.add_commands(subcommands, parser)
+    up_parser = subcommands.add_parser("up", help="bring up the local fleet")
     up_parser.add_argument(
         "--state-dir",
         type=Path,
@@ -80,12 +97,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     up_parser.add_argument("--no-demo", action="store_true", help="skip the sample pool and job")
     up_parser.set_defaults(func=up)
-    operator_parser = commands.add_parser(
-        "operator", help="run the operator (in a pod, or against $KUBECONFIG)"
+    # Its own flags are parsed by the operator's parser, which only the operator imports.
+    subcommands.add_parser(
+        "operator", help="run the operator (in a pod, or against $KUBECONFIG)", add_help=False
     )
-    controller_main.add_arguments(operator_parser)
-    operator_parser.set_defaults(func=controller_main.run)
-    args = parser.parse_args(argv)
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "operator":
+        return run_operator(rest)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if commands.is_user_command(args.command):
+        return commands.run(args)
     return int(args.func(args))
 
 

@@ -87,6 +87,36 @@ OWN_NAMESPACE_RULES: tuple[Rule, ...] = (
 )
 
 
+# What people get through the built-in roles: ClusterRoles labelled with AGGREGATE_LABELS
+# join `view`, `edit` and `admin`, so whoever may edit Deployments in a namespace may also
+# submit, cancel and delete jobs there, with no RBAC written by an admin.
+USER_VIEW_RULES: tuple[Rule, ...] = (
+    Rule(
+        (GROUP,),
+        ("workerpools", "generationjobs"),
+        ("get", "list", "watch"),
+        "see pools and jobs: kubectl get, gpufleet get, describe, wait, top",
+    ),
+)
+USER_EDIT_RULES: tuple[Rule, ...] = (
+    Rule(
+        (GROUP,),
+        ("workerpools", "generationjobs"),
+        ("create", "update", "patch", "delete", "deletecollection"),
+        "submit, cancel (spec.cancel) and delete jobs; create, change and delete pools",
+    ),
+    Rule((GROUP,), ("workerpools/scale",), ("get", "update", "patch"), "kubectl scale a pool"),
+)
+AGGREGATE_LABEL = "rbac.authorization.k8s.io/aggregate-to-{role}"
+# The built-in role each user role joins (edit and admin hold everything view holds).
+AGGREGATE_TO = {"view": ("view", "edit", "admin"), "edit": ("edit", "admin")}
+
+
+def aggregate_labels(user_role: str) -> dict[str, str]:
+    """The labels that put ``user_role`` (view or edit) into the built-in roles."""
+    return {AGGREGATE_LABEL.format(role=role): "true" for role in AGGREGATE_TO[user_role]}
+
+
 def rules_document() -> dict[str, list[dict]]:
     """All rule groups with their reasons, in the shape the chart's templates read."""
 
@@ -97,4 +127,6 @@ def rules_document() -> dict[str, list[dict]]:
         "namespaced": rows(NAMESPACED_RULES),
         "cluster": rows(CLUSTER_RULES),
         "ownNamespace": rows(OWN_NAMESPACE_RULES),
+        "userView": rows(USER_VIEW_RULES),
+        "userEdit": rows(USER_EDIT_RULES),
     }

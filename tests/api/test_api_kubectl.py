@@ -32,11 +32,21 @@ def applied(cluster: Any, objects: Objects, namespace: str) -> str:
         "runningJobs": 4,
         "selector": "gpufleet.io/pool=sd15",
         "observedGeneration": 1,
+        "conditions": [
+            {
+                "type": "Ready",
+                "status": "False",
+                "reason": "WorkersStarting",
+                "message": "2 of 3 workers ready",
+                "lastTransitionTime": "2026-11-22T10:00:00Z",
+            }
+        ],
     }
     objects.replace_status(pool)
     job = objects.get("GenerationJob", "lighthouse")
     job["status"] = {
         "phase": "Running",
+        "reason": "Running",
         "attempts": 1,
         "worker": {"pod": "sd15-7xk2p", "node": "gpu-a100-0", "gpu": "GPU-3f2c0b1e"},
         "progress": {"percent": 42, "step": 13, "totalSteps": 30},
@@ -61,14 +71,32 @@ def table(output: str) -> list[list[str]]:
 def test_get_shows_the_columns(cluster: Any, applied: str) -> None:
     output = cluster.kubectl("get", "wp,gj", "-n", applied).stdout
     pools, jobs = output.strip().split("\n\n")
-    assert table(pools)[0] == ["NAME", "READY", "DESIRED", "QUEUE", "RUNNING", "AGE"]
-    assert table(pools)[1][:5] == ["workerpool.gpufleet.io/sd15", "2", "3", "7", "4"]
+    assert table(pools)[0] == ["NAME", "READY", "DESIRED", "QUEUE", "RUNNING", "REASON", "AGE"]
+    assert table(pools)[1][:6] == ["workerpool.gpufleet.io/sd15", "2", "3", "7", "4", "WorkersStarting"]
     rows = {row[0]: row for row in table(jobs)}
-    assert table(jobs)[0] == ["NAME", "PHASE", "POOL", "PROGRESS", "WORKER", "AGE"]
-    assert rows["generationjob.gpufleet.io/lighthouse"][1:5] == ["Running", "sd15", "42", "sd15-7xk2p"]
+    assert table(jobs)[0] == ["NAME", "PHASE", "POOL", "PROGRESS", "REASON", "QUEUE", "WORKER", "AGE"]
+    assert rows["generationjob.gpufleet.io/lighthouse"][1:6] == [
+        "Running",
+        "sd15",
+        "42",
+        "Running",
+        "sd15-7xk2p",
+    ]
     # A job the operator has not seen yet prints blank cells (only POOL and AGE), not errors.
     assert rows["generationjob.gpufleet.io/lighthouse-winter"][1] == "sd15"
     assert len(rows["generationjob.gpufleet.io/lighthouse-winter"]) == 3
+
+
+def test_a_queued_job_shows_its_reason_and_queue_position(
+    cluster: Any, objects: Objects, applied: str
+) -> None:
+    job = objects.get("GenerationJob", "lighthouse-winter")
+    job["status"] = {"phase": "Queued", "reason": "Queued", "queuePosition": 3, "attempts": 0}
+    objects.replace_status(job)
+    output = cluster.kubectl("get", "gj", "lighthouse-winter", "-n", applied).stdout
+    header, row = table(output)
+    assert row[:5] == ["lighthouse-winter", "Queued", "sd15", "Queued", "3"]
+    assert header[header.index("REASON") + 1] == "QUEUE"
 
 
 def test_wide_output_shows_the_first_artifact(cluster: Any, applied: str) -> None:

@@ -8,12 +8,19 @@ from typing import Any
 
 import pytest
 
+from gpufleet import rbac
+
 from .conftest import CHART, RELEASE_NAMESPACE, helm_set_args, load_hack_module
 
 sync_chart = load_hack_module("sync_chart")
 
 NAMESPACED = {"watchNamespaces": ["studio", "batch"]}
 RBAC_KINDS = ("ClusterRole", "Role")
+# The users' ClusterRoles of release "gf": name -> (built-in role it joins, its rules).
+USER_ROLES = {
+    "gf-gpufleet-view": ("view", rbac.USER_VIEW_RULES),
+    "gf-gpufleet-edit": ("edit", rbac.USER_EDIT_RULES),
+}
 
 
 def find(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> list[dict[str, Any]]:
@@ -116,7 +123,7 @@ def test_default_setup_is_cluster_wide(render):
     assert "--all-namespaces" in container["args"]
     assert not any(a.startswith("--namespace=") for a in container["args"])
     roles = {d["metadata"]["name"] for d in find(docs, "ClusterRole")}
-    assert roles == {"gf-gpufleet", "gf-gpufleet-cluster"}
+    assert roles == {"gf-gpufleet", "gf-gpufleet-cluster", *USER_ROLES}
     binding = only(docs, "ClusterRoleBinding", "gf-gpufleet")
     assert binding["subjects"] == [
         {"kind": "ServiceAccount", "name": "gf-gpufleet", "namespace": RELEASE_NAMESPACE}
@@ -135,7 +142,7 @@ def test_namespaced_setup_has_a_role_per_namespace_and_only_reads_cluster_wide(r
         "--namespace=studio",
         "--namespace=batch",
     ]
-    cluster_roles = find(docs, "ClusterRole")
+    cluster_roles = [r for r in find(docs, "ClusterRole") if r["metadata"]["name"] not in USER_ROLES]
     assert [r["metadata"]["name"] for r in cluster_roles] == ["gf-gpufleet-cluster"]
     assert cluster_roles[0]["rules"] == [
         {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]},
@@ -153,6 +160,18 @@ def test_namespaced_setup_has_a_role_per_namespace_and_only_reads_cluster_wide(r
         binding = [d for d in find(docs, "RoleBinding") if d["metadata"]["namespace"] == namespace]
         assert binding[0]["roleRef"]["name"] == role["metadata"]["name"]
     assert {d["metadata"]["name"] for d in find(docs, "ClusterRoleBinding")} == {"gf-gpufleet-cluster"}
+
+
+@pytest.mark.parametrize("values", [{}, NAMESPACED], ids=["default", "namespaced"])
+def test_users_roles_join_the_built_in_roles_with_the_rules_of_gpufleet_rbac(render, values):
+    docs = {d["metadata"]["name"]: d for d in find(render(values), "ClusterRole")}
+    for name, (user_role, rules) in USER_ROLES.items():
+        role = docs[name]
+        assert role["metadata"]["labels"].items() >= rbac.aggregate_labels(user_role).items()
+        assert role["rules"] == [r.manifest() for r in rules]
+        assert not role.get("aggregationRule")
+    # edit's rules must not reach view: a viewer may not create a job.
+    assert "rbac.authorization.k8s.io/aggregate-to-view" not in docs["gf-gpufleet-edit"]["metadata"]["labels"]
 
 
 @pytest.mark.parametrize("values", [{}, NAMESPACED], ids=["default", "namespaced"])

@@ -80,6 +80,36 @@ def test_job_conditions_follow_kstatus(
     assert all(c.observed_generation == 3 and c.last_transition_time == T0 for c in conditions)
 
 
+@pytest.mark.parametrize(
+    "reason",
+    [
+        Reason.UNSCHEDULABLE,
+        Reason.POOL_NOT_FOUND,
+        Reason.MODEL_NOT_SERVED,
+        Reason.TASK_NOT_SERVED,
+        Reason.INVALID_INPUT,
+    ],
+)
+@pytest.mark.parametrize("phase", [JobPhase.PENDING, JobPhase.QUEUED])
+def test_a_job_only_its_user_can_unblock_is_stalled(phase: JobPhase, reason: Reason) -> None:
+    conditions = job_conditions(phase, reason, "why", 2, T0)
+    got = {c.type: c.status == ConditionStatus.TRUE for c in conditions}
+    assert got == {ConditionType.READY: False, ConditionType.RECONCILING: False, ConditionType.STALLED: True}
+    assert all(c.reason == reason and c.message == "why" for c in conditions)
+
+
+@pytest.mark.parametrize("reason", [Reason.QUEUED, Reason.RETRYING, Reason.DISPATCHED, Reason.RUNNING])
+def test_a_job_waiting_for_the_fleet_is_reconciling_not_stalled(reason: Reason) -> None:
+    conditions = job_conditions(JobPhase.PENDING, reason, "", 1, T0)
+    got = {c.type: c.status == ConditionStatus.TRUE for c in conditions}
+    assert got == {ConditionType.READY: False, ConditionType.RECONCILING: True, ConditionType.STALLED: False}
+
+
+def test_a_succeeded_job_is_never_stalled_whatever_the_reason() -> None:
+    conditions = job_conditions(JobPhase.SUCCEEDED, Reason.INVALID_INPUT, "", 1, T0)
+    assert not any(c.type == ConditionType.STALLED and c.status == ConditionStatus.TRUE for c in conditions)
+
+
 def test_terminal_phases() -> None:
     assert {JobPhase.SUCCEEDED, JobPhase.FAILED, JobPhase.CANCELLED} == TERMINAL_PHASES
 

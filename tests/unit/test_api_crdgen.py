@@ -85,8 +85,8 @@ def test_subresources_names_and_columns() -> None:
             if c.get("priority", 0) == priority
         ]
 
-    assert columns(pool, 0) == ["Ready", "Desired", "Queue", "Running", "Age"]
-    assert columns(job, 0) == ["Phase", "Pool", "Progress", "Worker", "Age"]
+    assert columns(pool, 0) == ["Ready", "Desired", "Queue", "Running", "Reason", "Age"]
+    assert columns(job, 0) == ["Phase", "Pool", "Progress", "Reason", "Queue", "Worker", "Age"]
     assert "Artifact" in columns(job, 1)
 
 

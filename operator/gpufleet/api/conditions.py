@@ -211,17 +211,33 @@ def kstatus_conditions(
     ]
 
 
+# Reasons a job waits for that only a change by the user can end: the job is Stalled.
+USER_FIXABLE_REASONS = frozenset(
+    {
+        Reason.UNSCHEDULABLE,
+        Reason.POOL_NOT_FOUND,
+        Reason.MODEL_NOT_SERVED,
+        Reason.TASK_NOT_SERVED,
+        Reason.INVALID_INPUT,
+    }
+)
+
+
 def job_conditions(
     phase: JobPhase, reason: str, message: str, observed_generation: int, now: datetime
 ) -> list[Condition]:
     """kstatus conditions for a job in ``phase``: done is Ready, failed is Stalled.
 
-    A cancelled job is finished as asked, so it is neither reconciling nor stalled.
+    A job that waits for something only its user can change (a pool that does not exist or
+    cannot get a big enough GPU, a model or task the pool does not serve, input refused) is
+    Stalled too, and not Reconciling, so ``kubectl wait``, Flux and Argo CD stop waiting at
+    once. A cancelled job is finished as asked, so it is neither reconciling nor stalled.
     """
+    waits_for_user = phase not in TERMINAL_PHASES and reason in USER_FIXABLE_REASONS
     return kstatus_conditions(
         ready=phase in (JobPhase.SUCCEEDED, JobPhase.CANCELLED),
-        reconciling=phase not in TERMINAL_PHASES,
-        stalled=phase is JobPhase.FAILED,
+        reconciling=phase not in TERMINAL_PHASES and not waits_for_user,
+        stalled=phase is JobPhase.FAILED or waits_for_user,
         reason=reason,
         message=message,
         observed_generation=observed_generation,

@@ -1,7 +1,8 @@
 -- Argo CD health of a gpufleet GenerationJob, read from the kstatus conditions the operator
 -- writes, so Argo CD and Flux (kstatus) judge a job the same way:
 --   not yet observed (no status, or observedGeneration < generation) -> Progressing
---   Stalled=True (phase Failed)                                      -> Degraded
+--   Stalled=True (phase Failed, or Pending for a reason only the user
+--   can fix: Unschedulable, PoolNotFound, ModelNotServed, ...)       -> Degraded
 --   Ready=True (phase Succeeded, or Cancelled as asked)              -> Healthy
 --   anything else (Pending, Queued, Dispatched, Running)             -> Progressing
 -- Without conditions the phase decides the same way.
