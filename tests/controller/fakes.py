@@ -22,6 +22,7 @@ import httpx
 import gpufleet_worker.protocol as protocol
 from gpufleet import labels
 from gpufleet.api.models import GROUP, VERSION
+from gpufleet.controller.kube import PodRefused
 from gpufleet.controller.state import Operator
 from gpufleet.core.jobs import GpuClass
 from gpufleet.core.workerpod import WorkerEnv
@@ -52,6 +53,7 @@ class FakeKube:
         self.events: list[tuple[str, str, str]] = []  # (object name, reason, note)
         self.deleted_pods: list[str] = []
         self.pods: dict[str, dict] = {}  # what the cache holds: a deletion marks it, as a watch would
+        self.refuse_pods: str | None = None  # the API server's message when it refuses worker pods
 
     def store(self, plural: str, body: dict) -> dict:
         meta = body["metadata"]
@@ -90,6 +92,8 @@ class FakeKube:
 
     async def create_pod(self, namespace: str, manifest: dict) -> bool:
         self.writes["create pods"] += 1
+        if self.refuse_pods is not None:
+            raise PodRefused(self.refuse_pods)
         return True
 
     async def delete_pod(self, namespace: str, name: str, uid: str | None = None) -> None:

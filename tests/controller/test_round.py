@@ -178,3 +178,40 @@ async def test_a_large_queue_drains_within_a_bounded_write_budget(fleet):
     assert max(per_job.values()) <= 3 + math.ceil(math.log2(jobs)), max(per_job.values())
     assert sum(per_job.values()) <= jobs * 3 + 32 * len(dispatched_per_round)
     assert fleet.kube.writes["create events"] <= 3 * jobs
+
+
+@in_loop
+async def test_refused_worker_pods_stall_the_pool_with_one_event_until_they_are_created(fleet):
+    fleet.pool(workers=0)
+    pool = fleet.kube.objects[("workerpools", NAMESPACE, "sd")]
+    pool["spec"]["replicas"] = 1
+    fleet.op.cache.remember_pool(fleet.kube.store("workerpools", pool))
+    fleet.kube.refuse_pods = 'pods "sd-0" is forbidden: no PriorityClass with name gpu-high was found'
+    await rounds(fleet, 3)
+    status = fleet.kube.objects[("workerpools", NAMESPACE, "sd")]["status"]
+    stalled = next(c for c in status["conditions"] if c["type"] == "Stalled")
+    assert (stalled["status"], stalled["reason"]) == ("True", "WorkerPodRefused")
+    assert "no PriorityClass with name gpu-high" in stalled["message"]
+    assert [reason for _, reason, _ in fleet.kube.events].count("WorkerPodRefused") == 1
+    fleet.kube.refuse_pods = None
+    await rounds(fleet, 1)
+    status = fleet.kube.objects[("workerpools", NAMESPACE, "sd")]["status"]
+    assert next(c for c in status["conditions"] if c["type"] == "Stalled")["status"] == "False"
+
+
+@in_loop
+async def test_a_running_job_whose_pool_was_deleted_goes_back_to_pending_naming_it(fleet):
+    [worker] = fleet.pool()
+    worker.hold = True
+    fleet.job("a")
+    await fleet.round()
+    assert fleet.status("a")["phase"] == "Dispatched"
+    # The pool goes while no round or follower is looking (as when it is deleted while the
+    # operator is down): the follower stops, the orphan sweep finds the job.
+    fleet.op.followers.stop((NAMESPACE, "a"))
+    fleet.op.cache.forget_pool(NAMESPACE, "sd")
+    await handlers.orphan(fleet.op, fleet.op.cache.jobs[(NAMESPACE, "a")])
+    status = fleet.status("a")
+    assert (status["phase"], status["reason"]) == ("Pending", "PoolNotFound")
+    assert "deleted while attempt 1 ran on sd-0" in status["message"]
+    assert "worker" not in status

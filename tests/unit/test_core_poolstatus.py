@@ -289,3 +289,47 @@ def test_status_is_valid_and_kstatus_consistent(
     running = [j for j in jobs if j["status"].get("phase") in (JobPhase.DISPATCHED, JobPhase.RUNNING)]
     assert status["runningJobs"] == len(running)
     assert all(c["observedGeneration"] == 4 for c in status["conditions"])
+
+
+def conditions_of(status: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["type"]: c for c in status["conditions"]}
+
+
+@pytest.mark.parametrize(
+    ("waiting", "restarts", "expected"),
+    [
+        (
+            {"reason": "CreateContainerConfigError", "message": 'configmap "studio-env" not found'},
+            0,
+            'cannot start: CreateContainerConfigError (configmap "studio-env" not found)',
+        ),
+        ({"reason": "ImagePullBackOff"}, 0, "cannot start: ImagePullBackOff"),
+        ({"reason": "CrashLoopBackOff"}, 4, "restarted 4 times"),
+        ({}, 0, None),  # starting normally: not failing
+    ],
+)
+def test_workers_that_cannot_start_or_keep_crashing_make_the_pool_say_workers_failing(
+    waiting: dict[str, str], restarts: int, expected: str | None
+):
+    worker = pod("sd15-0")
+    worker["status"] = {
+        "containerStatuses": [{"name": "worker", "restartCount": restarts, "state": {"waiting": waiting}}]
+    }
+    status = pool_status(pool(), [worker], [], {}, [], 1, 0, SELECTOR, T0, False)
+    ready = conditions_of(status)[ConditionType.READY]
+    if expected is None:
+        assert ready["reason"] == Reason.WORKERS_STARTING
+        return
+    assert ready["reason"] == Reason.WORKERS_FAILING
+    assert "sd15-0" in ready["message"] and expected in ready["message"], ready["message"]
+    assert conditions_of(status)[ConditionType.DEGRADED]["status"] == "True"
+
+
+def test_refused_worker_pods_make_the_pool_stalled_with_the_api_servers_words():
+    message = 'pods "sd15-0" is forbidden: no PriorityClass with name gpu-high was found'
+    status = pool_status(pool(), [], [], {}, [], 1, 0, SELECTOR, T0, False, None, message)
+    found = conditions_of(status)
+    assert found[ConditionType.STALLED]["status"] == "True"
+    assert found[ConditionType.STALLED]["reason"] == Reason.WORKER_POD_REFUSED
+    assert message in found[ConditionType.READY]["message"]
+    assert found[ConditionType.RECONCILING]["status"] == "False"

@@ -83,6 +83,7 @@ class Reason(StrEnum):
     SCALED_TO_ZERO = "ScaledToZero"
     INSUFFICIENT_GPUS = "InsufficientGPUs"
     WORKERS_FAILING = "WorkersFailing"
+    WORKER_POD_REFUSED = "WorkerPodRefused"
 
 
 # What each reason tells a user; docs/api.md lists these, and every reason must have one.
@@ -111,7 +112,14 @@ REASON_MEANINGS: dict[Reason, str] = {
     Reason.SCALING_DOWN: "The pool is draining and removing workers.",
     Reason.SCALED_TO_ZERO: "The pool was idle and has no workers; new jobs bring it back.",
     Reason.INSUFFICIENT_GPUS: "Worker pods cannot be scheduled: no node has GPUs matching spec.gpu.",
-    Reason.WORKERS_FAILING: "Workers crash or never become ready.",
+    Reason.WORKERS_FAILING: (
+        "Workers crash, cannot start (a missing ConfigMap, an image that cannot be pulled) "
+        "or keep failing runs; the message names each worker and why."
+    ),
+    Reason.WORKER_POD_REFUSED: (
+        "The API server refuses the pool's worker pods (for example a missing PriorityClass "
+        "or RuntimeClass); the message quotes it."
+    ),
 }
 
 

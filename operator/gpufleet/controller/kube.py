@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import logging
 import secrets
 from collections.abc import Callable
@@ -27,6 +28,17 @@ def load_client() -> client.ApiClient:
     configuration = client.Configuration.get_default_copy()
     configuration.connection_pool_maxsize = 64  # as many as the write threads (handlers.configure)
     return client.ApiClient(configuration)
+
+
+class PodRefused(Exception):
+    """The API server refused to create a worker pod (admission, quota, validation)."""
+
+
+def api_message(error: ApiException) -> str:
+    try:
+        return str(json.loads(error.body or "{}").get("message") or error.reason)
+    except ValueError:
+        return str(error.reason)
 
 
 class Kube:
@@ -104,6 +116,8 @@ class Kube:
         except ApiException as error:
             if error.status == 409:
                 return False
+            if error.status in (400, 403, 422):
+                raise PodRefused(api_message(error)) from None
             raise
 
     async def delete_pod(self, namespace: str, name: str, uid: str | None = None) -> None:

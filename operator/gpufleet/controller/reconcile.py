@@ -38,7 +38,7 @@ from gpufleet.core.workerpod import (
 
 from . import follow, metrics
 from .jobstatus import body_of, now_utc, set_phase, stamp
-from .kube import JOBS, POOLS
+from .kube import JOBS, POOLS, PodRefused
 from .state import Operator, PoolMemory
 from .workers import WorkerClient, WorkerError
 
@@ -573,7 +573,20 @@ async def scale(
             index += 1
         pod_name = f"{name}-{index}"
         names.add(pod_name)
-        if await op.kube.create_pod(namespace, worker_pod(pool, pod_name, classes_mib, op.worker_env)):
+        memory = op.pool(namespace, name)
+        try:
+            created = await op.kube.create_pod(
+                namespace, worker_pod(pool, pod_name, classes_mib, op.worker_env)
+            )
+        except PodRefused as refused:
+            if memory.pod_refused != str(refused):  # one Event per new refusal, not one a round
+                await op.kube.event(
+                    body, Reason.WORKER_POD_REFUSED, f"worker {pod_name}: {refused}", warning=True
+                )
+            memory.pod_refused = str(refused)
+            break
+        memory.pod_refused = None
+        if created:
             await op.kube.event(body, "WorkerCreated", f"created worker {pod_name}")
     for pod in active:
         pod_name = pod["metadata"]["name"]
@@ -618,6 +631,7 @@ async def write_pool_status(
         now_utc(),
         cluster_full,
         failing,
+        memory.pod_refused,
     )
     if status != memory.last_status:
         await op.kube.patch_status(POOLS, pool.metadata["namespace"], pool.metadata["name"], status)

@@ -35,7 +35,7 @@ class PoolMemory:
     last_status: dict | None = None
     sizing: SizingState = field(default_factory=SizingState)
     workers: dict[str, WorkerHealth] = field(default_factory=dict)  # by pod name
-    positions_written_at: float = 0.0
+    pod_refused: str | None = None  # why the API server refused the last worker pod, until one is created
 
 
 @dataclass

@@ -29,11 +29,13 @@ def pool_status(
     now: dt.datetime,
     unschedulable: bool,
     failing: dict[str, str] | None = None,
+    pods_refused: str | None = None,
 ) -> dict[str, Any]:
     """The pool's ``status`` as written to the API server (conditions keep their transition times).
 
     ``failing`` names the workers whose circuit breaker is open, with why; crash-looping
-    worker pods are found here from their container statuses.
+    worker pods and ones that cannot start are found here from their container statuses.
+    ``pods_refused`` is the API server's word when it refused to create a worker pod.
     """
     failing = {**(failing or {}), **crash_looping(active)}
     generation = pool.metadata.get("generation", 1)
@@ -72,7 +74,9 @@ def pool_status(
             }
         )
     ready_count = sum(1 for w in workers if w["ready"])
-    if failing:
+    if pods_refused:
+        reason, message = Reason.WORKER_POD_REFUSED, f"worker pods are refused: {pods_refused}"
+    elif failing:
         reason, message = Reason.WORKERS_FAILING, "; ".join(failing[pod] for pod in sorted(failing))
     elif unschedulable:
         reason, message = (
@@ -94,8 +98,8 @@ def pool_status(
     settled = not failing and ready_count >= desired and len(active) == desired
     conditions = kstatus_conditions(
         ready=settled,
-        reconciling=not settled and not unschedulable,
-        stalled=unschedulable,
+        reconciling=not settled and not unschedulable and not pods_refused,
+        stalled=unschedulable or bool(pods_refused),
         reason=reason,
         message=message,
         observed_generation=generation,
@@ -138,6 +142,16 @@ def pool_status(
 
 
 CRASH_LOOP_RESTARTS = 3  # restarts after which a worker container counts as crash-looping
+# Container waiting reasons that do not pass without a change to the pool (or the cluster).
+CANNOT_START = frozenset(
+    {
+        "CreateContainerConfigError",
+        "CreateContainerError",
+        "ErrImagePull",
+        "ImagePullBackOff",
+        "InvalidImageName",
+    }
+)
 
 
 def crash_looping(pods: list[dict]) -> dict[str, str]:
@@ -148,7 +162,12 @@ def crash_looping(pods: list[dict]) -> dict[str, str]:
             waiting = (container.get("state") or {}).get("waiting") or {}
             last = (container.get("lastState") or {}).get("terminated") or {}
             restarts = container.get("restartCount", 0)
-            if waiting.get("reason") == "CrashLoopBackOff" or restarts >= CRASH_LOOP_RESTARTS:
+            if waiting.get("reason") in CANNOT_START:
+                found[pod["metadata"]["name"]] = (
+                    f"worker {pod['metadata']['name']} cannot start: {waiting['reason']}"
+                    + (f" ({waiting['message']})" if waiting.get("message") else "")
+                )
+            elif waiting.get("reason") == "CrashLoopBackOff" or restarts >= CRASH_LOOP_RESTARTS:
                 cause = waiting.get("message") or last.get("reason") or waiting.get("reason") or "crashes"
                 exit_code = last.get("exitCode")
                 found[pod["metadata"]["name"]] = (
