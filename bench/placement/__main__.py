@@ -160,7 +160,8 @@ def report(runs: list[Run], seeds: list[int]) -> bool:
                 f"{above:>6}/{len(per_seed):<3}{micros_of['gpufleet']:>10.0f}{micros_of['FGD']:>8.0f}"
             )
     if summary:
-        print(f"\n{'workload':<31}{'gpufleet-FGD':>12}{'per seed':>12}{'above':>10}{'us/decision':>14}{'FGD':>8}")
+        columns = ("gpufleet-FGD", 12), ("per seed", 12), ("above", 10), ("us/decision", 14), ("FGD", 8)
+        print(f"\n{'workload':<31}" + "".join(f"{name:>{width}}" for name, width in columns))
         print("\n".join(summary))
     return ok
 

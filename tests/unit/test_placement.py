@@ -479,9 +479,8 @@ def test_an_unrestricted_job_leaves_a_scarce_product_to_the_jobs_that_need_it():
 def test_a_job_that_may_use_two_products_takes_the_less_contested_one():
     # One A10 and six L4s are free. A10-only jobs are a tenth of the jobs, L4-only ones three
     # tenths: the lone A10 is the more contested, so a job that may use either takes an L4.
-    fleet = Fleet.of(
-        [worker("a10", gpu("a0", product="A10")), worker("l4", *(gpu(f"l{i}", product="L4") for i in range(6)))]
-    )
+    l4s = (gpu(f"l{i}", product="L4") for i in range(6))
+    fleet = Fleet.of([worker("a10", gpu("a0", product="A10")), worker("l4", *l4s)])
     a10, l4 = frozenset({"A10"}), frozenset({"L4"})
     mix = mix_of(
         *[Demand(vram_share=500)] * 4,
