@@ -12,12 +12,17 @@ The rule, applied in this order (docs/placement.md says it for users):
    histogram of recent demands (`DemandMix`) that the caller updates with `observe`. For one
    kind of job, a worker strands all its free VRAM if it cannot host that kind (too few GPUs
    with room, or too little CPU or memory on the host), otherwise the free VRAM on the GPUs
-   too small for it. Stranded VRAM is counted in GPUs (free VRAM over each GPU's total) and
-   averaged over the kinds by how often each arrives. For a one-GPU job, the change in the
-   chosen GPU's VRAM expected *never* to be filled is added (`FILL_WEIGHT`): were the
-   one-GPU jobs from the mix that its host can still take to keep landing on it, what would
-   stay free (`fill.never_filled`). This looks past the next job: of two holes both usable
-   now, it prefers leaving the one that typical jobs fill exactly. Scores that differ by less
+   too small for it; only GPUs of products the kind may use count for it. Stranded VRAM is
+   counted in GPUs (free VRAM over each GPU's total) and averaged over the kinds by how often
+   each arrives. Where kinds are restricted to products, the VRAM the job takes is added,
+   weighted by how contested its GPU's product is (`SCARCE_WEIGHT`, `_contention`): how much
+   more the kinds that may use the product ask of its free VRAM than of the fleet's, so a job
+   that could go elsewhere leaves a scarce product to the jobs that can only use it. For a
+   one-GPU job, the change in the chosen GPU's VRAM expected *never* to be filled is added
+   (`FILL_WEIGHT`): were the one-GPU jobs from the mix that its host can still take (and that
+   may use its product) to keep landing on it, what would stay free (`fill.never_filled`).
+   This looks past the next job: of two holes both usable now, it prefers leaving the one
+   that typical jobs fill exactly. Scores that differ by less
    than `STRANDED_TIE` (1/25 of a GPU) are ties: the measure is an estimate, and below that
    the next keys pack better.
 4. **Best fit.** The least free VRAM left on the chosen GPUs, again as a fraction of each GPU.
