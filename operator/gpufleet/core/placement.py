@@ -600,10 +600,12 @@ def _best(score, leftover, idle):
 
 def warm_up() -> None:
     """Compile the placer's loops now, or load them from the disk cache (`compiled`), so that
-    no real decision waits for it: a few placements on a one-worker fleet."""
-    gpus = tuple(Gpu(f"warm-up/{i}", "warm-up", 2**30, 2**30, max_jobs=2) for i in range(2))
+    no real decision waits for it: a few placements on a one-worker fleet of two products,
+    with a mix in which one kind is restricted to one of them."""
+    gpus = tuple(Gpu(f"warm-up/{i}", f"warm-up/{i}", 2**30, 2**30, max_jobs=2) for i in range(2))
     fleet = Fleet.of([Worker("warm-up", gpus, cpu_free=1000, memory_free=2**30)])
     mix = observe(DemandMix(), Demand(vram_share=500))
+    mix = observe(mix, Demand(vram_share=500, products=frozenset({"warm-up/0"})))
     for demand in (
         Demand(vram_share=500, cpu=1),
         Demand(gpus=2, vram=1),
