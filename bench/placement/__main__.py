@@ -1,6 +1,7 @@
 """Placement quality on Alibaba's GPU trace: `python -m bench.placement` (see README.md).
 
-For each trace and seed, the same workload and node order go to Random-fit, Best-fit, FGD
+For each workload (a pod list of the trace, or the default list with a share of its GPU tasks
+restricted to GPU models) and seed, the same workload and node order go to Random-fit, Best-fit, FGD
 and gpufleet's placer; the table gives mean, standard deviation and range over the seeds.
 """
 
@@ -20,10 +21,20 @@ from bench.placement.baselines import BestFit, Fgd, RandomFit
 from bench.placement.fragmentation import typical_types
 from bench.placement.gpufleet_policy import Gpufleet
 from bench.placement.replay import Policy, replay
-from bench.placement.trace import DATA_DIR, Nodes, Tasks, load_nodes, load_tasks, workload
+from bench.placement.trace import DATA_DIR, Nodes, Tasks, constrain, load_nodes, load_tasks, workload
 from gpufleet.core.placement import warm_up
 
-TRACES = ("openb_pod_list_default.csv", "openb_pod_list_gpushare40.csv")
+DEFAULT_LIST = "openb_pod_list_default.csv"
+# Workload name -> (pod list, share of its GPU tasks restricted to GPU models by `constrain`).
+WORKLOADS = {
+    DEFAULT_LIST: (DEFAULT_LIST, 0.0),
+    "openb_pod_list_gpushare40.csv": ("openb_pod_list_gpushare40.csv", 0.0),
+    "default-typed10": (DEFAULT_LIST, 0.10),
+    "default-typed25": (DEFAULT_LIST, 0.25),
+    "default-typed50": (DEFAULT_LIST, 0.50),
+}
+TRACES = tuple(WORKLOADS)
+CONSTRAIN_SEED = 7  # one fixed list per share, like the trace's own pod lists; seeds vary the order
 POLICIES = ("Random-fit", "Best-fit", "FGD", "gpufleet")
 # The paper's means at 100% arrived demand on the default trace (USENIX ATC'23, Fig. 9a).
 PAPER_DEFAULT = {"Random-fit": 86.30, "Best-fit": 92.86, "FGD": 95.23}
@@ -45,7 +56,9 @@ class Run:
 
 @cache
 def _inputs(data: Path, trace: str) -> tuple[Nodes, Tasks]:
-    return load_nodes(data / "openb_node_list_gpu_node.csv"), load_tasks(data / trace)
+    pod_list, typed = WORKLOADS[trace]
+    nodes, tasks = load_nodes(data / "openb_node_list_gpu_node.csv"), load_tasks(data / pod_list)
+    return nodes, constrain(tasks, nodes, typed, CONSTRAIN_SEED) if typed else tasks
 
 
 def _policy(name: str, nodes: Nodes, tasks: Tasks, seed: int) -> Policy:
@@ -94,12 +107,15 @@ def _per_seed_gap(rows: list[Run], policy: str, baseline: str) -> list[float]:
 def report(runs: list[Run], seeds: list[int]) -> bool:
     """Print the table; True when the honesty gate and gpufleet >= FGD both hold."""
     ok = True
+    summary: list[str] = []
     seed_text = f"seeds {seeds[0]}..{seeds[-1]}" if len(seeds) > 1 else f"seed {seeds[0]}"
     for trace in TRACES:
         rows = [r for r in runs if r.trace == trace]
         if not rows:
             continue
-        print(f"\n{trace}  ({seed_text}; mean ±sd [min,max]; GPU allocation and fragmentation in %)")
+        pod_list, typed = WORKLOADS[trace]
+        what = f"{pod_list} with {typed:.0%} of GPU tasks typed; " if typed else ""
+        print(f"\n{trace}  ({what}{seed_text}; mean ±sd [min,max]; GPU allocation and fragmentation in %)")
         header = (
             f"{'policy':<11} {'alloc @100% arrived':<30}{'alloc @130%':>12}  "
             + "  ".join(f"frag@{x}%" for x in FRAG_AT)
@@ -107,7 +123,7 @@ def report(runs: list[Run], seeds: list[int]) -> bool:
         )
         print(header)
         print("-" * len(header))
-        means = {}
+        means, micros_of = {}, {}
         for policy in POLICIES:
             mine = [r for r in rows if r.policy == policy]
             if not mine:
@@ -115,7 +131,7 @@ def report(runs: list[Run], seeds: list[int]) -> bool:
             alloc = [r.alloc_100 for r in mine]
             means[policy] = statistics.mean(alloc)
             frag = [statistics.mean(r.frag[i] for r in mine) for i in range(len(FRAG_AT))]
-            micros = 1e6 * sum(r.seconds for r in mine) / sum(r.decisions for r in mine)
+            micros = micros_of[policy] = 1e6 * sum(r.seconds for r in mine) / sum(r.decisions for r in mine)
             paper = PAPER_DEFAULT.get(policy) if trace == TRACES[0] else None
             print(
                 f"{policy:<11} {_stats(alloc):<30}{statistics.mean(r.alloc_130 for r in mine):>12.2f}  "
@@ -139,6 +155,14 @@ def report(runs: list[Run], seeds: list[int]) -> bool:
                 f"gpufleet - FGD at 100% arrived: {ahead:+.2f} points (per seed "
                 f"{min(per_seed):+.2f} to {max(per_seed):+.2f}; above on {above} of {len(per_seed)})"
             )
+            summary.append(
+                f"{trace:<31}{ahead:>+8.2f}{min(per_seed):>+10.2f}{max(per_seed):>+8.2f}"
+                f"{above:>6}/{len(per_seed):<3}{micros_of['gpufleet']:>10.0f}{micros_of['FGD']:>8.0f}"
+            )
+    if summary:
+        columns = ("gpufleet-FGD", 12), ("per seed", 12), ("above", 10), ("us/decision", 14), ("FGD", 8)
+        print(f"\n{'workload':<31}" + "".join(f"{name:>{width}}" for name, width in columns))
+        print("\n".join(summary))
     return ok
 
 
@@ -147,7 +171,7 @@ def main() -> int:
     parser.add_argument("--data", type=Path, default=DATA_DIR, help="folder with the openb CSVs")
     parser.add_argument("--seeds", default="42-51", help="e.g. 42-51 or 42,43 (default 42-51)")
     parser.add_argument("--jobs", type=int, default=2, help="worker processes (default 2)")
-    parser.add_argument("--traces", default=",".join(TRACES), help="comma-separated pod lists")
+    parser.add_argument("--traces", default=",".join(TRACES), help="comma-separated workloads")
     parser.add_argument("--policies", default=",".join(POLICIES), help="comma-separated")
     args = parser.parse_args()
     if "-" in args.seeds:
@@ -155,14 +179,18 @@ def main() -> int:
         seeds = list(range(low, high + 1))
     else:
         seeds = [int(x) for x in args.seeds.split(",")]
+    unknown = set(args.traces.split(",")) - set(WORKLOADS)
+    if unknown:
+        parser.error(f"--traces: unknown {', '.join(sorted(unknown))}; known: {', '.join(WORKLOADS)}")
     work = [
         (args.data, trace, seed, policy)
         for trace in args.traces.split(",")
         for seed in seeds
         for policy in args.policies.split(",")
     ]
-    # The slowest runs first, so the two processes finish together.
-    work.sort(key=lambda w: POLICIES.index(w[3]), reverse=True)
+    # The slowest runs first (FGD and gpufleet, on the most typed lists), so the processes
+    # finish together.
+    work.sort(key=lambda w: (POLICIES.index(w[3]) >= 2, WORKLOADS[w[1]][1], w[3] == "FGD"), reverse=True)
     started = time.perf_counter()
     warm_up()  # compiled before the replays fork, so no decision's time includes compiling
     if args.jobs > 1:

@@ -30,6 +30,8 @@ KERNELS = (
     placement._fill_points,
     placement._best,
     placement._shortfalls,
+    placement._contention,
+    placement._weighted_take,
     fill.room_shares,
     fill._expected_unfilled,
 )

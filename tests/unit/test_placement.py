@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from gpufleet.core.fill import FILL_SHARE_DECIMALS, SHARE_SCALE
 from gpufleet.core.placement import (
     FILL_WEIGHT,
+    SCARCE_WEIGHT,
     Demand,
     DemandMix,
     Fleet,
@@ -71,10 +72,14 @@ def fits(demand: Demand, g: Gpu, free: int, jobs: int) -> bool:
 
 def stranded(w: Worker, free: list[int], jobs: list[int], cpu: float, memory: float, mix) -> float:
     """The definition: free VRAM (in GPUs) the mix's GPU kinds could not use, weighted by how
-    often each kind arrives."""
-    idle = sum(max(f, 0) / g.vram_total for f, g in zip(free, w.gpus, strict=True))
+    often each kind arrives. A GPU's free VRAM counts only for the kinds that may use its
+    product (for all of it when the mix has no GPU kind)."""
     kinds = [k for k in mix.kinds if k.gpus > 0]
     total = sum(k.weight for k in kinds)
+    idle = 0.0
+    for f, g in zip(free, w.gpus, strict=True):
+        excluded = sum(k.weight / total for k in kinds if k.products and g.product not in k.products)
+        idle += max(f, 0) / g.vram_total * (1 - excluded)
     usable = 0.0
     for k in kinds:
         d = Demand(k.gpus, k.vram, k.vram_share, k.products)
@@ -141,8 +146,44 @@ def oracle_fill(w: Worker, chosen: tuple[int, ...], demand: Demand, mix) -> floa
     return (never_after - never_with(cpu, memory)(before)) / SHARE_SCALE
 
 
-def oracle_score(w: Worker, chosen: tuple[int, ...], demand: Demand, mix) -> float:
-    return oracle_increase(w, chosen, demand, mix) + FILL_WEIGHT * oracle_fill(w, chosen, demand, mix)
+def contention(workers: list[Worker], mix) -> dict[str, float]:
+    """The definition: per product, over the GPU kinds restricted to products that include it,
+    the kind's share of GPU jobs times (the fleet's free VRAM over the free VRAM of the products
+    it may use, minus 1). Free VRAM in GPUs, of ready, non-draining workers' GPUs with a slot."""
+    free: dict[str, float] = {}
+    for w in workers:
+        for g in w.gpus:
+            usable = w.ready and not w.draining and g.jobs < g.max_jobs
+            free[g.product] = free.get(g.product, 0.0) + (max(g.vram_free, 0) / g.vram_total if usable else 0)
+    kinds = [k for k in mix.kinds if k.gpus > 0]
+    total = sum(k.weight for k in kinds)
+    out = dict.fromkeys(free, 0.0)
+    for k in kinds:
+        allowed = [p for p in free if p in k.products]
+        usable = sum(free[p] for p in allowed)
+        if k.products and len(allowed) < len(free) and usable > 0:
+            for p in allowed:
+                out[p] += k.weight / total * (sum(free.values()) / usable - 1)
+    return out
+
+
+def oracle_scarce(workers: list[Worker], w: Worker, chosen: tuple[int, ...], demand: Demand, mix) -> float:
+    """The VRAM (in GPUs) the chosen GPUs lose, each times its product's contention."""
+    pressure = contention(workers, mix)
+    taken = 0.0
+    for i in chosen:
+        g = w.gpus[i]
+        lost = max(g.vram_free, 0) - max(g.vram_free - need_on(demand, g), 0)
+        taken += lost / g.vram_total * pressure[g.product]
+    return taken
+
+
+def oracle_score(workers: list[Worker], w: Worker, chosen: tuple[int, ...], demand: Demand, mix) -> float:
+    return (
+        oracle_increase(w, chosen, demand, mix)
+        + FILL_WEIGHT * oracle_fill(w, chosen, demand, mix)
+        + SCARCE_WEIGHT * oracle_scarce(workers, w, chosen, demand, mix)
+    )
 
 
 def oracle_candidates(workers: list[Worker], demand: Demand):
@@ -263,10 +304,13 @@ def test_the_choice_is_the_rules_best_and_never_over_commits(workers, demand, mi
     holders = [c for c in candidates if model in workers[c[0]].models]
     pool = holders or candidates
     assert result.holds_model == bool(holders)
-    best = min(score_bin(np.array(oracle_score(workers[wi], chosen, demand, mix))) for wi, chosen in pool)
+    best = min(
+        score_bin(np.array(oracle_score(workers, workers[wi], chosen, demand, mix))) for wi, chosen in pool
+    )
     assert result.stranded_increase == pytest.approx(oracle_increase(w, positions, demand, mix), abs=1e-7)
     assert result.fill_increase == pytest.approx(oracle_fill(w, positions, demand, mix), abs=1e-7)
-    score = result.stranded_increase + FILL_WEIGHT * result.fill_increase
+    assert result.scarce_use == pytest.approx(oracle_scarce(workers, w, positions, demand, mix), abs=1e-7)
+    score = result.stranded_increase + FILL_WEIGHT * result.fill_increase + SCARCE_WEIGHT * result.scarce_use
     assert score_bin(np.array(score)) == best
 
 
@@ -295,6 +339,20 @@ def test_placing_in_a_row_never_over_commits(workers, demands):
     assert ((fleet.vram_free >= 0) | (fleet.vram_free == originally_free)).all()
     tracked = np.array([w.cpu_free is not None for w in workers], bool)
     assert (fleet.cpu_free[tracked] >= 0).all()
+
+
+@PROPERTY
+@given(workers=workers_st(), demands=st.lists(demands_st(), min_size=1, max_size=12))
+def test_a_job_restricted_to_products_never_lands_on_another(workers, demands):
+    # In a row, so the mix holds restricted kinds and the contested products change as GPUs fill.
+    fleet, mix = Fleet.of(workers), DemandMix()
+    product_of = {g.uuid: g.product for w in workers for g in w.gpus}
+    for demand in demands:
+        mix = observe(mix, demand)
+        result = place(fleet, Job(demand), mix)
+        if isinstance(result, Placement):
+            assert not demand.products or {product_of[u] for u in result.gpus} <= demand.products
+            fleet = commit(fleet, result)
 
 
 # --- the rule on small, readable fleets ------------------------------------------------------
@@ -389,6 +447,50 @@ def test_products_gpu_count_and_job_slots_are_respected():
     assert place(fleet, job(4, products=frozenset({"A10"}))).gpus == ("a0",)
     assert place(fleet, job(4, gpus=2)).worker == "l4"
     assert isinstance(place(fleet, job(4, products=frozenset({"H100"}))), NoFit)
+
+
+def test_an_unrestricted_job_leaves_a_scarce_product_to_the_jobs_that_need_it():
+    # One T4 and eight L4s are free. A tenth of the jobs may only run on a T4, three tenths only
+    # on an L4. A whole-GPU job of any product could take the T4, but it has eight L4s to go to;
+    # a T4-only job has nowhere else. Counting the restricted jobs alone (more want L4s) would
+    # send it to the T4: what counts is what they want against what is free of it.
+    scarce = worker("t4", gpu("t0", product="T4"))
+    common = worker("l4", *(gpu(f"l{i}", product="L4") for i in range(8)))
+    fleet = Fleet.of([scarce, common])
+    t4, l4 = frozenset({"T4"}), frozenset({"L4"})
+    typical = [Demand(vram_share=1000)] * 6 + [Demand(vram_share=1000, products=l4)] * 3
+    mix = mix_of(*typical, Demand(vram_share=1000, products=t4))
+    result = place(fleet, job(share=1000), mix)
+    assert isinstance(result, Placement)
+    assert result.worker == "l4"
+    # Taking an L4 counts 1 GPU x 3/10 x (9 free / 8 free of L4s - 1), the T4 1 x 1/10 x (9/1 - 1).
+    assert result.scarce_use == pytest.approx(0.3 * (9 / 8 - 1), rel=0.02)  # the mix decays: ~
+    on_t4 = place(fleet, job(share=1000, products=t4), mix)
+    assert on_t4.worker == "t4" and on_t4.scarce_use == pytest.approx(0.1 * 8, rel=0.02)
+    # Where the T4 is the only fit, the unrestricted job takes it.
+    only = Fleet.of([scarce, worker("l4", gpu("l0", product="L4", free=8))])
+    assert place(only, job(share=1000), mix).worker == "t4"
+    # With no restricted jobs in the mix nothing is contested, and the lone T4 is the better
+    # pack (it keeps the eight-GPU worker whole).
+    unrestricted = mix_of(Demand(vram_share=1000), Demand(gpus=8, vram_share=1000), times=5)
+    assert place(fleet, job(share=1000), unrestricted).worker == "t4"
+
+
+def test_a_job_that_may_use_two_products_takes_the_less_contested_one():
+    # One A10 and six L4s are free. A10-only jobs are a tenth of the jobs, L4-only ones three
+    # tenths: the lone A10 is the more contested, so a job that may use either takes an L4.
+    l4s = (gpu(f"l{i}", product="L4") for i in range(6))
+    fleet = Fleet.of([worker("a10", gpu("a0", product="A10")), worker("l4", *l4s)])
+    a10, l4 = frozenset({"A10"}), frozenset({"L4"})
+    mix = mix_of(
+        *[Demand(vram_share=500)] * 4,
+        *[Demand(vram_share=500, products=l4)] * 3,
+        *[Demand(vram_share=500, products=a10 | l4)] * 2,
+        Demand(vram_share=500, products=a10),
+    )
+    assert place(fleet, job(share=500, products=a10 | l4), mix).worker == "l4"
+    assert place(fleet, job(share=500), mix).worker == "l4"
+    assert place(fleet, job(share=500, products=a10), mix).worker == "a10"
 
 
 def test_never_on_a_worker_that_is_not_ready_or_is_draining():

@@ -12,12 +12,17 @@ The rule, applied in this order (docs/placement.md says it for users):
    histogram of recent demands (`DemandMix`) that the caller updates with `observe`. For one
    kind of job, a worker strands all its free VRAM if it cannot host that kind (too few GPUs
    with room, or too little CPU or memory on the host), otherwise the free VRAM on the GPUs
-   too small for it. Stranded VRAM is counted in GPUs (free VRAM over each GPU's total) and
-   averaged over the kinds by how often each arrives. For a one-GPU job, the change in the
-   chosen GPU's VRAM expected *never* to be filled is added (`FILL_WEIGHT`): were the
-   one-GPU jobs from the mix that its host can still take to keep landing on it, what would
-   stay free (`fill.never_filled`). This looks past the next job: of two holes both usable
-   now, it prefers leaving the one that typical jobs fill exactly. Scores that differ by less
+   too small for it; only GPUs of products the kind may use count for it. Stranded VRAM is
+   counted in GPUs (free VRAM over each GPU's total) and averaged over the kinds by how often
+   each arrives. Where kinds are restricted to products, the VRAM the job takes is added,
+   weighted by how contested its GPU's product is (`SCARCE_WEIGHT`, `_contention`): how much
+   more the kinds that may use the product ask of its free VRAM than of the fleet's, so a job
+   that could go elsewhere leaves a scarce product to the jobs that can only use it. For a
+   one-GPU job, the change in the chosen GPU's VRAM expected *never* to be filled is added
+   (`FILL_WEIGHT`): were the one-GPU jobs from the mix that its host can still take (and that
+   may use its product) to keep landing on it, what would stay free (`fill.never_filled`).
+   This looks past the next job: of two holes both usable now, it prefers leaving the one
+   that typical jobs fill exactly. Scores that differ by less
    than `STRANDED_TIE` (1/25 of a GPU) are ties: the measure is an estimate, and below that
    the next keys pack better.
 4. **Best fit.** The least free VRAM left on the chosen GPUs, again as a fraction of each GPU.
@@ -47,6 +52,7 @@ DEFAULT_HALF_LIFE = 1000.0  # jobs after which a demand weighs half as much in t
 DEFAULT_MAX_KINDS = 64  # distinct demands the mix keeps (the lightest are dropped)
 STRANDED_TIE = 0.04  # scores (in GPUs) closer than this are ties
 FILL_WEIGHT = 1.0  # weight of the change in expected never-filled VRAM next to stranded VRAM
+SCARCE_WEIGHT = 1.0  # weight of contested VRAM taken next to stranded VRAM
 _NOISE = 1e-9  # differences below this (in GPUs) are float noise
 _NOISE_PER_TIE = round(STRANDED_TIE / _NOISE)
 
@@ -471,6 +477,7 @@ class Placement:
     holds_model: bool  # the worker already has the job's model loaded
     stranded_increase: float  # GPUs' worth of VRAM the typical jobs can no longer use
     fill_increase: float  # GPUs' worth of VRAM more expected never to be filled (one-GPU jobs)
+    scarce_use: float  # VRAM taken (in GPUs) weighted by how contested its GPU's product is
     worker_index: int  # position of the worker in the fleet
     gpu_indices: tuple[int, ...]  # positions of the GPUs in the fleet
 
@@ -553,7 +560,8 @@ def place(
     fill = np.zeros(len(workers))
     if demand.gpus == 1:
         fill = _fill_increase(fleet, kinds, demand, workers, picked[:, 0], need)
-    best = _best(increase + FILL_WEIGHT * fill, leftover, idle)
+    scarce = _scarce_use(fleet, kinds, picked, need)
+    best = _best(increase + FILL_WEIGHT * fill + SCARCE_WEIGHT * scarce, leftover, idle)
     worker = int(workers[best])
     chosen = tuple(int(g) for g in picked[best])
     return Placement(
@@ -565,6 +573,7 @@ def place(
         holds_model=bool(holders[worker]),
         stranded_increase=float(increase[best]),
         fill_increase=float(fill[best]),
+        scarce_use=float(scarce[best]),
         worker_index=worker,
         gpu_indices=chosen,
     )
@@ -591,10 +600,12 @@ def _best(score, leftover, idle):
 
 def warm_up() -> None:
     """Compile the placer's loops now, or load them from the disk cache (`compiled`), so that
-    no real decision waits for it: a few placements on a one-worker fleet."""
-    gpus = tuple(Gpu(f"warm-up/{i}", "warm-up", 2**30, 2**30, max_jobs=2) for i in range(2))
+    no real decision waits for it: a few placements on a one-worker fleet of two products,
+    with a mix in which one kind is restricted to one of them."""
+    gpus = tuple(Gpu(f"warm-up/{i}", f"warm-up/{i}", 2**30, 2**30, max_jobs=2) for i in range(2))
     fleet = Fleet.of([Worker("warm-up", gpus, cpu_free=1000, memory_free=2**30)])
     mix = observe(DemandMix(), Demand(vram_share=500))
+    mix = observe(mix, Demand(vram_share=500, products=frozenset({"warm-up/0"})))
     for demand in (
         Demand(vram_share=500, cpu=1),
         Demand(gpus=2, vram=1),
@@ -709,6 +720,14 @@ def _candidates(
     weight = weight.copy()
     for k in range(kinds):
         weight[k] = weight[k] / gpu_weight if kind_gpus[k] > 0 and gpu_weight > 0 else 0.0
+    # A GPU's free VRAM is stranded only for the kinds that may use its product: per product,
+    # the weight of those kinds (1 minus the others', so exactly 1 when no kind names products).
+    product_weight = np.ones(group_product_ok.shape[1])
+    for j in range(groups):
+        for p in range(len(product_weight)):
+            if not group_product_ok[j, p]:
+                for k in range(group_start[j], group_stop[j]):
+                    product_weight[p] -= weight[k]
     layout = (kind_threshold, group_start, group_stop, group_share)
     widest = max(gpu_count.max(), 1) if len(gpu_count) else 1
     # Per worker (reset after each): per kind, GPUs that fit it and their free VRAM (in GPUs);
@@ -792,6 +811,7 @@ def _candidates(
             for i in range(n):
                 if not room[first + i]:
                     continue
+                taken = (after[i] - before[i]) * product_weight[gpu_product[first + i]]
                 gained = -lost
                 for j in range(groups):
                     b, a = group_start[j] + j + fits_now[i, j], group_start[j] + j + fits_after[i, j]
@@ -802,7 +822,7 @@ def _candidates(
                         - (edge_u[b] - edge_u[a])
                     )
                 out_worker[count], out_gpus[count, 0] = w, first + i
-                out_increase[count] = (after[i] - before[i]) - gained
+                out_increase[count] = taken - gained
                 out_leftover[count], out_idle[count] = after[i], idle
                 count += 1
         else:
@@ -816,14 +836,17 @@ def _candidates(
                     if room[first + i] and not taken[i] and (best < 0 or after[i] < after[best]):
                         best = i
                 chosen[t], taken[best] = first + best, True
-            stranded_before, stranded_after, leftover = idle, idle, 0.0
+            stranded_before, leftover = 0.0, 0.0
+            for i in range(n):
+                stranded_before += before[i] * product_weight[gpu_product[first + i]]
+            stranded_after = stranded_before
             for j in range(groups):
                 for k in range(group_start[j], group_start[j] + top[j]):
                     if host[k]:
                         stranded_before -= usable[k] * weight[k]
             for g in chosen:
                 i = g - first
-                stranded_after += after[i] - before[i]
+                stranded_after += (after[i] - before[i]) * product_weight[gpu_product[g]]
                 leftover += after[i]
                 for j in range(groups):
                     for k in range(group_start[j] + fits_after[i, j], group_start[j] + fits_now[i, j]):
@@ -849,6 +872,93 @@ def _candidates(
         out_leftover[:count],
         out_idle[:count],
     )
+
+
+# --- how contested each GPU product's free VRAM is -------------------------------------------
+
+
+def _scarce_use(fleet: Fleet, kinds: _MixArrays, picked: np.ndarray, need: np.ndarray) -> np.ndarray:
+    """Per candidate (its GPUs `picked`): the VRAM it takes, in GPUs, each GPU's weighted by its
+    product's `_contention`. All zeros when no kind of the mix is restricted to products."""
+    if not picked.shape[1] or all(not group.products for group in kinds.groups):
+        return np.zeros(len(picked))
+    contention = _contention(
+        fleet.vram_free,
+        fleet.vram_total,
+        fleet.jobs,
+        fleet.max_jobs,
+        fleet.gpu_worker,
+        fleet.eligible,
+        fleet.gpu_product,
+        kinds.gpus,
+        kinds.weight,
+        kinds.group_start,
+        kinds.group_stop,
+        fleet.product_masks(tuple(group.products for group in kinds.groups)),
+    )
+    return _weighted_take(fleet.vram_free, fleet.vram_total, fleet.gpu_product, picked, need, contention)
+
+
+@compiled
+def _contention(
+    vram_free,
+    vram_total,
+    jobs,
+    max_jobs,
+    gpu_worker,
+    eligible,
+    gpu_product,
+    kind_gpus,
+    weight,
+    group_start,
+    group_stop,
+    group_product_ok,
+):
+    """float64[products]: how much more the jobs that may use each product ask of its free VRAM
+    than of the fleet's: the sum, over the GPU kinds restricted to products that include it, of
+    the kind's share of GPU jobs times (the fleet's free VRAM over the free VRAM of the products
+    the kind may use, minus 1). A kind that may use only a small part of what is free presses
+    hard on that part; an unrestricted kind presses on nothing in particular and counts 0.
+    Free VRAM is counted in GPUs, on GPUs of ready, non-draining workers with a job slot."""
+    products = group_product_ok.shape[1]
+    free = np.zeros(products)
+    for g in range(len(vram_free)):
+        if eligible[gpu_worker[g]] and jobs[g] < max_jobs[g]:
+            free[gpu_product[g]] += max(vram_free[g], 0) / vram_total[g]
+    fleet_free = free.sum()
+    gpu_weight = 0.0
+    for k in range(len(weight)):
+        gpu_weight += weight[k] if kind_gpus[k] > 0 else 0.0
+    contention = np.zeros(products)
+    for j in range(len(group_start)):
+        usable = 0.0
+        restricted = False
+        for p in range(products):
+            if group_product_ok[j, p]:
+                usable += free[p]
+            else:
+                restricted = True
+        if not restricted or usable <= 0.0:
+            continue
+        share = 0.0
+        for k in range(group_start[j], group_stop[j]):
+            share += weight[k] / gpu_weight if kind_gpus[k] > 0 else 0.0
+        for p in range(products):
+            if group_product_ok[j, p]:
+                contention[p] += share * (fleet_free / usable - 1.0)
+    return contention
+
+
+@compiled
+def _weighted_take(vram_free, vram_total, gpu_product, picked, need, contention):
+    """Per candidate: the VRAM (in GPUs) its GPUs `picked` lose, each times its product's
+    `contention`."""
+    out = np.zeros(len(picked))
+    for c in range(len(picked)):
+        for g in picked[c]:
+            taken = max(vram_free[g], 0) - max(vram_free[g] - need[g], 0)
+            out[c] += taken / vram_total[g] * contention[gpu_product[g]]
+    return out
 
 
 # --- how well a GPU's free VRAM will be filled ---------------------------------------------
