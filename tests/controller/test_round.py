@@ -158,7 +158,7 @@ async def test_a_deleted_pool_leaves_no_gauges(fleet):
 @in_loop
 async def test_a_large_queue_drains_within_a_bounded_write_budget(fleet):
     workers = fleet.pool(workers=4, max_jobs_per_gpu=32)
-    jobs = 2000
+    jobs = 1000
     for index in range(jobs):
         fleet.job(f"j{index:05d}", vram="512Mi")
     dispatched_per_round = []
