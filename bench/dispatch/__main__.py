@@ -64,6 +64,20 @@ def request_counts(api: client.ApiClient) -> dict[str, float]:
     return counts
 
 
+def timings(created: dict[str, float], started: dict[str, float]) -> dict[str, float]:
+    """Rate from the first start to the last, the client's create rate, create -> start percentiles."""
+    times = sorted(started.values())
+    waits = [started[n] - created[n] for n in created]
+    return {
+        "jobs": len(created),
+        "rate": (len(times) - 1) / (times[-1] - times[0]) if times[-1] > times[0] else float("inf"),
+        "create_rate": len(created) / (max(created.values()) - min(created.values()) or 1),
+        "p50": percentile(waits, 0.5),
+        "p95": percentile(waits, 0.95),
+        "p99": percentile(waits, 0.99),
+    }
+
+
 def per_job(before: dict[str, float], after: dict[str, float], jobs: int, resources: tuple[str, ...]) -> dict:
     return {
         key: round((after.get(key, 0) - before.get(key, 0)) / jobs, 2)
@@ -178,16 +192,9 @@ def run_gpufleet(cluster: LocalCluster, operator: OperatorProcess, count: int, t
     after = request_counts(api)
     stop.set()
     watcher.join(35)
-    times = sorted(dispatched.values())
-    waits = [dispatched[n] - created[n] for n in created]
     return {
         "system": "gpufleet",
-        "jobs": count,
-        "rate": (count - 1) / (times[-1] - times[0]) if times[-1] > times[0] else float("inf"),
-        "create_rate": count / (max(created.values()) - min(created.values()) or 1),
-        "p50": percentile(waits, 0.5),
-        "p95": percentile(waits, 0.95),
-        "p99": percentile(waits, 0.99),
+        **timings(created, dispatched),
         "first_status_p50": percentile([first_status[n] - created[n] for n in created], 0.5),
         "seconds": elapsed,
         "writes": per_job(before, after, count, ("generationjobs", "events", "pods")),
@@ -239,17 +246,10 @@ def run_batch(cluster: LocalCluster, count: int, tag: str) -> dict:
     after = request_counts(api)
     stop.set()
     watcher.join(35)
-    times = sorted(running.values())
-    waits = [running[n] - created[n] for n in created]
     batch.delete_collection_namespaced_job(NAMESPACE, propagation_policy="Background")
     return {
         "system": "batch/v1 Job",
-        "jobs": count,
-        "rate": (count - 1) / (times[-1] - times[0]) if times[-1] > times[0] else float("inf"),
-        "create_rate": count / (max(created.values()) - min(created.values()) or 1),
-        "p50": percentile(waits, 0.5),
-        "p95": percentile(waits, 0.95),
-        "p99": percentile(waits, 0.99),
+        **timings(created, running),
         "first_status_p50": float("nan"),
         "seconds": elapsed,
         "writes": per_job(before, after, count, ("jobs", "pods", "events")),
