@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from gpufleet.api.testing import Objects
 
@@ -17,11 +18,16 @@ ARTIFACT = "s3://gpufleet-artifacts/studio/lighthouse/image-0.png"
 SHA256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
 
 
+def example_manifests() -> list[dict[str, Any]]:
+    """Every object in examples/*.yaml (what `kubectl apply -f examples` creates)."""
+    return [d for f in sorted(EXAMPLES.glob("*.yaml")) for d in yaml.safe_load_all(f.read_text()) if d]
+
+
 @pytest.fixture
 def applied(cluster: Any, objects: Objects, namespace: str) -> str:
     """The examples applied with kubectl (strict validation, its default), plus some status."""
     result = cluster.kubectl("apply", "-n", namespace, "-f", str(EXAMPLES))
-    assert result.stdout.count("created") == 3, result.stdout
+    assert result.stdout.count("created") == len(example_manifests()), result.stdout
 
     pool = objects.get("WorkerPool", "sd15")
     pool["status"] = {
@@ -108,11 +114,10 @@ def test_wide_output_shows_the_first_artifact(cluster: Any, applied: str) -> Non
 
 def test_category_and_short_names(cluster: Any, applied: str) -> None:
     listed = cluster.kubectl("get", "gpufleet", "-n", applied, "-o", "name").stdout.split()
-    assert sorted(listed) == [
-        "generationjob.gpufleet.io/lighthouse",
-        "generationjob.gpufleet.io/lighthouse-winter",
-        "workerpool.gpufleet.io/sd15",
-    ]
+    kinds = {"GenerationJob": "generationjob", "WorkerPool": "workerpool"}
+    assert sorted(listed) == sorted(
+        f"{kinds[d['kind']]}.gpufleet.io/{d['metadata']['name']}" for d in example_manifests()
+    )
     for short in ("gj", "genjob"):
         assert "lighthouse" in cluster.kubectl("get", short, "-n", applied, "-o", "name").stdout
 
