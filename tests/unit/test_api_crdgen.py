@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from pydantic import BaseModel, Field
 
 from gpufleet.api import crdgen, models
@@ -145,3 +147,17 @@ def test_optional_fields_are_plain_properties() -> None:
     assert "vram" not in schema["required"]
     seed = crdgen.structural_schema(JobInput)["properties"]["seed"]
     assert seed["type"] == "integer" and "default" not in seed
+
+
+class Yaml11Loader(yaml.SafeLoader):
+    """Reads y / n (any case) as booleans, as YAML 1.1 does and kubectl and Helm do."""
+
+
+Yaml11Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:y|Y|n|N)$"), list("yYnN"))
+
+
+@pytest.mark.parametrize("name", sorted(crdgen.crds()))
+def test_crds_read_the_same_in_yaml_1_1(name: str) -> None:
+    # A bare `- y` in a required list reached Helm as `true` and the API server refused the CRD.
+    text = crdgen.render_crd(crdgen.crds()[name])
+    assert yaml.load(text, Loader=Yaml11Loader) == yaml.safe_load(text)

@@ -263,8 +263,21 @@ def crds() -> dict[str, dict[str, Any]]:
     return {"workerpools.gpufleet.io.yaml": pool, "generationjobs.gpufleet.io.yaml": job}
 
 
+class CrdDumper(yaml.SafeDumper):
+    """Quotes the one-letter strings y, n (any case): YAML 1.1, as kubectl and Helm read it,
+    takes them for booleans, and PyYAML (YAML 1.1 without them) would write them bare."""
+
+
+def _string(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
+    style = "'" if value in ("y", "Y", "n", "N") else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+CrdDumper.add_representer(str, _string)
+
+
 def render_crd(crd: dict[str, Any]) -> str:
-    return HEADER + yaml.safe_dump(crd, sort_keys=False, width=100, allow_unicode=True)
+    return HEADER + yaml.dump(crd, Dumper=CrdDumper, sort_keys=False, width=100, allow_unicode=True)
 
 
 # --- docs/api.md field reference --------------------------------------------------------------
