@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -139,9 +138,6 @@ class Cache:
 
     def gpu_classes(self) -> list[GpuClass]:
         return list({(c.product, c.memory_bytes): c for c in self.gpu_nodes.values()}.values())
-
-    def pool_keys(self) -> Iterable[Key]:
-        return list(self.pools)
 
     # -- wake-ups ------------------------------------------------------------------------------
     def wakeup(self, namespace: str, pool: str) -> asyncio.Event:

@@ -40,7 +40,7 @@ from . import follow, metrics
 from .jobstatus import body_of, now_utc, set_phase, stamp
 from .kube import JOBS, POOLS, PodRefused
 from .state import Operator, PoolMemory
-from .workers import WorkerClient, WorkerError
+from .workers import WorkerError
 
 log = logging.getLogger("gpufleet.pools")
 DRAINING = f"{labels.GROUP}/draining"
@@ -101,9 +101,8 @@ async def ensure_token_secret(op: Operator, pool: WorkerPool, memory: PoolMemory
 
 async def fetch_inventories(op: Operator, pods: list[dict], token: str) -> dict[str, protocol.Inventory]:
     async def one(pod: dict) -> tuple[str, protocol.Inventory | None]:
-        client = WorkerClient(op.http, pod["status"]["podIP"], token, op.worker_port)
         try:
-            return pod["metadata"]["name"], await client.inventory()
+            return pod["metadata"]["name"], await follow.worker_client(op, pod, token).inventory()
         except (httpx.HTTPError, WorkerError, ValidationError) as error:
             log.debug("inventory of %s: %s", pod["metadata"]["name"], error)
             return pod["metadata"]["name"], None
