@@ -116,6 +116,9 @@ class Reason(StrEnum):
     INVALID_REQUEST = "InvalidRequest"
     REQUEST_TOO_LARGE = "RequestTooLarge"
     UNKNOWN_MODEL = "UnknownModel"
+    # the model's source cannot be used (missing, unreachable, digest mismatch): a run that
+    # needs it fails with this reason, and a request for it is refused with it
+    MODEL_FAILED = "ModelFailed"
     UNSUPPORTED_TASK = "UnsupportedTask"
     UNSUPPORTED_OUTPUT = "UnsupportedOutput"
     INSUFFICIENT_VRAM = "InsufficientVRAM"
@@ -185,6 +188,25 @@ class Progress(CamelModel):
     stage: str | None = Field(default=None, description="The stage just finished, where the task has stages.")
 
 
+ModelLoadSource = Literal["resident", "disk", "remote"]
+
+
+class ModelLoad(CamelModel):
+    """How a run got its model onto its GPU."""
+
+    warm: bool = Field(description="The model was resident on the run's GPU when the run was admitted.")
+    source: ModelLoadSource = Field(
+        description="resident: already on the GPU; disk: loaded from local files (the disk cache, "
+        "the image or a mounted volume); remote: downloaded first (s3://)."
+    )
+    loading: bool = Field(default=False, description="The run is still waiting for the load.")
+    seconds: float | None = Field(
+        default=None, ge=0, description="How long the run waited for its model; set once loaded."
+    )
+    downloaded_bytes: int | None = Field(default=None, ge=0)
+    total_bytes: int | None = Field(default=None, ge=0, description="Bytes to download, when known.")
+
+
 class RunResult(CamelModel):
     """What a run answered besides its artifacts."""
 
@@ -218,6 +240,10 @@ class JobStatus(CamelModel):
     message: str = ""
     progress: Progress
     gpu: str = Field(description="UUID of the GPU the run was admitted on.")
+    model_load: ModelLoad | None = Field(
+        default=None,
+        description="Whether the run found its model resident on its GPU or waited for a load.",
+    )
     vram_reserved_bytes: int = Field(ge=0, description="VRAM held for this run now; 0 once it has ended.")
     created_at: datetime
     finished_at: datetime | None = None
@@ -263,12 +289,32 @@ class GpuInfo(CamelModel):
         description="The most VRAM a new job may reserve on this GPU now (total - reserved)."
     )
     running_jobs: int
+    models_bytes: int = Field(default=0, ge=0, description="VRAM held by resident and loading models.")
+    jobs_bytes: int = Field(default=0, ge=0, description="VRAM reserved by running jobs.")
+    evictable_bytes: int = Field(
+        default=0,
+        ge=0,
+        description="VRAM of resident models a load may evict (idle and not pinned; see modelcache).",
+    )
+    models: list[ResidentModel] = Field(default_factory=list, description="Models on this GPU.")
 
 
 class ModelState(StrEnum):
-    LOADING = "Loading"
-    LOADED = "Loaded"
-    FAILED = "Failed"
+    AVAILABLE = "Available"  # loadable on demand, resident on no GPU now
+    LOADING = "Loading"  # being loaded onto a GPU, resident on none
+    LOADED = "Loaded"  # resident on at least one GPU
+    FAILED = "Failed"  # its source cannot be used (missing, unreachable, digest mismatch)
+
+
+class ResidentModel(CamelModel):
+    """A model held in one GPU's memory."""
+
+    name: str
+    vram_bytes: int = Field(ge=0)
+    state: Literal[ModelState.LOADING, ModelState.LOADED]
+    running_jobs: int = Field(ge=0)
+    pinned: bool = Field(default=False, description="Preloaded and never evicted.")
+    last_used_at: datetime | None = None
 
 
 class ModelInfo(CamelModel):
@@ -277,8 +323,26 @@ class ModelInfo(CamelModel):
     vram_bytes: int = Field(description="VRAM one resident copy holds, per GPU.")
     tasks: list[Task]
     state: ModelState
-    load_seconds: float | None = None
+    load_seconds: float | None = Field(default=None, description="The last load's duration.")
     message: str = ""
+    resident_gpus: list[str] = Field(default_factory=list, description="UUIDs of GPUs holding it.")
+    loading_gpus: list[str] = Field(default_factory=list, description="UUIDs of GPUs loading it.")
+    on_disk: bool = Field(
+        default=False, description="Its files are local (disk cache, image or volume): no download needed."
+    )
+    disk_bytes: int | None = Field(default=None, ge=0, description="Bytes its files take in the disk cache.")
+    preload: bool = Field(default=False, description="Loaded at start and pinned (never evicted).")
+    loads: int = Field(default=0, ge=0, description="Loads onto a GPU since the worker started.")
+    evictions: int = Field(default=0, ge=0, description="Evictions from a GPU since the worker started.")
+    warm_hits: int = Field(default=0, ge=0, description="Runs that found it resident on their GPU.")
+
+
+class ModelCacheInfo(CamelModel):
+    """The worker's disk cache of downloaded model files."""
+
+    path: str
+    capacity_bytes: int = Field(ge=0)
+    used_bytes: int = Field(ge=0)
 
 
 class Inventory(CamelModel):
@@ -290,6 +354,7 @@ class Inventory(CamelModel):
     gpus: list[GpuInfo]
     models: list[ModelInfo]
     jobs: list[JobStatus] = Field(description="Runs that have not ended.")
+    model_cache: ModelCacheInfo | None = Field(default=None, description="None without a disk cache.")
 
 
 class Health(CamelModel):
