@@ -1,10 +1,9 @@
-"""The operator as a process under its own ServiceAccount, with exactly the RBAC of gpufleet.rbac."""
+"""Fleet: helpers to create pools and jobs in a test namespace served by the session's operator."""
 
 from __future__ import annotations
 
 import base64
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -13,54 +12,9 @@ from kubernetes import client
 
 from gpufleet.api.models import GROUP, VERSION
 from gpufleet.core.workerpod import token_secret_name
-from gpufleet.localcluster.fleet import OperatorProcess, install_operator_identity
-from gpufleet.localcluster.s3server import S3Server
 from gpufleet.localcluster.waiting import wait_for
 from gpufleet_worker import protocol
-
-BUCKET = "gpufleet-artifacts"
-S3_SECRET = "gpufleet-s3"
-
-
-@pytest.fixture(scope="session")
-def operator(
-    cluster: Any, gpufleet_crds: list[str], s3_server: S3Server, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[OperatorProcess]:
-    install_operator_identity(cluster.api_client())
-    s3_server.create_bucket(BUCKET)
-    process = OperatorProcess(
-        cluster.api_client(),
-        cluster.server,
-        cluster.control_plane.ca_cert,
-        tmp_path_factory.mktemp("operator"),
-        s3_server.endpoint,
-        S3_SECRET,
-    )
-    process.start()
-    try:
-        yield process
-    finally:
-        process.stop()
-
-
-@pytest.fixture
-def fleet_namespace(
-    namespace: str, core: client.CoreV1Api, s3_server: S3Server, operator: OperatorProcess
-) -> str:
-    """A namespace with the S3 credentials Secret workers need, and a running operator."""
-    core.create_namespaced_secret(
-        namespace,
-        client.V1Secret(
-            metadata=client.V1ObjectMeta(name=S3_SECRET),
-            string_data={
-                "AWS_ACCESS_KEY_ID": s3_server.access_key,
-                "AWS_SECRET_ACCESS_KEY": s3_server.secret_key,
-            },
-        ),
-    )
-    if not operator.alive():
-        operator.start()
-    return namespace
+from tests.conftest import BUCKET
 
 
 class Fleet:

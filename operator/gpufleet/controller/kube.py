@@ -6,6 +6,7 @@ import asyncio
 import datetime as dt
 import json
 import logging
+import random
 import secrets
 from collections.abc import Callable
 from typing import Any, cast
@@ -41,6 +42,10 @@ def api_message(error: ApiException) -> str:
         return str(error.reason)
 
 
+CONFLICT_TRIES = 5
+CONFLICT_BACKOFF_SECONDS = 0.02  # first wait after a 409; doubles, with jitter
+
+
 class Kube:
     """Every write of the operator. ``fence`` runs right before each request leaves (see
     leader.LeaderElector.fence): a replica that no longer knows it leads never writes."""
@@ -63,22 +68,31 @@ class Kube:
     async def patch_status(
         self, plural: str, namespace: str, name: str, status: dict[str, Any]
     ) -> dict[str, Any] | None:
-        """Merge-patches ``status``; returns the object as now stored, None if it was deleted."""
-        try:
-            stored = await self._send(
-                self.custom.patch_namespaced_custom_object_status,
-                GROUP,
-                VERSION,
-                namespace,
-                plural,
-                name,
-                {"status": status},
-            )
-            return cast(dict[str, Any], stored)
-        except ApiException as error:
-            if error.status != 404:
-                raise
-            return None
+        """Merge-patches ``status``; returns the object as now stored, None if it was deleted.
+
+        A 409 Conflict is tried again after a short wait: the patch names no resourceVersion,
+        so each try applies to the object as stored then (client-go's RetryOnConflict).
+        """
+        tries = 0
+        while True:
+            tries += 1
+            try:
+                stored = await self._send(
+                    self.custom.patch_namespaced_custom_object_status,
+                    GROUP,
+                    VERSION,
+                    namespace,
+                    plural,
+                    name,
+                    {"status": status},
+                )
+                return cast(dict[str, Any], stored)
+            except ApiException as error:
+                if error.status == 404:
+                    return None
+                if error.status != 409 or tries == CONFLICT_TRIES:
+                    raise
+            await asyncio.sleep(CONFLICT_BACKOFF_SECONDS * 2**tries * (0.5 + random.random()))
 
     async def patch_metadata(
         self, plural: str, namespace: str, name: str, metadata: dict[str, Any]

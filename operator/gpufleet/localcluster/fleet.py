@@ -112,7 +112,12 @@ class OperatorProcess:
         workdir: Path,
         s3_endpoint: str,
         s3_secret: str,
+        *,
+        identity: str | None = None,
+        extra_args: tuple[str, ...] = (),
     ) -> None:
+        """``server`` may be a proxy in front of the API server; ``identity`` names the replica
+        in leader election (as POD_NAME does in a pod)."""
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.key_file = workdir / "token-key"
@@ -132,6 +137,8 @@ class OperatorProcess:
         )
         self.s3_endpoint = s3_endpoint
         self.s3_secret = s3_secret
+        self.identity = identity
+        self.extra_args = extra_args
         self.process: ManagedProcess | None = None
         self.starts = 0
 
@@ -158,9 +165,14 @@ class OperatorProcess:
                 str(free_port()),
                 "--health-port",
                 str(free_port()),
+                *self.extra_args,
             ],
             self.workdir / f"operator-{self.starts}.log",
-            env={**os.environ, "KUBECONFIG": str(self.kubeconfig)},
+            env={
+                **os.environ,
+                "KUBECONFIG": str(self.kubeconfig),
+                **({"POD_NAME": self.identity} if self.identity else {}),
+            },
         )
 
     def alive(self) -> bool:

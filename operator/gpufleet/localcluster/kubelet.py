@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import datetime as dt
 import ipaddress
 import json
@@ -65,6 +66,7 @@ log = logging.getLogger("gpufleet.localkubelet")
 HOST_IP = "127.0.0.1"
 TICK_SECONDS = 0.25
 LEASE_RENEW_SECONDS = 5
+TERMINATED_LOGS = "terminated-logs"  # under the state dir: logs of pods that are gone
 # Local restarts back off faster than a real kubelet (10 s doubling to 5 min): tests wait on them.
 RESTART_BACKOFF_SECONDS = (1, 2, 4, 8, 16, 30)
 SA_TOKEN_SECONDS = 3600
@@ -309,6 +311,13 @@ class PodRunner(threading.Thread):
             except ApiException as error:
                 if error.status not in (404, 409):
                     raise
+        # Keep the containers' logs, as a cluster's log agent would: tests read what the
+        # processes of deleted pods did.
+        kept = self.kubelet.state_dir / TERMINATED_LOGS / self.dir.name
+        for log_file in self.dir.glob("*.log"):
+            kept.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(OSError):
+                shutil.move(log_file, kept / log_file.name)
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def _tick(self, restart_policy: str) -> bool:

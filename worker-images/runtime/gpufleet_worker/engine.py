@@ -219,6 +219,7 @@ class Engine:
                 ),
             )
             self._runs[request.run_id] = run
+            log.info("run %s admitted on %s", request.run_id, decision.gpu_uuid)
             self._forget_old_runs()
             self._append(run, JobEvent(run_id=run.status.run_id, event=EventName.STATE, status=run.status))
             self.metrics.running_jobs.inc()
