@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 from kubernetes import client, watch
 from kubernetes.client.rest import ApiException
 
@@ -416,6 +417,19 @@ class Chaos:
                 stream.stop()
 
     def _wait_some_job_running(self) -> None:
+        # Both replicas up first (the standby waiting for the Lease), so failover is measured
+        # from a ready standby, as in a deployment with two Ready pods.
+        for replica in self.replicas:
+            wait_for(
+                lambda replica=replica: (
+                    httpx.get(
+                        f"http://127.0.0.1:{replica.process.health_port}/healthz", timeout=2
+                    ).status_code
+                ),
+                lambda code: code == 200,
+                120,
+                what=f"{replica.identity} answers /healthz",
+            )
         wait_for(
             lambda: [n for n, p in self.history.items() if p and p[-1] == "Running"],
             bool,

@@ -71,3 +71,28 @@ def test_timings_that_would_let_two_leaders_overlap_are_refused(cluster):
         LeaderElector(api, "default", lease_seconds=5, renew_deadline_seconds=5, retry_seconds=1)
     with pytest.raises(ValueError, match="retry period < renew deadline"):
         LeaderElector(api, "default", lease_seconds=5, renew_deadline_seconds=2, retry_seconds=3)
+
+
+def test_a_released_lease_is_taken_at_once_and_the_releaser_writes_no_more(cluster, namespace):
+    exits: list[str] = []
+
+    def stop_instead() -> None:
+        exits.append("stopped")
+        raise Exited
+
+    first, second = elector(cluster, namespace, "first"), elector(cluster, namespace, "second")
+    first.stop = stop_instead  # type: ignore[method-assign]
+    assert first._try_acquire()
+    assert not second._try_acquire()
+    first.release()
+    # No wait for expiry: the next try of the standby takes it.
+    assert second._try_acquire()
+    kube = Kube(cluster.api_client(), fence=first.fence)
+    with pytest.raises(Exited):
+        asyncio.run(kube.patch_status("generationjobs", namespace, "any", {"phase": "Running"}))
+    assert exits == ["stopped"]
+    first.release()  # no longer held: releasing again writes nothing
+    lease = client.CoordinationV1Api(cluster.api_client()).read_namespaced_lease(
+        "gpufleet-operator", namespace
+    )
+    assert lease.spec.holder_identity == "second"

@@ -9,11 +9,14 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 from kubernetes import client, watch
 
 from gpufleet import labels
+from gpufleet.localcluster.fleet import OperatorProcess
 from gpufleet.localcluster.waiting import wait_for
+from tests.conftest import S3_SECRET
 
 pytestmark = [pytest.mark.cluster, pytest.mark.localkubelet, pytest.mark.s3]
 
@@ -290,3 +293,27 @@ def test_sigterm_with_runs_in_flight_exits_0_and_a_restart_finishes_them(fleet, 
     for name in names:
         done = fleet.wait_phase(name, "Succeeded", "Failed", timeout=300)
         assert (done["status"]["phase"], done["status"]["attempts"]) == ("Succeeded", 1), done["status"]
+
+
+def test_sigterm_to_a_standby_replica_exits_0(cluster, fleet, operator, s3_server, tmp_path):
+    standby = OperatorProcess(
+        cluster.api_client(),
+        cluster.server,
+        cluster.control_plane.ca_cert,
+        tmp_path / "standby",
+        s3_server.endpoint,
+        S3_SECRET,
+    )
+    standby.start()
+    assert standby.process is not None
+    try:
+        # The session's operator holds the Lease: this replica waits, answering "standby".
+        wait_for(
+            lambda: httpx.get(f"http://127.0.0.1:{standby.health_port}/healthz", timeout=2).text,
+            lambda text: text.strip() == "standby",
+            60,
+            what="the second replica waiting for the Lease",
+        )
+        assert standby.process.stop(30) == 0, standby.log_tail()
+    finally:
+        standby.stop()

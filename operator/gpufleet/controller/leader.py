@@ -63,6 +63,8 @@ class LeaderElector:
         self.renew_deadline_seconds = renew_deadline_seconds
         self.retry_seconds = retry_seconds
         self.renewed_at: float | None = None  # monotonic start of the last successful renewal
+        self._lease_lock = threading.Lock()  # one Lease write at a time: renewal or release
+        self._released = False
         # The pod name when run in a pod (the chart sets POD_NAME), else host and process.
         self.identity = identity or os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
 
@@ -136,11 +138,34 @@ class LeaderElector:
         log.info("leader: %s holds lease %s/%s", self.identity, self.namespace, self.name)
         threading.Thread(target=self._renew, name="lease-renewal", daemon=True).start()
 
+    def release(self) -> None:
+        """Gives the Lease up on a clean stop, so a standby takes over at its next try rather
+        than when the Lease expires (client-go's ReleaseOnCancel). Only while still holding it."""
+        with self._lease_lock:
+            if not self.holds():
+                return
+            self._released = True
+            self.renewed_at = None  # from here on, no write of this replica passes the fence
+            try:
+                lease = self.api.read_namespaced_lease(self.name, self.namespace)
+                if lease.spec is None or lease.spec.holder_identity != self.identity:
+                    return
+                lease.spec.holder_identity = None
+                lease.spec.lease_duration_seconds = 1
+                self.api.replace_namespaced_lease(self.name, self.namespace, lease)
+                log.info("leader: %s released lease %s/%s", self.identity, self.namespace, self.name)
+            except ApiException as error:  # expiry hands it over anyway
+                log.warning("leader: could not release lease %s/%s: %s", self.namespace, self.name, error)
+
     def _renew(self) -> None:
         while True:
             time.sleep(self.retry_seconds)
             try:
-                if self.holds() and self._try_acquire():
+                with self._lease_lock:
+                    if self._released:
+                        return
+                    renewed = self.holds() and self._try_acquire()
+                if renewed:
                     continue
                 log.error(
                     "leader: lease %s/%s lost or taken by another replica; exiting", self.namespace, self.name

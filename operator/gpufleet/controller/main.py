@@ -6,6 +6,7 @@ import argparse
 import http.server
 import importlib
 import logging
+import signal
 import threading
 from pathlib import Path
 
@@ -82,7 +83,14 @@ class StandbyHealth:
         self.server.server_close()
 
 
+def _stop_before_kopf(signum: int, frame: object) -> None:
+    raise SystemExit(0)
+
+
 def run(args: argparse.Namespace) -> int:
+    # Until kopf installs its own handlers, SIGTERM (a standby, or a leader still starting)
+    # ends the process cleanly, with status 0, instead of by the signal.
+    signal.signal(signal.SIGTERM, _stop_before_kopf)
     kopf.configure(verbose=args.verbose)  # sets up logging for kopf and for us
     for noisy in ("kubernetes", "httpx", "httpcore", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -121,4 +129,6 @@ def run(args: argparse.Namespace) -> int:
         namespaces=args.namespace,
         liveness_endpoint=f"http://{args.bind_address}:{args.health_port}/healthz",
     )
+    if elector is not None:
+        elector.release()
     return 0

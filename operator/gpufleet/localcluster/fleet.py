@@ -141,9 +141,11 @@ class OperatorProcess:
         self.extra_args = extra_args
         self.process: ManagedProcess | None = None
         self.starts = 0
+        self.health_port = 0
 
     def start(self) -> None:
         self.starts += 1
+        self.health_port = free_port()  # /healthz: "standby" while waiting for the Lease
         self.process = ManagedProcess(
             "operator",
             [
@@ -164,7 +166,7 @@ class OperatorProcess:
                 "--metrics-port",
                 str(free_port()),
                 "--health-port",
-                str(free_port()),
+                str(self.health_port),
                 *self.extra_args,
             ],
             self.workdir / f"operator-{self.starts}.log",
