@@ -34,6 +34,7 @@ from kubernetes.client.rest import ApiException
 from gpufleet.api.models import GROUP, VERSION
 from gpufleet.localcluster.fleet import OPERATOR_NAMESPACE, OperatorProcess
 from gpufleet.localcluster.kubelet import TERMINATED_LOGS
+from gpufleet.localcluster.processes import pod_process_ids
 from gpufleet.localcluster.waiting import wait_for
 
 from .apiproxy import ApiProxy, Write
@@ -269,7 +270,7 @@ class Chaos:
 
     def _worker_kill(self) -> None:
         pod, _ = self._worker_with_run(POOL)
-        pids = worker_pids(pod)
+        pids = pod_process_ids(pod, "gpufleet-worker")
         for pid in pids:
             os.kill(pid, signal.SIGKILL)
         if pids:
@@ -544,23 +545,6 @@ class Chaos:
         if (admitted := self.report.runs_started.get(run, 0)) != 1:
             problems.append(f"{name}: its final attempt {run} was admitted {admitted} times")
         return problems
-
-
-def worker_pids(pod_name: str) -> list[int]:
-    """Local processes of a worker pod (the local kubelet runs them with POD_NAME in their env)."""
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            if (
-                b"gpufleet-worker" in (proc / "cmdline").read_bytes()
-                and f"POD_NAME={pod_name}\0".encode() in (proc / "environ").read_bytes()
-            ):
-                pids.append(int(proc.name))
-        except OSError:
-            continue
-    return pids
 
 
 def save(report: ChaosReport, path: Path) -> None:

@@ -32,15 +32,21 @@ def elector(cluster: Any, namespace: str, identity: str) -> LeaderElector:
     )
 
 
-def test_a_frozen_leader_stops_before_another_takes_over(cluster, namespace):
+def stopping_by_exception(leader: LeaderElector) -> list[str]:
+    """Makes ``leader.stop`` raise Exited instead of ending the test process; returns its calls."""
     exits: list[str] = []
 
     def stop_instead() -> None:
         exits.append("stopped")
         raise Exited
 
+    leader.stop = stop_instead  # type: ignore[method-assign]
+    return exits
+
+
+def test_a_frozen_leader_stops_before_another_takes_over(cluster, namespace):
     first, second = elector(cluster, namespace, "first"), elector(cluster, namespace, "second")
-    first.stop = stop_instead  # type: ignore[method-assign]
+    exits = stopping_by_exception(first)
     assert first._try_acquire() and first.holds()
     assert not second._try_acquire()  # held, not expired
 
@@ -74,14 +80,8 @@ def test_timings_that_would_let_two_leaders_overlap_are_refused(cluster):
 
 
 def test_a_released_lease_is_taken_at_once_and_the_releaser_writes_no_more(cluster, namespace):
-    exits: list[str] = []
-
-    def stop_instead() -> None:
-        exits.append("stopped")
-        raise Exited
-
     first, second = elector(cluster, namespace, "first"), elector(cluster, namespace, "second")
-    first.stop = stop_instead  # type: ignore[method-assign]
+    exits = stopping_by_exception(first)
     assert first._try_acquire()
     assert not second._try_acquire()
     first.release()

@@ -7,7 +7,6 @@ import os
 import signal
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import pytest
@@ -15,6 +14,7 @@ from kubernetes import client, watch
 
 from gpufleet import labels
 from gpufleet.localcluster.fleet import OperatorProcess
+from gpufleet.localcluster.processes import pod_process_ids
 from gpufleet.localcluster.waiting import wait_for
 from tests.conftest import S3_SECRET
 
@@ -22,20 +22,7 @@ pytestmark = [pytest.mark.cluster, pytest.mark.localkubelet, pytest.mark.s3]
 
 
 def worker_pids(pod_name: str) -> list[int]:
-    """Local processes of a worker pod (the stand-in runs them with POD_NAME in their env)."""
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            if (
-                b"gpufleet-worker" in (proc / "cmdline").read_bytes()
-                and f"POD_NAME={pod_name}\0".encode() in (proc / "environ").read_bytes()
-            ):
-                pids.append(int(proc.name))
-        except OSError:
-            continue
-    return pids
+    return pod_process_ids(pod_name, "gpufleet-worker")
 
 
 def test_jobs_run_in_priority_order_without_overcommit_and_artifacts_match(fleet, s3_server):

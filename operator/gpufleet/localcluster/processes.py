@@ -78,3 +78,21 @@ def signal_group(pgid: int, sig: int) -> None:
 
 class ProcessExited(StopWaiting, RuntimeError):
     """A process that was being waited for exited."""
+
+
+def pod_process_ids(pod_name: str, command_marker: str) -> list[int]:
+    """Local processes of a pod whose command line contains ``command_marker`` (the local
+    kubelet runs a pod's containers with POD_NAME=<pod> in their environment)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if (
+                command_marker.encode() in (proc / "cmdline").read_bytes()
+                and f"POD_NAME={pod_name}\0".encode() in (proc / "environ").read_bytes()
+            ):
+                pids.append(int(proc.name))
+        except OSError:
+            continue
+    return pids
