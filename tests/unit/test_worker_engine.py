@@ -311,5 +311,8 @@ def test_progress_carries_the_unit_and_stage(tmp_path: Path) -> None:
     finished(engine, run_id)
     events, _ = engine.events_after(run_id, 0)
     progress = [e.progress for e in events if e.progress is not None]
-    assert [(p.step, p.total_steps, p.unit, p.stage) for p in progress] == [(1, 1, "steps", "only")]
+    assert [(p.step, p.total_steps, p.unit, p.stage) for p in progress] == [
+        (0, 3, "steps", "LoadingModel"),  # the model was not resident yet
+        (1, 1, "steps", "only"),
+    ]
     engine.shutdown()

@@ -16,13 +16,14 @@ from gpufleet.api.inputs import Task
 from gpufleet.localcluster.waiting import wait_for
 from gpufleet_worker.artifacts import ArtifactStore
 from gpufleet_worker.config import ModelSpec, WorkerConfig
-from gpufleet_worker.engine import LOADING_STAGE, Engine
+from gpufleet_worker.engine import Engine
 from gpufleet_worker.errors import Refusal
 from gpufleet_worker.inventory import SimulatedInventory
 from gpufleet_worker.metrics import WorkerMetrics
 from gpufleet_worker.modelfiles import FetchProgress, ModelSourceError
 from gpufleet_worker.models import Generation, ImagePipeline, StepHook
 from gpufleet_worker.protocol import (
+    LOADING_MODEL_STAGE,
     EventName,
     Inventory,
     JobStatus,
@@ -192,7 +193,7 @@ def test_a_model_loads_onto_the_runs_gpu_when_first_needed_and_later_runs_are_wa
     assert cold.model_load.source == "disk" and cold.model_load.seconds is not None
     events, _ = engine.events_after(cold.run_id, 0)
     stages = [e.progress.stage for e in events if e.event is EventName.PROGRESS and e.progress]
-    assert stages[0] == LOADING_STAGE
+    assert stages[0] == LOADING_MODEL_STAGE
 
     warm = run(engine, tmp_path, "warm", "a")
     assert warm.model_load is not None and (warm.model_load.warm, warm.model_load.source) == (
@@ -339,7 +340,7 @@ def test_files_are_fetched_before_each_load_with_progress_and_source_errors_fail
     load = status.model_load
     assert (load.source, load.downloaded_bytes, load.total_bytes) == ("remote", 100, 100)
     events, _ = engine.events_after(status.run_id, 0)
-    assert any(e.progress and e.progress.stage == LOADING_STAGE for e in events)
+    assert any(e.progress and e.progress.stage == LOADING_MODEL_STAGE for e in events)
     inventory = engine.snapshot()
     assert (models_of(inventory)["a"].on_disk, models_of(inventory)["a"].disk_bytes) == (True, 100)
     assert inventory.model_cache == ModelCacheInfo(path="/cache", capacity_bytes=1000, used_bytes=100)
@@ -395,7 +396,8 @@ def test_metrics_count_loads_evictions_and_warm_hits(tmp_path: Path) -> None:
         'gpufleet_worker_model_warm_hits_total{model="a"} 1.0',
         'gpufleet_worker_model_load_seconds_count{model="b"} 1.0',
         f'gpufleet_worker_model_resident{{gpu="{gpu.uuid}",model="b"}} 1.0',
-        f'gpufleet_worker_gpu_memory_bytes{{gpu="{gpu.uuid}",kind="models",product="Simulated-GPU"}} 4.294967296e+09',
+        f'gpufleet_worker_gpu_memory_bytes{{gpu="{gpu.uuid}",kind="models",product="Simulated-GPU"}} '
+        "4.294967296e+09",
     ]:
         assert line in text
     assert 'gpufleet_worker_model_resident{gpu="' + gpu.uuid + '",model="a"}' not in text

@@ -41,6 +41,7 @@ from .modelfiles import LocalModelFiles, ModelFiles, ModelSourceError
 from .models import Cancelled, Generation, Outputs, Pipeline, progress_unit, total_steps
 from .outputs import InvalidOutput, check_output
 from .protocol import (
+    LOADING_MODEL_STAGE,
     TERMINAL_PHASES,
     EventName,
     GpuInfo,
@@ -62,7 +63,6 @@ log = logging.getLogger("gpufleet_worker")
 
 Loader = Callable[[ModelSpec, str], Pipeline]
 
-LOADING_STAGE = "LoadingModel"  # the progress stage of a run waiting for its model
 CANCEL_CHECK_SECONDS = 0.2  # how often a run waiting for a load looks for a cancel request
 DOWNLOAD_EVENT_SECONDS = 0.5  # the least time between two download progress events of a run
 
@@ -265,7 +265,7 @@ class Engine:
                 if run.status.model_load is not None:
                     run.status.model_load.downloaded_bytes, run.status.model_load.total_bytes = done, total
                 self._progress_locked(
-                    run, run.status.progress.step, run.status.progress.total_steps, LOADING_STAGE
+                    run, run.status.progress.step, run.status.progress.total_steps, LOADING_MODEL_STAGE
                 )
 
     def _evict(self, budget: GpuBudget, name: str) -> None:
@@ -346,7 +346,7 @@ class Engine:
             self._forget_old_runs()
             self._append(run, JobEvent(run_id=run.status.run_id, event=EventName.STATE, status=run.status))
             if run.load is not None:
-                self._progress_locked(run, 0, run.status.progress.total_steps, LOADING_STAGE)
+                self._progress_locked(run, 0, run.status.progress.total_steps, LOADING_MODEL_STAGE)
             self.metrics.running_jobs.inc()
             snapshot = run.status.model_copy(deep=True)
         self._pool.submit(self._execute, run, model)
