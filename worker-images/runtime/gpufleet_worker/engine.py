@@ -148,7 +148,7 @@ class Engine:
         self._runs: OrderedDict[str, Run] = OrderedDict()
         slots = len(devices) * config.max_jobs_per_gpu
         self._pool = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="run")
-        # At most one load per model and GPU, and a GPU never holds more models than runs.
+        # Only an admitted run (or a preload) starts a load: never more loads than job slots.
         self._loads = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="load")
 
     def _total_memory(self, gpu_uuid: str) -> int:
