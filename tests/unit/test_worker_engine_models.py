@@ -63,9 +63,19 @@ class Loader:
         self.run_gates: dict[str, threading.Event] = {}
         self.failures: dict[str, Exception] = {}
         self.tasks: dict[str, frozenset[Task]] = {}
+        self.loading = 0  # loads in progress now
+        self.most_at_once = 0
 
     def __call__(self, spec: ModelSpec, device: str) -> GatedPipeline:
         self.calls[spec.name] += 1
+        self.loading += 1
+        self.most_at_once = max(self.most_at_once, self.loading)
+        try:
+            return self._load(spec)
+        finally:
+            self.loading -= 1
+
+    def _load(self, spec: ModelSpec) -> GatedPipeline:
         if spec.name in self.load_gates:
             self.load_gates[spec.name].wait(10)
         if spec.name in self.failures:
@@ -301,6 +311,21 @@ def test_preloaded_models_are_resident_on_every_gpu_and_pinned(tmp_path: Path) -
         engine.submit(request(tmp_path, "big", "a", vram_gib=3))
     assert refused.value.asked_bytes - refused.value.free_bytes == GIB
     assert run(engine, tmp_path, "p", "p").model_load.warm  # type: ignore[union-attr]
+    engine.shutdown()
+
+
+def test_models_load_one_at_a_time(tmp_path: Path) -> None:
+    """Loaders import their libraries on first use (transformers' lazy imports are not
+    thread-safe): two cold models load one after the other."""
+    engine, loader = make_engine(tmp_path, {"a": 2, "b": 2})
+    release = loader.hold("a")
+    first, _ = engine.submit(request(tmp_path, "1", "a"))
+    second, _ = engine.submit(request(tmp_path, "2", "b"))
+    wait_for(lambda: loader.calls, lambda calls: calls["a"] == 1, 5, what="a's load to start")
+    assert loader.calls["b"] == 0  # waits for a's load
+    release.set()
+    assert {finished(engine, s.run_id).phase for s in (first, second)} == {Phase.SUCCEEDED}
+    assert loader.most_at_once == 1
     engine.shutdown()
 
 

@@ -14,6 +14,7 @@ the server streams.
 
 from __future__ import annotations
 
+import gc
 import logging
 import secrets
 import threading
@@ -150,6 +151,9 @@ class Engine:
         self._pool = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="run")
         # Only an admitted run (or a preload) starts a load: never more loads than job slots.
         self._loads = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="load")
+        # Files are fetched concurrently but loaded one at a time: loaders import their
+        # libraries on first use, and transformers' lazy imports are not thread-safe.
+        self._loading = threading.Lock()
 
     def _total_memory(self, gpu_uuid: str) -> int:
         for reading in self.inventory.read():
@@ -209,7 +213,11 @@ class Engine:
             local = self.model_files.local(
                 model.spec, lambda done, total: self._downloaded(load, done, total)
             )
-            pipeline = self._loader(local, self.devices[load.gpu])
+            device = self.devices[load.gpu]
+            with self._loading:
+                if device.startswith("cuda"):
+                    gc.collect()  # an evicted pipeline's weights may sit in reference cycles: free them
+                pipeline = self._loader(local, device)
             tasks = pipeline.tasks
             if model.spec.tasks is not None:
                 if unsupported := set(model.spec.tasks) - tasks:
