@@ -23,7 +23,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import torch
 from PIL import Image
@@ -49,16 +49,14 @@ from .protocol import (
     Inventory,
     JobEvent,
     JobStatus,
-    ModelInfo,
     ModelLoad,
-    ModelState,
     Phase,
     Progress,
     Reason,
-    ResidentModel,
     RunResult,
     SubmitRequest,
 )
+from .residency import Load, Model, ModelFailed, TaskNotDone, model_info, resident_models
 
 log = logging.getLogger("gpufleet_worker")
 
@@ -66,38 +64,6 @@ Loader = Callable[[ModelSpec, str], Pipeline]
 
 CANCEL_CHECK_SECONDS = 0.2  # how often a run waiting for a load looks for a cancel request
 DOWNLOAD_EVENT_SECONDS = 0.5  # the least time between two download progress events of a run
-
-
-class ModelFailed(Exception):
-    """The run's model could not be loaded; the message says why."""
-
-
-class TaskNotDone(Exception):
-    """The model, once loaded, turned out not to do the run's task."""
-
-
-@dataclass
-class Load:
-    """One load of a model onto one GPU; the runs admitted for it wait on ``done``."""
-
-    gpu: str
-    done: threading.Event = field(default_factory=threading.Event)
-    error: str | None = None
-    waiting: list[Run] = field(default_factory=list)
-    last_event: float = 0.0
-
-
-@dataclass
-class Model:
-    spec: ModelSpec
-    tasks: frozenset[Task] | None  # declared, or what the loaded pipeline does; None: unknown yet
-    pipelines: dict[str, Pipeline] = field(default_factory=dict)  # GPU uuid -> resident pipeline
-    loads_in_flight: dict[str, Load] = field(default_factory=dict)  # GPU uuid -> load
-    failure: str | None = None
-    load_seconds: float | None = None
-    loads: int = 0
-    evictions: int = 0
-    warm_hits: int = 0
 
 
 @dataclass
@@ -647,22 +613,14 @@ class Engine:
                 models_bytes=budget.models_bytes,
                 jobs_bytes=budget.jobs_bytes,
                 evictable_bytes=budget.evictable_bytes,
-                models=[
-                    ResidentModel(
-                        name=cached.name,
-                        vram_bytes=cached.size_bytes,
-                        state=ModelState.LOADING if cached.name in budget.loading else ModelState.LOADED,
-                        running_jobs=cached.in_use - (cached.name in budget.loading),
-                        pinned=cached.pinned,
-                        last_used_at=wall - timedelta(seconds=monotonic - cached.last_used),
-                    )
-                    for cached in sorted(budget.models.values(), key=lambda c: c.name)
-                ],
+                models=resident_models(budget, wall, monotonic),
             )
             for reading, budget in self.gpu_readings()
         ]
         with self._lock:
-            models = [self._model_info(m, on_disk[m.spec.name]) for m in self._models.values()]
+            models = [
+                model_info(m, self._budgets.values(), on_disk[m.spec.name]) for m in self._models.values()
+            ]
             jobs = [
                 r.status.model_copy(deep=True)
                 for r in self._runs.values()
@@ -676,38 +634,6 @@ class Engine:
             models=models,
             jobs=jobs,
             model_cache=cache_info,
-        )
-
-    def _model_info(self, model: Model, disk_bytes: int | None) -> ModelInfo:
-        """What the inventory says of one model (lock held)."""
-        name = model.spec.name
-        resident = sorted(g for g, b in self._budgets.items() if name in b.models and name not in b.loading)
-        loading = sorted(g for g, b in self._budgets.items() if name in b.loading)
-        state = (
-            ModelState.FAILED
-            if model.failure is not None
-            else ModelState.LOADED
-            if resident
-            else ModelState.LOADING
-            if loading
-            else ModelState.AVAILABLE
-        )
-        return ModelInfo(
-            name=name,
-            source=model.spec.source,
-            vram_bytes=model.spec.vram,
-            tasks=sorted(model.tasks or ()),
-            state=state,
-            load_seconds=model.load_seconds,
-            message=model.failure or "",
-            resident_gpus=resident,
-            loading_gpus=loading,
-            on_disk=disk_bytes is not None,
-            disk_bytes=disk_bytes,
-            preload=model.spec.preload,
-            loads=model.loads,
-            evictions=model.evictions,
-            warm_hits=model.warm_hits,
         )
 
     def shutdown(self) -> None:
