@@ -89,5 +89,5 @@ def test_two_workers_serve_six_models_from_a_vram_cache_and_the_hot_model_runs_w
     hot_warm, hot_cold = warm[(HOT, True)], warm[(HOT, False)]
     print(f"loads {dict(loads)}, evictions {evictions}, warm/cold by model {dict(warm)}")
     assert hot_warm + hot_cold == 30
-    assert hot_warm >= 20, f"the hot model ran warm {hot_warm} of 30 times; loads {dict(loads)}"
+    assert hot_warm >= 18, f"the hot model ran warm {hot_warm} of 30 times; loads {dict(loads)}"
     assert hot_cold <= 2 * loads[HOT]  # each load served at most the two runs a GPU takes
