@@ -47,7 +47,7 @@ def run_mode(args: argparse.Namespace) -> dict:
             "tokenFile": str(out / "token"),
             "device": args.device,
             "maxJobsPerGpu": args.concurrency,
-            "models": [{"name": "tiny-sd", "source": "builtin://tiny-sd", "vram": "256Mi"}],
+            "models": [{"name": "tiny-sd", "source": "builtin://tiny-sd", "vram": "256Mi", "preload": True}],
             "simulatedGpu": {"memory": "64Gi"},
             "localOutputRoot": str(out),
         }
@@ -61,7 +61,7 @@ def run_mode(args: argparse.Namespace) -> dict:
         metrics=WorkerMetrics(),
         loader=load_pipeline,
     )
-    engine.load_models()
+    engine.preload_models()
     on_gpu = args.device == "cuda"
     nvml_peak = 0
     sampling = threading.Event()

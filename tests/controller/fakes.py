@@ -129,6 +129,8 @@ class FakeWorker:
     released: asyncio.Event = field(default_factory=asyncio.Event)
     inventory_gate: asyncio.Event | None = None  # when set, inventories wait for it
     inventory_asked: asyncio.Event = field(default_factory=asyncio.Event)
+    model_load: protocol.ModelLoad | None = None  # what each run says of its model's load
+    model_state: protocol.ModelState = protocol.ModelState.LOADED
 
     def live(self) -> list[protocol.JobStatus]:
         return [r for r in self.runs.values() if r.phase == protocol.Phase.RUNNING]
@@ -159,7 +161,7 @@ class FakeWorker:
                     source="builtin://tiny-sd",
                     vram_bytes=GIB,
                     tasks=["text-to-image"],
-                    state=protocol.ModelState.LOADED,
+                    state=self.model_state,
                 )
             ],
             jobs=self.live(),
@@ -183,6 +185,7 @@ class FakeWorker:
                 phase=protocol.Phase.RUNNING,
                 progress=protocol.Progress(step=0, total_steps=4, percent=0),
                 gpu=f"GPU-{self.name}",
+                model_load=self.model_load,
                 vram_reserved_bytes=request.vram_bytes,
                 created_at=dt.datetime.now(dt.UTC),
             )

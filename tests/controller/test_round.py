@@ -67,6 +67,49 @@ async def test_a_refused_task_fails_the_job_instead_of_requeueing_it_for_ever(fl
 
 
 @in_loop
+async def test_the_job_says_whether_its_run_found_its_model_warm_or_waited_for_a_load(fleet):
+    [worker] = fleet.pool()
+    worker.model_load = protocol.ModelLoad(warm=False, source="disk", seconds=2.5)
+    fleet.job("cold")
+    await rounds(fleet, 2)
+    assert fleet.status("cold")["modelLoad"] == {"warm": False, "seconds": 2.5}
+    worker.model_load = protocol.ModelLoad(warm=True, source="resident", seconds=0)
+    fleet.job("warm")
+    await rounds(fleet, 2)
+    assert fleet.status("warm")["modelLoad"] == {"warm": True, "seconds": 0}
+
+
+@in_loop
+async def test_a_model_that_failed_on_its_worker_fails_the_job_at_once(fleet):
+    [worker] = fleet.pool()
+    worker.outcome = protocol.Reason.MODEL_FAILED
+    fleet.job("a", retry={"maxAttempts": 3, "backoffSeconds": 1})
+    await rounds(fleet, 2)
+    status = fleet.status("a")
+    assert (status["phase"], status["reason"], status["attempts"]) == ("Failed", "ModelFailed", 1)
+    health = fleet.op.pool(NAMESPACE, "sd").workers[worker.name]
+    assert health.failures_in_a_row == 0  # the model's fault, not the worker's
+    # A worker that refuses the model because it failed there: the job fails too, no retry.
+    worker.refuse = (422, protocol.Reason.MODEL_FAILED, "model tiny-sd: s3://models/sd: NoSuchKey")
+    fleet.job("b")
+    await rounds(fleet, 3)
+    assert (fleet.status("b")["phase"], fleet.status("b")["reason"]) == ("Failed", "ModelFailed")
+    assert "NoSuchKey" in fleet.status("b")["message"]
+
+
+@in_loop
+async def test_jobs_keep_away_from_a_worker_where_their_model_failed(fleet):
+    failed, healthy = fleet.pool(workers=2)
+    failed.model_state = protocol.ModelState.FAILED
+    healthy.model_state = protocol.ModelState.AVAILABLE  # resident nowhere: no preference either way
+    for name in ("a", "b", "c"):
+        fleet.job(name)
+    await rounds(fleet, 2)
+    assert failed.submits == [] and len(healthy.submits) == 3
+    assert all(fleet.status(name)["phase"] == "Succeeded" for name in ("a", "b", "c"))
+
+
+@in_loop
 async def test_a_busy_worker_refusal_backs_off_and_keeps_the_attempt_number(fleet):
     [worker] = fleet.pool()
     worker.refuse = (409, protocol.Reason.TOO_MANY_JOBS, "every slot is taken")

@@ -56,7 +56,9 @@ def test_every_pool_the_api_admits_gives_its_workers_a_config_they_start_with(
     assume(spec.runtime is not models.Runtime.CUSTOM)
     pool = models.WorkerPool(metadata={"name": "pool", "namespace": "ns"}, spec=spec)
     config = load_config(worker_args(pool), env={})
-    assert [(m.name, m.source) for m in config.models] == [(m.name, m.source) for m in spec.models]
+    assert [(m.name, m.source, m.preload) for m in config.models] == [
+        (m.name, m.source, m.preload) for m in spec.models
+    ]
 
 
 @pytest.mark.parametrize(

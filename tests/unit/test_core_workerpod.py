@@ -449,13 +449,16 @@ def test_declared_model_tasks_reach_the_worker_config() -> None:
     spec["tasks"] = ["segment", "caption"]
     spec["models"] = [
         {"name": "sam", "source": "file:///models/sam", "vram": "1Gi", "tasks": ["segment"]},
-        {"name": "llava", "source": "file:///models/llava", "vram": "8Gi"},
+        {"name": "llava", "source": "file:///models/llava", "vram": "8Gi", "preload": True},
     ]
     args = workerpod.worker_args(pool(spec))
     models = [args[i + 1] for i, a in enumerate(args) if a == "--model"]
     assert models == [
         "name=sam,source=file:///models/sam,vram=1Gi,tasks=segment",
-        "name=llava,source=file:///models/llava,vram=8Gi",
+        "name=llava,source=file:///models/llava,vram=8Gi,preload=true",
     ]
     config = load_config(["--token-file", "/run/token", *[x for m in models for x in ("--model", m)]], env={})
-    assert [(m.name, m.tasks) for m in config.models] == [("sam", ["segment"]), ("llava", None)]
+    assert [(m.name, m.tasks, m.preload) for m in config.models] == [
+        ("sam", ["segment"], False),
+        ("llava", None, True),
+    ]

@@ -1,58 +1,202 @@
-"""VRAM admission: best fit, job slots, and refusals that carry the numbers."""
+"""VRAM admission: where the model is warm first, then no eviction, then eviction that makes
+room; best fit among equals; job slots; refusals that carry the numbers."""
 
 from __future__ import annotations
 
+import pytest
+
 from gpufleet_worker.admission import Admitted, GpuBudget, Refused, choose_gpu
+from gpufleet_worker.modelcache import CachedModel
 
 GIB = 2**30
 
 
-def test_admits_on_the_gpu_it_fills_best() -> None:
-    roomy = GpuBudget("GPU-roomy", total_bytes=80 * GIB, resident_bytes=2 * GIB)
-    snug = GpuBudget("GPU-snug", total_bytes=16 * GIB, resident_bytes=2 * GIB, reservations={"a": 10 * GIB})
-    assert choose_gpu([roomy, snug], 3 * GIB, max_jobs=4) == Admitted("GPU-snug")
-    assert choose_gpu([roomy, snug], 5 * GIB, max_jobs=4) == Admitted("GPU-roomy")
+def gpu(
+    uuid: str,
+    total: int = 16,
+    models: dict[str, int] | None = None,
+    jobs: dict[str, int] | None = None,
+    busy: frozenset[str] = frozenset(),
+    pinned: frozenset[str] = frozenset(),
+    loading: frozenset[str] = frozenset(),
+) -> GpuBudget:
+    """A GPU of ``total`` GiB holding ``models`` (name -> GiB, used in the order given: the
+    first is the least recently used) and running ``jobs`` (run -> GiB)."""
+    cached = {
+        name: CachedModel(
+            name,
+            size * GIB,
+            float(order),
+            in_use=int(name in busy) + int(name in loading),
+            pinned=name in pinned,
+        )
+        for order, (name, size) in enumerate((models or {}).items())
+    }
+    return GpuBudget(
+        uuid,
+        total * GIB,
+        models=cached,
+        loading=set(loading),
+        reservations={run: size * GIB for run, size in (jobs or {}).items()},
+    )
 
 
-def test_a_job_that_exactly_fits_is_admitted() -> None:
-    gpu = GpuBudget("GPU-0", total_bytes=8 * GIB, resident_bytes=GIB, reservations={"a": 3 * GIB})
-    assert gpu.admittable_bytes == 4 * GIB
-    assert choose_gpu([gpu], 4 * GIB, max_jobs=4) == Admitted("GPU-0")
-    assert isinstance(choose_gpu([gpu], 4 * GIB + 1, max_jobs=4), Refused)
+@pytest.mark.parametrize(
+    ("gpus", "model", "model_gib", "asked_gib", "want"),
+    [
+        # the model is resident on one GPU: the run goes there, even if another is emptier
+        ([gpu("A"), gpu("B", models={"sd": 4})], "sd", 4, 1, Admitted("B", resident=True)),
+        # resident wins over a GPU that would need no eviction, when the run fits only by eviction
+        (
+            [gpu("A"), gpu("B", total=8, models={"sd": 4, "old": 3}, jobs={"r": 1})],
+            "sd",
+            4,
+            1,
+            Admitted("B", evict=("old",), resident=True),
+        ),
+        # loading on one GPU: the run waits on that load rather than start a second one
+        (
+            [gpu("A"), gpu("B", models={"sd": 4}, loading=frozenset({"sd"}))],
+            "sd",
+            4,
+            1,
+            Admitted("B", loading=True),
+        ),
+        # resident beats loading
+        (
+            [gpu("A", models={"sd": 4}, loading=frozenset({"sd"})), gpu("B", models={"sd": 4})],
+            "sd",
+            4,
+            1,
+            Admitted("B", resident=True),
+        ),
+        # cold everywhere: a GPU with room wins over one where room needs an eviction
+        (
+            [gpu("A", total=8, models={"x": 6}), gpu("B", total=16, models={"x": 6})],
+            "sd",
+            4,
+            1,
+            Admitted("B"),
+        ),
+        # cold, room everywhere: best fit (the least left over)
+        ([gpu("A", total=80), gpu("B", total=16)], "sd", 4, 1, Admitted("B")),
+        # cold, room only by eviction: the least recently used idle models go, as few as needed
+        (
+            [gpu("A", total=8, models={"old": 2, "mid": 2, "new": 2})],
+            "sd",
+            3,
+            2,
+            Admitted("A", evict=("old", "mid")),
+        ),
+        # a busy or pinned model is never evicted, even when least recently used
+        (
+            [gpu("A", total=8, models={"busy": 3, "pin": 2, "idle": 3}, busy={"busy"}, pinned={"pin"})],
+            "sd",
+            2,
+            1,
+            Admitted("A", evict=("idle",)),
+        ),
+        # a model being loaded is never evicted either
+        (
+            [gpu("A", total=8, models={"ld": 3, "idle": 3}, loading=frozenset({"ld"}))],
+            "sd",
+            2,
+            1,
+            Admitted("A", evict=("idle",)),
+        ),
+        # the GPU that can evict wins over one that cannot make room
+        (
+            [gpu("A", total=8, models={"b": 6}, busy={"b"}), gpu("B", total=8, models={"i": 6})],
+            "sd",
+            2,
+            2,
+            Admitted("B", evict=("i",)),
+        ),
+        # exactly fits
+        ([gpu("A", total=8, models={"sd": 4}, jobs={"r": 3})], "sd", 4, 1, Admitted("A", resident=True)),
+        # a GPU at its job limit is skipped even with VRAM left
+        (
+            [gpu("A", total=80, models={"sd": 4}, jobs={"r1": 1, "r2": 1}), gpu("B", total=8)],
+            "sd",
+            4,
+            1,
+            Admitted("B"),
+        ),
+    ],
+)
+def test_choose_gpu(
+    gpus: list[GpuBudget], model: str, model_gib: int, asked_gib: int, want: Admitted
+) -> None:
+    assert choose_gpu(gpus, model, model_gib * GIB, asked_gib * GIB, max_jobs=2) == want
 
 
-def test_refusal_says_how_much_was_asked_and_how_much_is_free() -> None:
-    gpus = [
-        GpuBudget("GPU-0", total_bytes=8 * GIB, resident_bytes=GIB),
-        GpuBudget("GPU-1", total_bytes=8 * GIB, resident_bytes=GIB, reservations={"a": 6 * GIB}),
-    ]
-    refused = choose_gpu(gpus, 10 * GIB, max_jobs=4)
-    assert isinstance(refused, Refused)
-    assert refused.reason == "InsufficientVRAM"
-    assert (refused.asked_bytes, refused.free_bytes) == (10 * GIB, 7 * GIB)
-    assert str(10 * GIB) in refused.message and str(7 * GIB) in refused.message
-
-
-def test_a_full_gpu_is_skipped_even_with_vram_left() -> None:
-    busy = GpuBudget("GPU-busy", total_bytes=80 * GIB, reservations={"a": GIB, "b": GIB})
-    small = GpuBudget("GPU-small", total_bytes=4 * GIB)
-    assert choose_gpu([busy, small], 2 * GIB, max_jobs=2) == Admitted("GPU-small")
-    refused = choose_gpu([busy, small], 8 * GIB, max_jobs=2)
-    assert isinstance(refused, Refused) and refused.free_bytes == 4 * GIB
+@pytest.mark.parametrize(
+    ("gpus", "model", "model_gib", "asked_gib", "asked", "free", "words"),
+    [
+        # the model plus the run does not fit even after every idle model is evicted
+        (
+            [gpu("A", total=8, models={"busy": 4, "idle": 2}, busy={"busy"})],
+            "sd",
+            3,
+            2,
+            5,
+            4,
+            ["model sd", "not resident", "2 free and 2147483648 in idle models"],
+        ),
+        # resident, but the run itself does not fit
+        (
+            [gpu("A", total=8, models={"sd": 4}, jobs={"r": 3})],
+            "sd",
+            4,
+            2,
+            2,
+            1,
+            ["vramBytes asked 2147483648"],
+        ),
+        # the numbers are those of the GPU closest to fitting
+        (
+            [gpu("A", total=8, models={"x": 6}, busy={"x"}), gpu("B", total=8, models={"y": 5}, busy={"y"})],
+            "sd",
+            2,
+            2,
+            4,
+            3,
+            ["GPU", "on B"],
+        ),
+        # larger than any GPU: refused at once
+        ([gpu("A", total=8)], "sd", 10, 1, 11, 8, ["model sd"]),
+    ],
+)
+def test_refusal_carries_the_numbers(
+    gpus: list[GpuBudget],
+    model: str,
+    model_gib: int,
+    asked_gib: int,
+    asked: int,
+    free: int,
+    words: list[str],
+) -> None:
+    refused = choose_gpu(gpus, model, model_gib * GIB, asked_gib * GIB, max_jobs=2)
+    assert isinstance(refused, Refused) and refused.reason == "InsufficientVRAM"
+    assert (refused.asked_bytes, refused.free_bytes) == (asked * GIB, free * GIB)
+    assert str(asked * GIB) in refused.message and str(free * GIB) in refused.message
+    for word in words:
+        assert word.replace("2 free", f"{2 * GIB} free") in refused.message
 
 
 def test_every_gpu_at_its_job_limit_is_too_many_jobs() -> None:
-    busy = GpuBudget("GPU-0", total_bytes=80 * GIB, reservations={"a": GIB})
-    refused = choose_gpu([busy], GIB, max_jobs=1)
+    refused = choose_gpu([gpu("A", total=80, jobs={"a": 1})], "sd", GIB, GIB, max_jobs=1)
     assert isinstance(refused, Refused) and refused.reason == "TooManyJobs"
     assert "maxJobsPerGpu" in refused.message
 
 
 def test_no_gpu_admits_nothing() -> None:
-    refused = choose_gpu([], GIB, max_jobs=4)
+    refused = choose_gpu([], "sd", GIB, GIB, max_jobs=4)
     assert isinstance(refused, Refused) and refused.free_bytes == 0
 
 
-def test_models_heavier_than_the_gpu_leave_nothing_admittable() -> None:
-    gpu = GpuBudget("GPU-0", total_bytes=GIB, resident_bytes=2 * GIB)
-    assert gpu.admittable_bytes == 0
+def test_budget_counts_models_and_jobs() -> None:
+    budget = gpu("A", total=8, models={"a": 2, "b": 3}, jobs={"r": 1}, busy={"b"})
+    assert (budget.models_bytes, budget.jobs_bytes, budget.reserved_bytes) == (5 * GIB, GIB, 6 * GIB)
+    assert (budget.admittable_bytes, budget.evictable_bytes) == (2 * GIB, 2 * GIB)
+    assert gpu("B", total=1, models={"big": 2}).admittable_bytes == 0

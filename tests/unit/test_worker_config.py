@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from gpufleet_worker.config import WorkerConfig, config_file_text, load_config
 
 MODEL = "name=tiny-sd,source=builtin://tiny-sd,vram=512Mi"
+MODEL2 = "name=other,source=builtin://tiny-sd,vram=512Mi"
 
 
 def test_flags_override_the_environment_which_overrides_the_file(tmp_path: Path) -> None:
@@ -98,3 +99,12 @@ def test_a_model_flag_with_a_task_that_does_not_exist_names_it() -> None:
     assert "models.0.tasks.1" in str(refused.value)
     with pytest.raises(ValueError, match=r"expected name=\.\.\.,source=\.\.\.,vram=\.\.\.\[,tasks=a\+b\]"):
         load_config(["--token-file", "/t", "--model", MODEL + ",kind=sam"], env={})
+
+
+def test_a_model_flag_may_preload_the_model() -> None:
+    config = load_config(
+        ["--token-file", "/t", "--model", MODEL + ",preload=true", "--model", MODEL2], env={}
+    )
+    assert [m.preload for m in config.models] == [True, False]
+    with pytest.raises(ValueError, match=r"preload must be true or false \(got 'yes'\)"):
+        load_config(["--token-file", "/t", "--model", MODEL + ",preload=yes"], env={})

@@ -1,5 +1,6 @@
 """The engine with injected pipelines: failures (GPU out of memory included) end the run and
-free its VRAM; admission by VRAM; readiness; local artifacts."""
+free its VRAM; admission by VRAM; readiness; local artifacts. The model cache (loads on demand,
+eviction, preload, failed models) is tested in test_worker_engine_models.py."""
 
 from __future__ import annotations
 
@@ -74,7 +75,7 @@ def make_engine(tmp_path: Path, pipeline: Any, load: bool = True, **config: Any)
         loader=loader,
     )
     if load:
-        engine.load_models()
+        engine.preload_models()
     return engine
 
 
@@ -157,33 +158,43 @@ def test_artifacts_are_written_with_their_sha256(tmp_path: Path) -> None:
     engine.shutdown()
 
 
-def test_nothing_is_admitted_before_the_models_are_loaded(tmp_path: Path) -> None:
-    engine = make_engine(tmp_path, FakePipeline(), load=False)
-    assert engine.readiness_problem() == "models not loaded: fake: Loading"
+PRELOADED = [{"name": "fake", "source": "builtin://tiny-sd", "vram": "1Gi", "preload": True}]
+
+
+def test_nothing_is_admitted_before_the_preload_models_are_loaded(tmp_path: Path) -> None:
+    engine = make_engine(tmp_path, FakePipeline(), load=False, models=PRELOADED)
+    assert engine.readiness_problem() == "preload models not loaded yet: fake"
     with pytest.raises(Refusal) as refused:
         engine.submit(request(tmp_path))
     assert refused.value.reason is Reason.NOT_READY
+    engine.preload_models()
+    assert engine.readiness_problem() is None and engine.snapshot().ready
     engine.shutdown()
 
 
-def test_a_model_that_fails_to_load_keeps_the_worker_unready(tmp_path: Path) -> None:
-    engine = make_engine(tmp_path, OSError("no such model directory"))
-    assert "fake: Failed (no such model directory)" in (engine.readiness_problem() or "")
+def test_a_preload_model_that_fails_to_load_is_failed_and_refused(tmp_path: Path) -> None:
+    engine = make_engine(tmp_path, OSError("no such model directory"), models=PRELOADED)
+    (model,) = engine.snapshot().models
+    assert (model.state, model.message) == ("Failed", "model fake: OSError: no such model directory")
+    assert engine.readiness_problem() is None  # the worker serves its other models
+    with pytest.raises(Refusal) as refused:
+        engine.submit(request(tmp_path))
+    assert (refused.value.reason, refused.value.status_code) == (Reason.MODEL_FAILED, 422)
     assert reserved(engine) == 0
     engine.shutdown()
 
 
-def test_a_model_larger_than_the_gpu_fails_to_load(tmp_path: Path) -> None:
-    pipeline = FakePipeline()
-    engine = make_engine(
-        tmp_path, pipeline, models=[{"name": "fake", "source": "builtin://tiny-sd", "vram": "9Gi"}]
-    )
-    assert "does not fit on GPU" in (engine.readiness_problem() or "")
+def test_a_preload_model_larger_than_the_gpu_fails_to_load(tmp_path: Path) -> None:
+    big = [{"name": "fake", "source": "builtin://tiny-sd", "vram": "9Gi", "preload": True}]
+    engine = make_engine(tmp_path, FakePipeline(), models=big)
+    (model,) = engine.snapshot().models
+    assert model.state == "Failed" and "does not fit on GPU" in model.message
     engine.shutdown()
 
 
 def test_requests_for_what_the_worker_cannot_do_are_refused(tmp_path: Path) -> None:
     engine = make_engine(tmp_path, FakePipeline())
+    finished(engine, engine.submit(request(tmp_path, "first"))[0].run_id)  # its tasks show once loaded
     cases = [
         (request(tmp_path).model_copy(update={"model": "sdxl"}), Reason.UNKNOWN_MODEL),
         (request(tmp_path).model_copy(update={"task": Task.IMAGE_TO_IMAGE}), Reason.UNSUPPORTED_TASK),
@@ -197,7 +208,7 @@ def test_requests_for_what_the_worker_cannot_do_are_refused(tmp_path: Path) -> N
         with pytest.raises(Refusal) as refused:
             engine.submit(bad)
         assert refused.value.reason is reason
-    assert engine.runs() == []
+    assert [run.job_id for run in engine.runs()] == ["ns/first"]
     engine.shutdown()
 
 
@@ -300,5 +311,8 @@ def test_progress_carries_the_unit_and_stage(tmp_path: Path) -> None:
     finished(engine, run_id)
     events, _ = engine.events_after(run_id, 0)
     progress = [e.progress for e in events if e.progress is not None]
-    assert [(p.step, p.total_steps, p.unit, p.stage) for p in progress] == [(1, 1, "steps", "only")]
+    assert [(p.step, p.total_steps, p.unit, p.stage) for p in progress] == [
+        (0, 3, "steps", "LoadingModel"),  # the model was not resident yet
+        (1, 1, "steps", "only"),
+    ]
     engine.shutdown()

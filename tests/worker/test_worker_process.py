@@ -35,7 +35,12 @@ def worker(s3_server: S3Server, start_worker: Any) -> Any:
         {
             "name": "worker-a",
             "maxJobsPerGpu": 3,
-            "models": [{"name": "tiny-sd", "source": "builtin://tiny-sd", "vram": "512Mi"}],
+            "models": [
+                {"name": "tiny-sd", "source": "builtin://tiny-sd", "vram": "512Mi", "preload": True},
+                # loaded when a job first needs it; and one whose directory does not exist
+                {"name": "cold", "source": "builtin://tiny-sd", "vram": "512Mi"},
+                {"name": "broken", "source": "file:///nonexistent/model", "vram": "512Mi"},
+            ],
             "simulatedGpu": {"product": "Simulated-A100", "memory": "4Gi"},
         },
         env=s3_server.env(),
@@ -316,6 +321,43 @@ def test_input_images_from_internal_addresses_are_refused(
 def test_metrics_count_outcomes_and_report_vram(worker: Any) -> None:
     text = worker.client.get(p.METRICS).text
     assert 'gpufleet_worker_jobs_total{model="tiny-sd",phase="Succeeded",reason="Completed"}' in text
-    assert 'gpufleet_worker_model_load_seconds{model="tiny-sd"}' in text
+    assert 'gpufleet_worker_model_load_seconds_count{model="tiny-sd"} 1.0' in text
     assert 'kind="total",product="Simulated-A100"} 4.294967296e+09' in text
     assert "gpufleet_worker_job_seconds_bucket" in text
+
+
+def test_a_cold_model_loads_for_its_first_job_and_a_broken_one_fails_with_its_cause(worker: Any) -> None:
+    response = worker.client.post(p.JOBS, json=submit_body("cold-1") | {"model": "cold"})
+    assert response.status_code == 201, response.text
+    load = response.json()["modelLoad"]
+    assert (load["warm"], load["source"], load["loading"], load["seconds"]) == (False, "disk", True, None)
+    stream = events(worker.client, response.json()["runId"])
+    names = [name for _, name, _ in stream]
+    assert names == ["state", "progress", "state", *["progress"] * 6, "result"]
+    assert stream[1][2]["progress"]["stage"] == p.LOADING_MODEL_STAGE
+    result = p.JobEvent.model_validate(stream[-1][2]).status
+    assert result is not None and result.phase is p.Phase.SUCCEEDED and result.model_load is not None
+    assert (
+        not result.model_load.warm and not result.model_load.loading and result.model_load.seconds is not None
+    )
+    warm = wait_until_done(
+        worker.client,
+        worker.client.post(p.JOBS, json=submit_body("cold-2") | {"model": "cold"}).json()["runId"],
+    )
+    load = warm["modelLoad"]
+    assert (load["warm"], load["source"], load["loading"], load["seconds"]) == (True, "resident", False, 0)
+
+    run_id = worker.client.post(p.JOBS, json=submit_body("broken-1") | {"model": "broken"}).json()["runId"]
+    failed = wait_until_done(worker.client, run_id)
+    assert (failed["phase"], failed["reason"]) == ("Failed", "ModelFailed")
+    assert failed["message"].startswith(
+        "model broken: FileNotFoundError: /nonexistent/model holds no saved model"
+    )
+    refused = worker.client.post(p.JOBS, json=submit_body("broken-2") | {"model": "broken"})
+    assert refused.status_code == 422 and refused.json()["reason"] == "ModelFailed"
+    models = {m["name"]: m for m in worker.client.get(p.INVENTORY).json()["models"]}
+    assert (models["broken"]["state"], models["broken"]["message"]) == ("Failed", failed["message"])
+    cold = models["cold"]
+    assert (cold["state"], cold["loads"], cold["warmHits"]) == ("Loaded", 1, 1)
+    assert models["tiny-sd"]["preload"] and models["tiny-sd"]["state"] == "Loaded"
+    assert worker.client.post(p.JOBS, json=submit_body("after")).status_code == 201  # the others still serve

@@ -39,11 +39,22 @@ def worker(s3_server: S3Server, start_worker: Any, tmp_path_factory: pytest.Temp
     return start_worker(
         {
             "name": "worker-tasks",
+            # Preloaded: the inventory shows what each model does once it has loaded.
             "models": [
-                {"name": "sam", "source": f"file://{save_tiny_sam(models)}", "vram": "64Mi"},
-                {"name": "llava", "source": f"file://{save_tiny_llava(models)}", "vram": "64Mi"},
-                {"name": "sd", "source": f"file://{save_tiny_pipeline(models)}", "vram": "128Mi"},
-                {"name": "vtracer", "source": "builtin://vtracer", "vram": "1Mi"},
+                {"name": "sam", "source": f"file://{save_tiny_sam(models)}", "vram": "64Mi", "preload": True},
+                {
+                    "name": "llava",
+                    "source": f"file://{save_tiny_llava(models)}",
+                    "vram": "64Mi",
+                    "preload": True,
+                },
+                {
+                    "name": "sd",
+                    "source": f"file://{save_tiny_pipeline(models)}",
+                    "vram": "128Mi",
+                    "preload": True,
+                },
+                {"name": "vtracer", "source": "builtin://vtracer", "vram": "1Mi", "preload": True},
             ],
             "simulatedGpu": {"memory": "4Gi"},
         },

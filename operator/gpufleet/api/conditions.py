@@ -74,6 +74,7 @@ class Reason(StrEnum):
     WORKER_ERROR = "WorkerError"
     INVALID_INPUT = "InvalidInput"
     UPLOAD_FAILED = "UploadFailed"
+    MODEL_FAILED = "ModelFailed"
     # pools
     RECONCILED = "Reconciled"
     WORKERS_READY = "WorkersReady"
@@ -105,6 +106,8 @@ REASON_MEANINGS: dict[Reason, str] = {
     Reason.WORKER_ERROR: "The worker reported that the run failed.",
     Reason.INVALID_INPUT: "The worker refused the job's input (for example an image it could not fetch).",
     Reason.UPLOAD_FAILED: "The artifacts could not be written to spec.output.uri.",
+    Reason.MODEL_FAILED: "The job's model could not be loaded on its worker (its source is missing, "
+    "unreachable or fails its digest, or the load failed); the message says why.",
     Reason.RECONCILED: "The pool matches its spec.",
     Reason.WORKERS_READY: "Every desired worker is ready.",
     Reason.WORKERS_STARTING: "Workers are starting and not all are ready yet.",

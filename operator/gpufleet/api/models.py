@@ -130,6 +130,14 @@ class ServedModel(CamelModel):
             "source and the pool's runtime can do (see docs/api.md)."
         ),
     )
+    preload: bool = Field(
+        default=False,
+        description=(
+            "Load onto every GPU of every worker at start and never evict it; a worker is ready "
+            "once its preload models are loaded. Other models load onto a GPU when a job first "
+            "needs them there and are evicted, least recently used first, to make room."
+        ),
+    )
 
 
 class GpuRequirements(CamelModel):
@@ -780,6 +788,17 @@ class Progress(CamelModel):
     total_steps: int = Field(default=0, ge=0)
 
 
+class ModelLoad(CamelModel):
+    """Whether the current attempt found its model resident on its GPU."""
+
+    warm: bool = Field(description="The model was resident on the attempt's GPU when it was admitted.")
+    seconds: float | None = Field(
+        default=None,
+        ge=0,
+        description="How long the attempt waited for its model to load; unset while it loads.",
+    )
+
+
 class Artifact(CamelModel):
     """One output the job wrote."""
 
@@ -812,6 +831,7 @@ class GenerationJobStatus(CamelModel):
     attempts: int = Field(default=0, ge=0, description="Attempts started so far.")
     worker: WorkerRef | None = None
     progress: Progress | None = None
+    model_load: ModelLoad | None = None
     start_time: Timestamp | None = None
     completion_time: Timestamp | None = None
     artifacts: Annotated[list[Artifact], UniqueItems("name")] = Field(

@@ -44,12 +44,17 @@ FINAL_REASONS = {
     protocol.Reason.INPUT_FETCH_FAILED: Reason.INVALID_INPUT,
     # the same input and seed would make the same unusable artifact again
     protocol.Reason.INVALID_OUTPUT: Reason.WORKER_ERROR,
+    # the model's source or load failed: the worker refuses it from now on
+    protocol.Reason.MODEL_FAILED: Reason.MODEL_FAILED,
+    # the model turned out, once loaded, not to do the task
+    protocol.Reason.UNSUPPORTED_TASK: Reason.TASK_NOT_SERVED,
 }
 
 
 # Worker refusals of a dispatch that another try cannot fix: the job fails with the worker's word.
 FINAL_REFUSALS = {
     protocol.Reason.UNKNOWN_MODEL: Reason.MODEL_NOT_SERVED,
+    protocol.Reason.MODEL_FAILED: Reason.MODEL_FAILED,
     protocol.Reason.UNSUPPORTED_TASK: Reason.TASK_NOT_SERVED,
     protocol.Reason.UNSUPPORTED_OUTPUT: Reason.INVALID_INPUT,
     protocol.Reason.INVALID_REQUEST: Reason.INVALID_INPUT,
@@ -104,6 +109,7 @@ async def dispatch(op: Operator, job: GenerationJob, pod: dict, placement: Place
             queue_position=None,
             start_time=stamp(job.status.start_time) if job.status.start_time else stamp(),
             progress={"percent": 0, "step": 0, "totalSteps": progress_total(job.spec.task, job.spec.input)},
+            model_load=None,
         )
     ]
     if labels.FINALIZER not in finalizers:
@@ -328,14 +334,27 @@ async def write_progress(
     if current is None:
         return job
     worker = current.status.worker
+    where = worker.pod if worker else "?"
     return await set_phase(
         op,
         current,
         JobPhase.RUNNING,
         Reason.RUNNING,
-        f"step {progress.step}/{progress.total_steps} on {worker.pod if worker else '?'}",
+        f"loading model {current.spec.model} on {where}"
+        if progress.stage == protocol.LOADING_MODEL_STAGE
+        else f"step {progress.step}/{progress.total_steps} on {where}",
         progress={"percent": progress.percent, "step": progress.step, "totalSteps": progress.total_steps},
     )
+
+
+def model_load(run: protocol.JobStatus) -> dict[str, Any]:
+    """The job status's modelLoad from the run's: whether it ran warm, how long it waited."""
+    load = run.model_load
+    if load is None:
+        return {}
+    return {
+        "model_load": {"warm": load.warm, **({"seconds": load.seconds} if load.seconds is not None else {})}
+    }
 
 
 async def finish(op: Operator, job: GenerationJob, attempt: int, run: protocol.JobStatus) -> None:
@@ -357,6 +376,7 @@ async def finish(op: Operator, job: GenerationJob, attempt: int, run: protocol.J
             completion_time=stamp(),
             progress={"percent": 100, "step": run.progress.step, "totalSteps": run.progress.total_steps},
             artifacts=[a.model_dump(mode="json", by_alias=True) for a in run.artifacts],
+            **model_load(run),
             **(
                 {"result": run.result.model_dump(mode="json", by_alias=True, exclude_none=True)}
                 if run.result
@@ -394,7 +414,9 @@ async def finish(op: Operator, job: GenerationJob, attempt: int, run: protocol.J
             record_run(op, job, worker.pod, succeeded=False, cause=run.message)
         await retry_or_fail(op, job, attempt, reason, f"attempt {attempt} failed: {run.message}", ran=True)
         return
-    if await set_outcome(op, job, attempt, JobPhase.FAILED, reason, run.message, completion_time=stamp()):
+    if await set_outcome(
+        op, job, attempt, JobPhase.FAILED, reason, run.message, completion_time=stamp(), **model_load(run)
+    ):
         op.spawn(op.kube.event(body, reason, run.message, warning=True), f"event-{meta['name']}")
         metrics.finished(namespace, pool, "failed", 0)
 

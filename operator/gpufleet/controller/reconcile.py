@@ -183,6 +183,7 @@ async def reconcile_pool(op: Operator, namespace: str, name: str) -> None:
         for w in fleet_workers(op, ready, inventories, jobs)
         if breaker.takes_jobs(memory.workers.get(w.name, breaker.WorkerHealth()), clock, op.breaker)
     ]
+    failed = failed_models(inventories)
     plan = dispatch.plan(
         [
             dispatch.QueuedJob(
@@ -190,7 +191,8 @@ async def reconcile_pool(op: Operator, namespace: str, name: str) -> None:
                 by_key[w.key].spec.model,
                 jobrules.working_vram(by_key[w.key].spec),
                 gpus=pool.spec.gpu.count,
-                avoid=frozenset(op.job(*w.key.split("/")).avoid),
+                avoid=frozenset(op.job(*w.key.split("/")).avoid)
+                | failed.get(by_key[w.key].spec.model, set()),
             )
             for w in dispatchable
         ],
@@ -416,6 +418,17 @@ async def release_finalizer(op: Operator, job: GenerationJob) -> None:
             op.cache.remember_job(stored)
 
 
+def failed_models(inventories: dict[str, protocol.Inventory]) -> dict[str, set[str]]:
+    """Model -> the workers where it has failed: a job for it keeps away from them while
+    another worker could take it (where none could, the worker's refusal fails the job)."""
+    failed: dict[str, set[str]] = {}
+    for name, inventory in inventories.items():
+        for model in inventory.models:
+            if model.state == protocol.ModelState.FAILED:
+                failed.setdefault(model.name, set()).add(name)
+    return failed
+
+
 def fleet_workers(
     op: Operator,
     ready: list[dict],
@@ -441,7 +454,8 @@ def fleet_workers(
         if inventory is None or not inventory.ready:
             continue
         known = {run.job_id for run in inventory.jobs}
-        free = {g.uuid: g.admittable_bytes for g in inventory.gpus}
+        # Idle models are evicted to make room for a job: their VRAM is free to place on.
+        free = {g.uuid: g.admittable_bytes + g.evictable_bytes for g in inventory.gpus}
         counts = {g.uuid: g.running_jobs for g in inventory.gpus}
         for key, gpu, job in pending.get(name, []):
             if key not in known and gpu in free:

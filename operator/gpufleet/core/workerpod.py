@@ -128,6 +128,8 @@ def worker_args(pool: WorkerPool) -> list[str]:
         flag = f"name={model.name},source={model.source},vram={model.vram}"
         if model.tasks is not None:  # the worker then refuses to start a model that cannot do them
             flag += ",tasks=" + "+".join(t.value for t in model.tasks)
+        if model.preload:
+            flag += ",preload=true"
         args += ["--model", flag]
     return args
 

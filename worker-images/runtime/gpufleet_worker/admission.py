@@ -1,8 +1,15 @@
-"""VRAM admission: which GPU a new run goes on, or why it goes nowhere. Pure functions.
+"""VRAM admission: which GPU a new run goes on, what it evicts there, or why it goes nowhere.
+Pure functions.
 
-A GPU's budget is its total memory less the resident model weights and the reservations of
-its running jobs. A run is admitted where its reservation fits and the GPU runs fewer than
-``max_jobs`` runs; among those, the GPU left with the least free memory (best fit), so large
+A GPU's memory holds models (resident, or being loaded) and the reservations of its runs;
+together they never exceed its total. A run needs its model on its GPU: where the model is
+already there (resident or loading) it needs only its own reservation, elsewhere the model's
+VRAM as well. Room may be made by evicting idle, unpinned models, chosen by the cache policy
+(`modelcache.choose_evictions`); a model a run needs or that is loading is never evicted.
+
+Among the GPUs with a free job slot where the run fits, the order of preference is: the model
+is resident, then it is loading (the run shares that load), then no eviction is needed, then
+evicting makes room; ties go to the GPU left with the least free memory (best fit), so large
 gaps stay open for large jobs.
 """
 
@@ -10,26 +17,44 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .modelcache import CachedModel, choose_evictions, evictable_bytes
+
 
 @dataclass
 class GpuBudget:
     uuid: str
     total_bytes: int
-    resident_bytes: int = 0  # model weights loaded on this GPU
+    models: dict[str, CachedModel] = field(default_factory=dict)  # resident or loading here
+    loading: set[str] = field(default_factory=set)  # names among ``models`` still loading
     reservations: dict[str, int] = field(default_factory=dict)  # run id -> bytes
 
     @property
+    def models_bytes(self) -> int:
+        return sum(model.size_bytes for model in self.models.values())
+
+    @property
+    def jobs_bytes(self) -> int:
+        return sum(self.reservations.values())
+
+    @property
     def reserved_bytes(self) -> int:
-        return self.resident_bytes + sum(self.reservations.values())
+        return self.models_bytes + self.jobs_bytes
 
     @property
     def admittable_bytes(self) -> int:
         return max(0, self.total_bytes - self.reserved_bytes)
 
+    @property
+    def evictable_bytes(self) -> int:
+        return evictable_bytes(self.models.values())
+
 
 @dataclass(frozen=True)
 class Admitted:
     gpu_uuid: str
+    evict: tuple[str, ...] = ()  # models to evict from that GPU first, least recently used first
+    resident: bool = False  # the model is loaded there: the run starts at once
+    loading: bool = False  # the model is being loaded there: the run waits on that load
 
 
 @dataclass(frozen=True)
@@ -40,31 +65,58 @@ class Refused:
     free_bytes: int
 
 
-def choose_gpu(gpus: list[GpuBudget], asked_bytes: int, max_jobs: int) -> Admitted | Refused:
-    """Best-fit GPU for a run that reserves ``asked_bytes``, or the refusal with the numbers."""
+def choose_gpu(
+    gpus: list[GpuBudget], model: str, model_bytes: int, asked_bytes: int, max_jobs: int
+) -> Admitted | Refused:
+    """Where a run of ``model`` (``model_bytes`` per resident copy) that reserves ``asked_bytes``
+    goes, and what it evicts there; or the refusal with the numbers."""
     if not gpus:
-        return Refused("InsufficientVRAM", "this worker has no GPU", asked_bytes, 0)
-    most_free = max(gpu.admittable_bytes for gpu in gpus)
+        return Refused("InsufficientVRAM", "this worker has no GPU", model_bytes + asked_bytes, 0)
     with_slots = [gpu for gpu in gpus if len(gpu.reservations) < max_jobs]
     if not with_slots:
         return Refused(
             "TooManyJobs",
             f"every GPU already runs {max_jobs} jobs (maxJobsPerGpu)",
             asked_bytes,
-            most_free,
+            max(gpu.admittable_bytes for gpu in gpus),
         )
-    fitting = [gpu for gpu in with_slots if gpu.admittable_bytes >= asked_bytes]
-    if not fitting:
-        free = max(gpu.admittable_bytes for gpu in with_slots)
+    choices = []
+    closest: tuple[int, int, GpuBudget] | None = None  # (room - need, need, gpu) of the nearest miss
+    for gpu in with_slots:
+        present = model in gpu.models
+        need = asked_bytes if present else model_bytes + asked_bytes
+        # The run's own model is in use from admission on: never a candidate for eviction.
+        others = [m for m in gpu.models.values() if m.name != model]
+        evict = choose_evictions(others, need, gpu.admittable_bytes)
+        if evict is None:
+            room = gpu.admittable_bytes + evictable_bytes(others)
+            if closest is None or (room - need, -need) > (closest[0], -closest[1]):
+                closest = (room - need, need, gpu)
+            continue
+        freed = sum(gpu.models[name].size_bytes for name in evict)
+        rank = 0 if present and model not in gpu.loading else 1 if present else 2 if not evict else 3
+        leftover = gpu.admittable_bytes + freed - need
+        choices.append((rank, leftover, gpu.uuid, tuple(evict), present, model in gpu.loading))
+    if not choices:
+        assert closest is not None
+        _, need, gpu = closest
+        free = gpu.admittable_bytes
+        room = free + evictable_bytes(m for m in gpu.models.values() if m.name != model)
+        what = (
+            f"vramBytes asked {asked_bytes} bytes ({_gib(asked_bytes)})"
+            if model in gpu.models
+            else f"model {model} ({model_bytes} bytes, {_gib(model_bytes)}, not resident) plus "
+            f"vramBytes asked {asked_bytes} bytes: {need} bytes ({_gib(need)})"
+        )
         return Refused(
             "InsufficientVRAM",
-            f"vramBytes asked {asked_bytes} bytes ({_gib(asked_bytes)}) but the most free on "
-            f"any GPU with a job slot is {free} bytes ({_gib(free)})",
-            asked_bytes,
-            free,
+            f"{what}, but the most any GPU with a job slot could give is {room} bytes ({_gib(room)}) "
+            f"on {gpu.uuid}: {free} free and {room - free} in idle models it may evict",
+            need,
+            room,
         )
-    best = min(fitting, key=lambda gpu: (gpu.admittable_bytes - asked_bytes, gpu.uuid))
-    return Admitted(best.uuid)
+    _, _, uuid, evicted, present, loading = min(choices)
+    return Admitted(uuid, evicted, resident=present and not loading, loading=loading)
 
 
 def _gib(size: int) -> str:

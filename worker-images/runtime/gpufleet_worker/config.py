@@ -15,7 +15,7 @@ Config file (YAML or JSON, camelCase)::
     maxJobsPerGpu: 4
     models:
       - {name: tiny-sd, source: "builtin://tiny-sd", vram: 512Mi}
-      - {name: sd15, source: "file:///models/sd15", vram: 3Gi}
+      - {name: sd15, source: "file:///models/sd15", vram: 3Gi, preload: true}
     simulatedGpu: {product: NVIDIA-A100-SXM4-40GB, memory: 40Gi, count: 1}
     s3: {endpointUrl: "http://minio:9000", region: us-east-1}
     localOutputRoot: /data/artifacts # enables file:/// output URIs under this folder
@@ -74,6 +74,10 @@ class ModelSpec(CamelModel):
     vram: Bytes = Field(gt=0, description="VRAM one resident copy holds.")
     tasks: list[Task] | None = Field(
         default=None, description="Tasks to accept; default: every task the model supports."
+    )
+    preload: bool = Field(
+        default=False,
+        description="Load onto every GPU at start and never evict; the worker is ready once loaded.",
     )
 
     @field_validator("source")
@@ -158,16 +162,20 @@ def _read_file(path: Path) -> dict[str, Any]:
     return data
 
 
+MODEL_FLAG_FORM = "name=...,source=...,vram=...[,tasks=a+b][,preload=true]"
+
+
 def parse_model_flag(flag: str) -> dict[str, Any]:
-    """``name=tiny-sd,source=builtin://tiny-sd,vram=512Mi[,tasks=a+b]`` as a ModelSpec mapping."""
+    """``name=tiny-sd,source=builtin://tiny-sd,vram=512Mi[,tasks=a+b][,preload=true]`` as a
+    ModelSpec mapping."""
     fields: dict[str, Any] = {}
     for part in flag.split(","):
         key, sep, value = part.partition("=")
-        if not sep or key not in {"name", "source", "vram", "tasks"}:
-            raise ValueError(
-                f"--model {flag!r}: expected name=...,source=...,vram=...[,tasks=a+b] (got {part!r})"
-            )
-        fields[key] = value.split("+") if key == "tasks" else value
+        if not sep or key not in {"name", "source", "vram", "tasks", "preload"}:
+            raise ValueError(f"--model {flag!r}: expected {MODEL_FLAG_FORM} (got {part!r})")
+        if key == "preload" and value not in {"true", "false"}:
+            raise ValueError(f"--model {flag!r}: preload must be true or false (got {value!r})")
+        fields[key] = value.split("+") if key == "tasks" else value == "true" if key == "preload" else value
     return fields
 
 
@@ -185,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--model",
         action="append",
-        metavar="name=N,source=S,vram=Q[,tasks=T1+T2]",
+        metavar="name=N,source=S,vram=Q[,tasks=T1+T2][,preload=true]",
         help="a model to serve (repeatable; replaces the file's models)",
     )
     parser.add_argument("--simulated-gpu-product")

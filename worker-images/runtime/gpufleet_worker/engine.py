@@ -1,12 +1,20 @@
-"""The execution engine: loads models once, admits runs by VRAM, runs them on threads.
+"""The execution engine: a VRAM cache of models per GPU, admission by VRAM, runs on threads.
+
+Models are loaded onto a GPU when the first run that needs them there is admitted, and stay
+resident until evicted to make room for another (least recently used idle ones first, by
+``modelcache``); ``preload`` models are loaded onto every GPU at start and never evicted. A
+run admitted where its model is not resident waits in phase Running while the model loads
+(one load per model and GPU at a time; runs admitted meanwhile wait on the same load).
 
 A run reserves its VRAM when it is admitted and gives it back when it ends, whatever the
 end (success, failure, out-of-memory, cancellation). Several runs share a GPU while their
-reservations fit. Each run keeps an ordered log of its events, which the server streams.
+reservations and the models there fit. Each run keeps an ordered log of its events, which
+the server streams.
 """
 
 from __future__ import annotations
 
+import gc
 import logging
 import secrets
 import threading
@@ -20,7 +28,7 @@ from datetime import UTC, datetime
 import torch
 from PIL import Image
 
-from gpufleet.api.inputs import MAX_RESULT_TEXT_CHARS, MAX_SEED, ImageRef, input_problems
+from gpufleet.api.inputs import MAX_RESULT_TEXT_CHARS, MAX_SEED, ImageRef, Task, input_problems
 
 from .admission import Admitted, GpuBudget, choose_gpu
 from .artifacts import ArtifactStore, UploadError
@@ -29,37 +37,33 @@ from .errors import Refusal
 from .fetch import FetchPolicy, InputFetchFailed, InputRefused, decode_image, fetch_bytes
 from .inventory import GpuInventory, GpuReading
 from .metrics import WorkerMetrics
+from .modelcache import CachedModel
+from .modelfiles import LocalModelFiles, ModelFiles, ModelSourceError
 from .models import Cancelled, Generation, Outputs, Pipeline, progress_unit, total_steps
 from .outputs import InvalidOutput, check_output
 from .protocol import (
+    LOADING_MODEL_STAGE,
     TERMINAL_PHASES,
     EventName,
     GpuInfo,
     Inventory,
     JobEvent,
     JobStatus,
-    ModelInfo,
-    ModelState,
+    ModelLoad,
     Phase,
     Progress,
     Reason,
     RunResult,
     SubmitRequest,
 )
+from .residency import Load, Model, ModelFailed, TaskNotDone, model_info, resident_models
 
 log = logging.getLogger("gpufleet_worker")
 
 Loader = Callable[[ModelSpec, str], Pipeline]
 
-
-@dataclass
-class LoadedModel:
-    spec: ModelSpec
-    state: ModelState = ModelState.LOADING
-    tasks: frozenset = frozenset()
-    pipelines: dict[str, Pipeline] = field(default_factory=dict)  # device -> pipeline
-    load_seconds: float | None = None
-    message: str = ""
+CANCEL_CHECK_SECONDS = 0.2  # how often a run waiting for a load looks for a cancel request
+DOWNLOAD_EVENT_SECONDS = 0.5  # the least time between two download progress events of a run
 
 
 @dataclass
@@ -68,6 +72,7 @@ class Run:
     status: JobStatus
     seed: int
     device: str
+    load: Load | None = None  # the load it waits for; None once its model is resident
     events: list[JobEvent] = field(default_factory=list)
     cancel_requested: threading.Event = field(default_factory=threading.Event)
     started: float = field(default_factory=time.monotonic)
@@ -87,23 +92,34 @@ class Engine:
         metrics: WorkerMetrics,
         loader: Loader,
         on_event: Callable[[str], None] = lambda run_id: None,
+        model_files: ModelFiles | None = None,
     ) -> None:
-        """``devices`` maps each GPU uuid to the torch device its runs use ("cuda:0", "cpu")."""
+        """``devices`` maps each GPU uuid to the torch device its runs use ("cuda:0", "cpu");
+        ``model_files`` gives the loader local files for each model (default: local sources)."""
         self.config = config
         self.inventory = inventory
         self.devices = devices
         self.store = store
         self.metrics = metrics
         self.on_event = on_event
+        self.model_files: ModelFiles = model_files or LocalModelFiles()
         self._loader = loader
         self._fetch_policy = FetchPolicy.from_config(config.image_fetch)
         self._lock = threading.RLock()
         self._budgets = {uuid: GpuBudget(uuid, total_bytes=self._total_memory(uuid)) for uuid in devices}
-        self._models = {spec.name: LoadedModel(spec) for spec in config.models}
+        self._models = {
+            spec.name: Model(spec, frozenset(spec.tasks) if spec.tasks is not None else None)
+            for spec in config.models
+        }
+        self._preloading = {spec.name for spec in config.models if spec.preload}
         self._runs: OrderedDict[str, Run] = OrderedDict()
-        self._pool = ThreadPoolExecutor(
-            max_workers=len(devices) * config.max_jobs_per_gpu, thread_name_prefix="run"
-        )
+        slots = len(devices) * config.max_jobs_per_gpu
+        self._pool = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="run")
+        # Only an admitted run (or a preload) starts a load: never more loads than job slots.
+        self._loads = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="load")
+        # Files are fetched concurrently but loaded one at a time: loaders import their
+        # libraries on first use, and transformers' lazy imports are not thread-safe.
+        self._loading = threading.Lock()
 
     def _total_memory(self, gpu_uuid: str) -> int:
         for reading in self.inventory.read():
@@ -113,54 +129,127 @@ class Engine:
 
     # --- models ---------------------------------------------------------------------------
 
-    def load_models(self) -> None:
-        """Loads every model onto every GPU, reserving its VRAM there. Blocks; call on a thread."""
-        for model in self._models.values():
-            spec = model.spec
-            started = time.monotonic()
-            try:
-                too_small = [b.uuid for b in self._budgets.values() if b.admittable_bytes < spec.vram]
-                if too_small:
-                    raise ValueError(
-                        f"models[{spec.name}].vram {spec.vram} bytes does not fit on GPU "
-                        f"{too_small[0]}, which has {self._budgets[too_small[0]].admittable_bytes} free"
-                    )
-                pipelines: dict[str, Pipeline] = {}
-                for device in sorted(set(self.devices.values())):
-                    pipelines[device] = self._loader(spec, device)
-                tasks = next(iter(pipelines.values())).tasks
-                if spec.tasks is not None:
-                    if unsupported := set(spec.tasks) - tasks:
-                        raise ValueError(
-                            f"models[{spec.name}].tasks: the model cannot do {', '.join(sorted(unsupported))}"
-                        )
-                    tasks = frozenset(spec.tasks)
-            except Exception as error:  # a model that cannot load must not stop the others
-                log.exception("model %s failed to load", spec.name)
-                with self._lock:
-                    model.state, model.message = ModelState.FAILED, str(error)
-                continue
-            seconds = time.monotonic() - started
+    def preload_models(self) -> None:
+        """Loads every ``preload`` model onto every GPU, pinned there. Blocks; call on a thread."""
+        for name in sorted(self._preloading):
+            model = self._models[name]
             with self._lock:
-                for budget in self._budgets.values():
-                    budget.resident_bytes += spec.vram
-                model.pipelines, model.tasks = pipelines, tasks
-                model.state, model.load_seconds = ModelState.LOADED, seconds
-            self.metrics.model_load_seconds.labels(model=spec.name).set(seconds)
-            log.info("model %s loaded in %.2fs", spec.name, seconds)
+                too_small = [b for b in self._budgets.values() if b.admittable_bytes < model.spec.vram]
+                if too_small:
+                    self._fail(
+                        model,
+                        f"models[{name}].vram {model.spec.vram} bytes does not fit on GPU "
+                        f"{too_small[0].uuid}, which has {too_small[0].admittable_bytes} free",
+                    )
+            for budget in self._budgets.values():
+                with self._lock:
+                    if model.failure is not None:
+                        break
+                    load = self._start_load(model, budget, runs=0)
+                self._load(model, load)
+            with self._lock:
+                self._preloading.discard(name)
 
     @property
     def ready(self) -> bool:
-        return all(m.state is ModelState.LOADED for m in self._models.values())
+        """Every preload model is loaded (or has failed, which its ModelInfo says)."""
+        return not self._preloading
 
     def readiness_problem(self) -> str | None:
         with self._lock:
-            waiting = [
-                f"{m.spec.name}: {m.state.value}{' (' + m.message + ')' if m.message else ''}"
-                for m in self._models.values()
-                if m.state is not ModelState.LOADED
-            ]
-        return "models not loaded: " + "; ".join(waiting) if waiting else None
+            waiting = sorted(self._preloading)
+        return "preload models not loaded yet: " + ", ".join(waiting) if waiting else None
+
+    def _start_load(self, model: Model, budget: GpuBudget, runs: int) -> Load:
+        """Holds the model's VRAM on ``budget``'s GPU for a load (lock held); the caller runs
+        ``_load``. The load counts as a use, so the model cannot be evicted mid-load."""
+        budget.models[model.spec.name] = CachedModel(
+            model.spec.name, model.spec.vram, time.monotonic(), in_use=runs + 1, pinned=model.spec.preload
+        )
+        budget.loading.add(model.spec.name)
+        load = model.loads_in_flight[budget.uuid] = Load(budget.uuid)
+        return load
+
+    def _load(self, model: Model, load: Load) -> None:
+        """Fetches the model's files and loads it onto the load's GPU; any failure marks the
+        model Failed and fails the runs waiting for it."""
+        name, budget = model.spec.name, self._budgets[load.gpu]
+        started = time.monotonic()
+        try:
+            local = self.model_files.local(
+                model.spec, lambda done, total: self._downloaded(load, done, total)
+            )
+            device = self.devices[load.gpu]
+            with self._loading:
+                if device.startswith("cuda"):
+                    gc.collect()  # an evicted pipeline's weights may sit in reference cycles: free them
+                pipeline = self._loader(local, device)
+            tasks = pipeline.tasks
+            if model.spec.tasks is not None:
+                if unsupported := set(model.spec.tasks) - tasks:
+                    raise ValueError(
+                        f"models[{name}].tasks: the model cannot do {', '.join(sorted(unsupported))}"
+                    )
+                tasks = frozenset(model.spec.tasks)
+        except Exception as error:  # a model that cannot load must not stop the others
+            log.exception("model %s failed to load onto GPU %s", name, load.gpu)
+            cause = str(error) if isinstance(error, ModelSourceError) else f"{type(error).__name__}: {error}"
+            with self._lock:
+                budget.models.pop(name, None)
+                budget.loading.discard(name)
+                model.loads_in_flight.pop(load.gpu, None)
+                self._fail(model, cause)
+                load.error = model.failure
+                load.done.set()
+            return
+        seconds = time.monotonic() - started
+        with self._lock:
+            model.pipelines[load.gpu], model.tasks = pipeline, tasks
+            model.load_seconds, model.loads = seconds, model.loads + 1
+            cached = budget.models[name]
+            budget.models[name] = replace(cached, in_use=cached.in_use - 1, last_used=time.monotonic())
+            budget.loading.discard(name)
+            model.loads_in_flight.pop(load.gpu, None)
+            for run in load.waiting:
+                run.load = None
+                if run.status.model_load is not None:
+                    run.status.model_load.loading = False
+                    run.status.model_load.seconds = time.monotonic() - run.started
+                self._append(
+                    run, JobEvent(run_id=run.status.run_id, event=EventName.STATE, status=run.status)
+                )
+            load.done.set()
+        self.metrics.model_loads.labels(model=name).inc()
+        self.metrics.model_load_seconds.labels(model=name).observe(seconds)
+        log.info("model %s loaded onto GPU %s in %.2fs", name, load.gpu, seconds)
+
+    def _fail(self, model: Model, cause: str) -> None:
+        """Marks the model Failed (lock held): requests for it are refused from now on."""
+        model.failure = f"model {model.spec.name}: {cause}"
+        log.error("%s", model.failure)
+
+    def _downloaded(self, load: Load, done: int, total: int | None) -> None:
+        """Download progress of a load, shown on the runs waiting for it."""
+        with self._lock:
+            now = time.monotonic()
+            if now - load.last_event < DOWNLOAD_EVENT_SECONDS and done != total:
+                return
+            load.last_event = now
+            for run in load.waiting:
+                if run.status.model_load is not None:
+                    run.status.model_load.downloaded_bytes, run.status.model_load.total_bytes = done, total
+                self._progress_locked(
+                    run, run.status.progress.step, run.status.progress.total_steps, LOADING_MODEL_STAGE
+                )
+
+    def _evict(self, budget: GpuBudget, name: str) -> None:
+        """Drops an idle model from a GPU (lock held); its memory is freed with its pipeline."""
+        del budget.models[name]
+        model = self._models[name]
+        model.pipelines.pop(budget.uuid, None)
+        model.evictions += 1
+        self.metrics.model_evictions.labels(model=name).inc()
+        log.info("model %s evicted from GPU %s", name, budget.uuid)
 
     # --- runs -----------------------------------------------------------------------------
 
@@ -181,7 +270,11 @@ class Engine:
                 return existing.status.model_copy(deep=True), False
             model = self._check_request(request)
             decision = choose_gpu(
-                list(self._budgets.values()), request.vram_bytes, self.config.max_jobs_per_gpu
+                list(self._budgets.values()),
+                model.spec.name,
+                model.spec.vram,
+                request.vram_bytes,
+                self.config.max_jobs_per_gpu,
             )
             if not isinstance(decision, Admitted):
                 self.metrics.refusals.labels(reason=decision.reason).inc()
@@ -191,7 +284,10 @@ class Engine:
                     asked_bytes=decision.asked_bytes,
                     free_bytes=decision.free_bytes,
                 )
-            self._budgets[decision.gpu_uuid].reservations[request.run_id] = request.vram_bytes
+            budget = self._budgets[decision.gpu_uuid]
+            for name in decision.evict:
+                self._evict(budget, name)
+            budget.reservations[request.run_id] = request.vram_bytes
             seed = request.input.seed
             if seed is None:
                 seed = secrets.randbelow(MAX_SEED + 1)
@@ -214,21 +310,54 @@ class Engine:
                         unit=progress_unit(request.task),
                     ),
                     gpu=decision.gpu_uuid,
+                    model_load=self._model_load(model, warm=decision.resident),
                     vram_reserved_bytes=request.vram_bytes,
                     created_at=_now(),
                 ),
             )
+            self._hold_model(model, budget, run, decision)
             self._runs[request.run_id] = run
             log.info("run %s admitted on %s", request.run_id, decision.gpu_uuid)
             self._forget_old_runs()
             self._append(run, JobEvent(run_id=run.status.run_id, event=EventName.STATE, status=run.status))
+            if run.load is not None:
+                self._progress_locked(run, 0, run.status.progress.total_steps, LOADING_MODEL_STAGE)
             self.metrics.running_jobs.inc()
-            pipeline = model.pipelines[run.device]
             snapshot = run.status.model_copy(deep=True)
-        self._pool.submit(self._execute, run, pipeline)
+        self._pool.submit(self._execute, run, model)
         return snapshot, True
 
-    def _check_request(self, request: SubmitRequest) -> LoadedModel:
+    def _model_load(self, model: Model, warm: bool) -> ModelLoad:
+        if warm:
+            return ModelLoad(warm=True, source="resident", seconds=0)
+        on_disk = self.model_files.on_disk_bytes(model.spec) is not None
+        return ModelLoad(warm=False, source="disk" if on_disk else "remote", loading=True)
+
+    def _hold_model(self, model: Model, budget: GpuBudget, run: Run, decision: Admitted) -> None:
+        """Marks the model in use by ``run`` on its GPU (lock held), starting its load there
+        when it is neither resident nor loading."""
+        name = model.spec.name
+        if decision.resident or decision.loading:
+            cached = budget.models[name]
+            budget.models[name] = replace(cached, in_use=cached.in_use + 1, last_used=time.monotonic())
+            if decision.resident:
+                model.warm_hits += 1
+                self.metrics.model_warm_hits.labels(model=name).inc()
+                return
+            run.load = model.loads_in_flight[budget.uuid]
+        else:
+            run.load = self._start_load(model, budget, runs=1)
+            self._loads.submit(self._load, model, run.load)
+        run.load.waiting.append(run)
+
+    def _release_model(self, run: Run) -> None:
+        """The run no longer needs its model (lock held): it becomes evictable once idle."""
+        budget = self._budgets[run.status.gpu]
+        cached = budget.models.get(run.request.model)
+        if cached is not None:  # gone only when its load failed
+            budget.models[cached.name] = replace(cached, in_use=cached.in_use - 1, last_used=time.monotonic())
+
+    def _check_request(self, request: SubmitRequest) -> Model:
         if not self.ready:
             raise Refusal(Reason.NOT_READY, self.readiness_problem() or "not ready")
         model = self._models.get(request.model)
@@ -237,17 +366,22 @@ class Engine:
                 Reason.UNKNOWN_MODEL,
                 f"model: {request.model!r} is not served here; served: {', '.join(sorted(self._models))}",
             )
-        if request.task not in model.tasks:
-            raise Refusal(
-                Reason.UNSUPPORTED_TASK,
-                f"task: model {request.model} does not do {request.task.value}; it does "
-                f"{', '.join(sorted(model.tasks))}",
-            )
+        if model.failure is not None:
+            raise Refusal(Reason.MODEL_FAILED, model.failure)
+        if model.tasks is not None and request.task not in model.tasks:
+            raise Refusal(Reason.UNSUPPORTED_TASK, self._task_problem(model, request.task))
         if problems := input_problems(request.task, request.input):
             raise Refusal(Reason.INVALID_REQUEST, "; ".join(problems))
         if problem := self.store.output_problem(request.output_uri):
             raise Refusal(Reason.UNSUPPORTED_OUTPUT, problem)
         return model
+
+    @staticmethod
+    def _task_problem(model: Model, task: Task) -> str:
+        return (
+            f"task: model {model.spec.name} does not do {task.value}; it does "
+            f"{', '.join(sorted(model.tasks or ()))}"
+        )
 
     def _forget_old_runs(self) -> None:
         finished = [k for k, r in self._runs.items() if r.status.phase in TERMINAL_PHASES]
@@ -263,17 +397,34 @@ class Engine:
         if run.cancel_requested.is_set():
             raise Cancelled()
         with self._lock:
-            progress = Progress(
-                step=step,
-                total_steps=total,
-                percent=min(100, step * 100 // total),
-                unit=run.status.progress.unit,
-                stage=stage,
-            )
-            run.status.progress = progress
-            self._append(run, JobEvent(run_id=run.status.run_id, event=EventName.PROGRESS, progress=progress))
+            self._progress_locked(run, step, total, stage)
 
-    def _execute(self, run: Run, pipeline: Pipeline) -> None:
+    def _progress_locked(self, run: Run, step: int, total: int, stage: str | None) -> None:
+        progress = Progress(
+            step=step,
+            total_steps=total,
+            percent=min(100, step * 100 // total) if total else 0,
+            unit=run.status.progress.unit,
+            stage=stage,
+        )
+        run.status.progress = progress
+        self._append(run, JobEvent(run_id=run.status.run_id, event=EventName.PROGRESS, progress=progress))
+
+    def _await_model(self, run: Run, model: Model) -> Pipeline:
+        """The run's model on its GPU, after waiting for its load where it was not resident."""
+        load = run.load
+        if load is not None:
+            while not load.done.wait(CANCEL_CHECK_SECONDS):
+                if run.cancel_requested.is_set():
+                    raise Cancelled()
+            if load.error is not None:
+                raise ModelFailed(load.error)
+        with self._lock:
+            if model.tasks is not None and run.request.task not in model.tasks:
+                raise TaskNotDone(self._task_problem(model, run.request.task))
+            return model.pipelines[run.status.gpu]
+
+    def _execute(self, run: Run, model: Model) -> None:
         request = run.request
         phase, reason, message, artifacts = Phase.FAILED, Reason.INTERNAL_ERROR, "", []
         result = None
@@ -289,7 +440,7 @@ class Engine:
                     self._fetch_image(ref, f"input.caption.extraImages[{i}]") for i, ref in enumerate(extra)
                 ),
             )
-            outputs = self._generate(run, pipeline, job)
+            outputs = self._generate(run, self._await_model(run, model), job)
             if run.cancel_requested.is_set():
                 raise Cancelled()
             for file in outputs.files:
@@ -305,6 +456,10 @@ class Engine:
             message = f"{outputs.summary} in {time.monotonic() - run.started:.1f}s on {run.status.gpu}"
         except Cancelled:
             phase, reason, message = Phase.CANCELLED, Reason.CANCELLED, "cancelled on request"
+        except ModelFailed as error:
+            reason, message = Reason.MODEL_FAILED, str(error)
+        except TaskNotDone as error:
+            reason, message = Reason.UNSUPPORTED_TASK, str(error)
         except torch.cuda.OutOfMemoryError as error:
             reason, message = Reason.OUT_OF_MEMORY, f"GPU out of memory: {error}"
         except InputRefused as error:
@@ -362,8 +517,13 @@ class Engine:
         result: RunResult | None = None,
     ) -> None:
         with self._lock:
-            budget = self._budgets[run.status.gpu]
-            budget.reservations.pop(run.status.run_id, None)
+            self._budgets[run.status.gpu].reservations.pop(run.status.run_id, None)
+            self._release_model(run)
+            if run.load is not None:  # ended before its model was loaded
+                run.load.waiting.remove(run)
+                run.load = None
+                if run.status.model_load is not None:
+                    run.status.model_load.loading = False
             status = run.status
             status.phase, status.reason, status.message = phase, reason, message
             status.artifacts = artifacts
@@ -424,11 +584,20 @@ class Engine:
                         memory_used_bytes=used,
                         memory_free_bytes=reading.memory_total_bytes - used,
                     )
-                copy = replace(budget, reservations=dict(budget.reservations))
+                copy = replace(
+                    budget,
+                    models=dict(budget.models),
+                    loading=set(budget.loading),
+                    reservations=dict(budget.reservations),
+                )
                 pairs.append((reading, copy))
             return pairs
 
     def snapshot(self) -> Inventory:
+        # The disk and the clock are read before the lock: neither needs it.
+        on_disk = {name: self.model_files.on_disk_bytes(m.spec) for name, m in self._models.items()}
+        cache_info = self.model_files.cache_info()
+        wall, monotonic = _now(), time.monotonic()
         gpus = [
             GpuInfo(
                 index=reading.index,
@@ -442,21 +611,16 @@ class Engine:
                 reserved_bytes=budget.reserved_bytes,
                 admittable_bytes=budget.admittable_bytes,
                 running_jobs=len(budget.reservations),
+                models_bytes=budget.models_bytes,
+                jobs_bytes=budget.jobs_bytes,
+                evictable_bytes=budget.evictable_bytes,
+                models=resident_models(budget, wall, monotonic),
             )
             for reading, budget in self.gpu_readings()
         ]
         with self._lock:
             models = [
-                ModelInfo(
-                    name=m.spec.name,
-                    source=m.spec.source,
-                    vram_bytes=m.spec.vram,
-                    tasks=sorted(m.tasks),
-                    state=m.state,
-                    load_seconds=m.load_seconds,
-                    message=m.message,
-                )
-                for m in self._models.values()
+                model_info(m, self._budgets.values(), on_disk[m.spec.name]) for m in self._models.values()
             ]
             jobs = [
                 r.status.model_copy(deep=True)
@@ -470,6 +634,7 @@ class Engine:
             gpus=gpus,
             models=models,
             jobs=jobs,
+            model_cache=cache_info,
         )
 
     def shutdown(self) -> None:
@@ -478,4 +643,5 @@ class Engine:
             for run in self._runs.values():
                 run.cancel_requested.set()
         self._pool.shutdown(wait=True)
+        self._loads.shutdown(wait=True)
         self.inventory.close()

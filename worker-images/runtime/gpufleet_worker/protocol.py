@@ -175,6 +175,8 @@ class SubmitRequest(CamelModel):
 
 
 ProgressUnit = Literal["steps", "tokens", "stages"]
+# Progress.stage of a run that waits for its model to load onto its GPU (step 0).
+LOADING_MODEL_STAGE = "LoadingModel"
 
 
 class Progress(CamelModel):

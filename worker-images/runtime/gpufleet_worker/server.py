@@ -106,7 +106,7 @@ def create_app(runtime: Runtime | None) -> FastAPI:
             return
         hub.bind(asyncio.get_running_loop())
         runtime.engine.on_event = hub.notify
-        loader = threading.Thread(target=runtime.engine.load_models, name="load-models", daemon=True)
+        loader = threading.Thread(target=runtime.engine.preload_models, name="preload-models", daemon=True)
         loader.start()
         try:
             yield
@@ -151,7 +151,7 @@ def create_app(runtime: Runtime | None) -> FastAPI:
 
     @app.get(p.READYZ, response_model=p.Health, responses={503: {"model": p.Health}}, tags=["health"])
     def readyz(request: Request) -> Response:
-        """Readiness: every configured model is loaded. No token needed."""
+        """Readiness: every preload model is loaded (or has failed). No token needed."""
         problem = _runtime(request).engine.readiness_problem()
         body = p.Health(status="unavailable", message=problem) if problem else p.Health(status="ok")
         return JSONResponse(status_code=503 if problem else 200, content=body.model_dump(by_alias=True))
@@ -163,12 +163,14 @@ def create_app(runtime: Runtime | None) -> FastAPI:
         tags=["metrics"],
     )
     def metrics(runtime: Authorized) -> Response:
-        """Prometheus metrics: jobs by outcome, job seconds, VRAM gauges, model load seconds."""
+        """Prometheus metrics: jobs by outcome, job seconds, VRAM gauges, model loads, load
+        seconds, evictions, warm hits and resident models."""
         return Response(runtime.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get(p.INVENTORY, response_model=p.Inventory, responses=_errors(401), tags=["worker"])
     def inventory(runtime: Authorized) -> p.Inventory:
-        """GPUs (NVML, or the configured simulated GPU), loaded models and running jobs."""
+        """GPUs (NVML, or the configured simulated GPU) with the models resident on each,
+        every model's state and counters, and running jobs."""
         return runtime.engine.snapshot()
 
     @app.post(
@@ -184,8 +186,11 @@ def create_app(runtime: Runtime | None) -> FastAPI:
     def submit(request: p.SubmitRequest, runtime: Authorized, response: Response) -> p.JobStatus:
         """Admits and starts one attempt of a job, reserving its VRAM.
 
-        Idempotent per (jobId, attempt): a repeat returns the existing run with 200. Refused
-        with 409 InsufficientVRAM (asked and free bytes in the body) when no GPU has room.
+        Idempotent per (jobId, attempt): a repeat returns the existing run with 200. Where its
+        model is not resident on the chosen GPU the run waits (phase Running, modelLoad.loading,
+        progress stage LoadingModel) while it loads, idle models being evicted to make room.
+        Refused with 409 InsufficientVRAM (asked and free bytes in the body) when no GPU can
+        make room, and 422 ModelFailed when the model's source or load has failed.
         """
         status, created = runtime.engine.submit(request)
         response.status_code = 201 if created else 200
