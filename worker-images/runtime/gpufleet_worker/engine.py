@@ -29,6 +29,7 @@ from .errors import Refusal
 from .fetch import FetchPolicy, InputFetchFailed, InputRefused, decode_image, fetch_bytes
 from .inventory import GpuInventory, GpuReading
 from .metrics import WorkerMetrics
+from .modelfiles import LocalModelFiles, ModelFiles
 from .models import Cancelled, Generation, Outputs, Pipeline, progress_unit, total_steps
 from .outputs import InvalidOutput, check_output
 from .protocol import (
@@ -87,6 +88,7 @@ class Engine:
         metrics: WorkerMetrics,
         loader: Loader,
         on_event: Callable[[str], None] = lambda run_id: None,
+        model_files: ModelFiles | None = None,
     ) -> None:
         """``devices`` maps each GPU uuid to the torch device its runs use ("cuda:0", "cpu")."""
         self.config = config
@@ -96,6 +98,7 @@ class Engine:
         self.metrics = metrics
         self.on_event = on_event
         self._loader = loader
+        self.model_files: ModelFiles = model_files or LocalModelFiles()
         self._fetch_policy = FetchPolicy.from_config(config.image_fetch)
         self._lock = threading.RLock()
         self._budgets = {uuid: GpuBudget(uuid, total_bytes=self._total_memory(uuid)) for uuid in devices}
@@ -125,9 +128,10 @@ class Engine:
                         f"models[{spec.name}].vram {spec.vram} bytes does not fit on GPU "
                         f"{too_small[0]}, which has {self._budgets[too_small[0]].admittable_bytes} free"
                     )
+                local = self.model_files.local(spec, lambda done, total: None)
                 pipelines: dict[str, Pipeline] = {}
                 for device in sorted(set(self.devices.values())):
-                    pipelines[device] = self._loader(spec, device)
+                    pipelines[device] = self._loader(local, device)
                 tasks = next(iter(pipelines.values())).tasks
                 if spec.tasks is not None:
                     if unsupported := set(spec.tasks) - tasks:
