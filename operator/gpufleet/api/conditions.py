@@ -84,6 +84,7 @@ class Reason(StrEnum):
     INSUFFICIENT_GPUS = "InsufficientGPUs"
     WORKERS_FAILING = "WorkersFailing"
     WORKER_POD_REFUSED = "WorkerPodRefused"
+    S3_CREDENTIALS_MISSING = "S3CredentialsMissing"
 
 
 # What each reason tells a user; docs/api.md lists these, and every reason must have one.
@@ -119,6 +120,10 @@ REASON_MEANINGS: dict[Reason, str] = {
     Reason.WORKER_POD_REFUSED: (
         "The API server refuses the pool's worker pods (for example a missing PriorityClass "
         "or RuntimeClass); the message quotes it."
+    ),
+    Reason.S3_CREDENTIALS_MISSING: (
+        "The pool has s3:// models but the operator gives its workers no S3 credentials Secret "
+        "(--worker-s3-secret, Helm artifacts.s3.credentialsSecret); the message names the models."
     ),
 }
 

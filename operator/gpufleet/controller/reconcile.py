@@ -26,7 +26,7 @@ from gpufleet.api.quantity import parse_quantity
 from gpufleet.core import breaker, dispatch, queue, sizing
 from gpufleet.core import jobs as jobrules
 from gpufleet.core.placement import Demand, Gpu, Worker, observe
-from gpufleet.core.poolstatus import pool_status
+from gpufleet.core.poolstatus import missing_s3_credentials, pool_status
 from gpufleet.core.workerpod import (
     TOKEN_KEY,
     min_memory_bytes,
@@ -220,6 +220,10 @@ async def reconcile_pool(op: Operator, namespace: str, name: str) -> None:
     remaining = [w for w in ordered if w.key not in dispatched]
 
     # 7. Status of the pool.
+    sources_problem = missing_s3_credentials(pool, op.worker_env.s3_credentials_secret)
+    if sources_problem and sources_problem != memory.sources_problem:
+        await op.kube.event(body, Reason.S3_CREDENTIALS_MISSING, sources_problem, warning=True)
+    memory.sources_problem = sources_problem
     await write_pool_status(
         op,
         pool,
@@ -631,6 +635,7 @@ async def write_pool_status(
         cluster_full,
         failing,
         memory.pod_refused,
+        memory.sources_problem,
     )
     if status != memory.last_status:
         await op.kube.patch_status(POOLS, pool.metadata["namespace"], pool.metadata["name"], status)

@@ -36,6 +36,7 @@ class PoolMemory:
     sizing: SizingState = field(default_factory=SizingState)
     workers: dict[str, WorkerHealth] = field(default_factory=dict)  # by pod name
     pod_refused: str | None = None  # why the API server refused the last worker pod, until one is created
+    sources_problem: str | None = None  # why some models cannot be fetched (announced once by an Event)
 
 
 @dataclass
