@@ -349,12 +349,15 @@ def test_s3_models_without_s3_credentials_make_the_pool_degraded_naming_them():
     assert missing_s3_credentials(wp, "s3-credentials") is None
     assert missing_s3_credentials(pool(), None) is None  # no s3:// models, nothing to download
     problem = missing_s3_credentials(wp, None)
-    assert problem is not None and problem.startswith("models dream, xl come from s3:// but the workers get no S3")
+    assert problem is not None and problem.startswith(
+        "models dream, xl come from s3:// but the workers get no S3"
+    )
     assert "--worker-s3-secret" in problem
 
     pods = [pod("sd15-0")]
     invs = {"sd15-0": inventory("sd15-0")}
-    status = pool_status(wp, pods, pods, invs, [], 1, 0, SELECTOR, T0, False, None, None, problem)
+    problems = [(Reason.S3_CREDENTIALS_MISSING, problem)]
+    status = pool_status(wp, pods, pods, invs, [], 1, 0, SELECTOR, T0, False, None, None, problems)
     found = conditions_of(status)
     assert found[ConditionType.DEGRADED]["status"] == "True"
     assert found[ConditionType.DEGRADED]["reason"] == Reason.S3_CREDENTIALS_MISSING

@@ -220,10 +220,13 @@ async def reconcile_pool(op: Operator, namespace: str, name: str) -> None:
     remaining = [w for w in ordered if w.key not in dispatched]
 
     # 7. Status of the pool.
-    sources_problem = missing_s3_credentials(pool, op.worker_env.s3_credentials_secret)
-    if sources_problem and sources_problem != memory.sources_problem:
-        await op.kube.event(body, Reason.S3_CREDENTIALS_MISSING, sources_problem, warning=True)
-    memory.sources_problem = sources_problem
+    problems = [(Reason.MODEL_TOO_LARGE, m) for m in jobrules.models_too_large(pool.spec, classes)]
+    if missing := missing_s3_credentials(pool, op.worker_env.s3_credentials_secret):
+        problems.insert(0, (Reason.S3_CREDENTIALS_MISSING, missing))
+    for reason, message in problems:
+        if (reason, message) not in memory.model_problems:
+            await op.kube.event(body, reason, message, warning=True)
+    memory.model_problems = problems
     await write_pool_status(
         op,
         pool,
@@ -635,7 +638,7 @@ async def write_pool_status(
         cluster_full,
         failing,
         memory.pod_refused,
-        memory.sources_problem,
+        memory.model_problems,
     )
     if status != memory.last_status:
         await op.kube.patch_status(POOLS, pool.metadata["namespace"], pool.metadata["name"], status)

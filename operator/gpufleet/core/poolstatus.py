@@ -43,15 +43,15 @@ def pool_status(
     unschedulable: bool,
     failing: dict[str, str] | None = None,
     pods_refused: str | None = None,
-    sources_problem: str | None = None,
+    model_problems: list[tuple[Reason, str]] | None = None,
 ) -> dict[str, Any]:
     """The pool's ``status`` as written to the API server (conditions keep their transition times).
 
     ``failing`` names the workers whose circuit breaker is open, with why; crash-looping
     worker pods and ones that cannot start are found here from their container statuses.
     ``pods_refused`` is the API server's word when it refused to create a worker pod.
-    ``sources_problem`` says why some models cannot be fetched (see missing_s3_credentials):
-    the pool serves the others, Degraded.
+    ``model_problems`` are (reason, message) of models the workers can never serve (see
+    missing_s3_credentials, core.jobs.models_too_large): the pool serves the others, Degraded.
     """
     failing = {**(failing or {}), **crash_looping(active)}
     generation = pool.metadata.get("generation", 1)
@@ -123,9 +123,9 @@ def pool_status(
     )
     degraded = bool(failing) or 0 < ready_count < desired
     degraded_reason, degraded_message = reason, message
-    if sources_problem:
-        degraded_reason = Reason.S3_CREDENTIALS_MISSING
-        degraded_message = sources_problem + (f"; {message}" if degraded else "")
+    if model_problems:
+        degraded_reason = model_problems[0][0]
+        degraded_message = "; ".join([m for _, m in model_problems] + ([message] if degraded else []))
     conditions += [
         boolean_condition(
             ConditionType.SCALING,
@@ -141,7 +141,7 @@ def pool_status(
         ),
         boolean_condition(
             ConditionType.DEGRADED,
-            degraded or bool(sources_problem),
+            degraded or bool(model_problems),
             degraded_reason,
             degraded_message,
             generation,
