@@ -429,8 +429,11 @@ class PodRunner(threading.Thread):
         Pods share the host's filesystem here, so the claim's mount path resolves to the
         volume's own directory (as a bind mount would); read-only is not enforced locally.
         """
+        core = self.kubelet.core
         try:
-            claim = self.kubelet.core.read_namespaced_persistent_volume_claim(claim_name, self.key[0])
+            claim = core.api_client.sanitize_for_serialization(
+                core.read_namespaced_persistent_volume_claim(claim_name, self.key[0])
+            )
         except ApiException as error:
             if error.status == 404:
                 raise PodSpecError(
@@ -438,17 +441,18 @@ class PodRunner(threading.Thread):
                     f"volume {volume}: persistentvolumeclaim {claim_name!r} not found",
                 ) from None
             raise
-        if claim.status.phase != "Bound" or not claim.spec.volume_name:
+        bound_to = claim["spec"].get("volumeName")
+        if (claim.get("status") or {}).get("phase") != "Bound" or not bound_to:
             raise PodSpecError(
                 "CreateContainerConfigError",
                 f"volume {volume}: persistentvolumeclaim {claim_name!r} is not bound",
             )
-        spec = self.kubelet.core.read_persistent_volume(claim.spec.volume_name).spec
-        path = (spec.local and spec.local.path) or (spec.host_path and spec.host_path.path)
+        spec = core.api_client.sanitize_for_serialization(core.read_persistent_volume(bound_to))["spec"]
+        path = (spec.get("local") or spec.get("hostPath") or {}).get("path")
         if not path:
             raise PodSpecError(
                 "CreateContainerConfigError",
-                f"volume {volume}: PersistentVolume {claim.spec.volume_name} is neither local nor "
+                f"volume {volume}: PersistentVolume {bound_to} is neither local nor "
                 "hostPath; the local kubelet mounts only those",
             )
         return Path(path)
