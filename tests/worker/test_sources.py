@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -285,3 +286,32 @@ def test_the_manifest_digest_is_what_sha256sum_prints(tmp_path: Path) -> None:
         check=True,
     )
     assert local_digest(tmp_path) == "sha256:" + shell.stdout.split()[0]
+
+
+class ListingOnly:
+    """An S3 client stub whose listing holds keys a real store might hold but a folder cannot."""
+
+    def __init__(self, keys: list[str]) -> None:
+        self.keys = keys
+
+    def get_paginator(self, _operation: str):
+        keys = self.keys
+
+        class Pages:
+            def paginate(self, **_: Any):
+                return [{"Contents": [{"Key": key, "Size": 1} for key in keys]}]
+
+        return Pages()
+
+    def get_object(self, **_: Any):
+        raise AssertionError("nothing is downloaded from a listing that leaves the model folder")
+
+
+@pytest.mark.parametrize("key", ["sd/../../etc/passwd", "sd//x", "sd/./x"])
+def test_object_keys_that_would_leave_the_model_folder_are_refused(tmp_path: Path, key: str) -> None:
+    files = cache_of(ListingOnly([key]), tmp_path)
+    with pytest.raises(
+        ModelSourceError, match=r"^model sd: s3://models/sd: object key .* is not a plain relative path"
+    ):
+        files.local(spec("sd", "sd"), Progress())
+    assert list((tmp_path / "cache").iterdir()) == []
