@@ -458,6 +458,8 @@ class Engine:
                     state=m.state,
                     load_seconds=m.load_seconds,
                     message=m.message,
+                    on_disk=(disk := self.model_files.on_disk_bytes(m.spec)) is not None,
+                    disk_bytes=disk or None,
                 )
                 for m in self._models.values()
             ]
@@ -473,6 +475,7 @@ class Engine:
             gpus=gpus,
             models=models,
             jobs=jobs,
+            model_cache=self.model_files.cache_info(),
         )
 
     def shutdown(self) -> None:
