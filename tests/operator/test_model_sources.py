@@ -45,7 +45,7 @@ def upload_folder(s3_server: Any, folder: Path, prefix: str) -> None:
 
 
 def test_a_pool_serves_models_from_s3_and_from_a_claim(
-    fleet, s3_server, tiny_pipeline, core: client.CoreV1Api
+    fleet, s3_server, models_bucket, tiny_pipeline, core: client.CoreV1Api
 ):
     prefix = f"{fleet.namespace}/tiny-sd"
     upload_folder(s3_server, tiny_pipeline, prefix)
@@ -72,6 +72,14 @@ def test_a_pool_serves_models_from_s3_and_from_a_claim(
         assert done["status"]["phase"] == "Succeeded", done["status"]
         (artifact,) = done["status"]["artifacts"]
         assert artifact_bytes(s3_server, artifact).startswith(b"\x89PNG")
+
+    # The download stays in the worker's cache: the inventory counts it, within the pool's size.
+    (inventory,) = fleet.inventories("sources")
+    size = sum(p.stat().st_size for p in tiny_pipeline.rglob("*") if p.is_file())
+    assert inventory.model_cache is not None
+    assert (inventory.model_cache.used_bytes, inventory.model_cache.capacity_bytes) == (size, 2**30)
+    on_disk = {m.name: (m.on_disk, m.disk_bytes) for m in inventory.models}
+    assert on_disk == {"from-s3": (True, size), "from-pvc": (True, None)}
 
     # The worker pod mounts the claim read-only and the cache as an emptyDir of the pool's size.
     (pod,) = fleet.worker_pods("sources")
