@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from gpufleet.api import crdgen, models, testing
-from gpufleet.core.workerpod import worker_args
+from gpufleet.core.workerpod import WorkerEnv, worker_args, worker_pod
 from gpufleet_worker.artifacts import ArtifactStore
 from gpufleet_worker.config import ModelSpec, load_config
 from gpufleet_worker.protocol import SubmitRequest
@@ -80,12 +80,11 @@ def test_pools_whose_workers_would_refuse_their_models_are_refused(
         models.WorkerPoolSpec.model_validate(spec)
 
 
-@pytest.mark.parametrize("runtime", ["diffusers", "custom"])
 @pytest.mark.parametrize("source", ["s3://models/sdxl/", "pvc://weights/sdxl", "pvc://weights/"])
-def test_s3_and_pvc_models_are_served_with_their_digest(runtime: str, source: str) -> None:
+def test_s3_and_pvc_models_are_served_with_their_digest(source: str) -> None:
     digest = "sha256:" + "0" * 64
     spec = {
-        "runtime": runtime,
+        "runtime": "diffusers",
         "image": "example.com/my-worker:1",
         "models": [{"name": "sdxl", "source": source, "vram": "8Gi", "digest": digest}],
         "tasks": ["text-to-image"],
@@ -95,6 +94,27 @@ def test_s3_and_pvc_models_are_served_with_their_digest(runtime: str, source: st
     )
     (served,) = load_config(worker_args(pool), env={}).models
     assert (served.source, served.digest) == (source, digest)
+
+
+def test_custom_images_get_the_volumes_but_no_new_flags() -> None:
+    """A custom image parses its own flags: it finds claims and the cache at their paths."""
+    spec = {
+        "runtime": "custom",
+        "image": "example.com/my-worker:1",
+        "models": [
+            {"name": "a", "source": "s3://models/a", "vram": "8Gi"},
+            {"name": "b", "source": "pvc://weights/b", "vram": "8Gi"},
+        ],
+        "tasks": ["text-to-image"],
+    }
+    pool = models.WorkerPool(
+        metadata={"name": "pool", "namespace": "ns", "uid": "u"},
+        spec=models.WorkerPoolSpec.model_validate(spec),
+    )
+    args = worker_args(pool)
+    assert "--pvc-mount" not in args and "--model-cache" not in args
+    pod = worker_pod(pool, "pool-0", [], WorkerEnv())
+    assert {v["name"] for v in pod["spec"]["volumes"]} >= {"claim-0", "model-cache"}
 
 
 UNWRITABLE_OUTPUTS = [

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gpufleet import labels
-from gpufleet.api.models import API_VERSION, WorkerPool
+from gpufleet.api.models import API_VERSION, Runtime, WorkerPool
 from gpufleet.api.quantity import parse_quantity
 from gpufleet.api.servedmodels import MODEL_CACHE_PATH, PVC_SCHEME, S3_SCHEME, pvc_claim, pvc_mount_path
 
@@ -158,6 +158,8 @@ def worker_args(pool: WorkerPool) -> list[str]:
         if model.digest is not None:
             flag += f",digest={model.digest}"
         args += ["--model", flag]
+    if pool.spec.runtime is Runtime.CUSTOM:
+        return args  # its own flags: it finds the volumes at their documented paths
     for claim in claims(pool):
         args += ["--pvc-mount", f"{claim}={pvc_mount_path(claim)}"]
     if downloads_models(pool):
