@@ -57,6 +57,7 @@ from gpufleet.api.servedmodels import (
     MODEL_NAME_PATTERN,
     MODEL_SOURCE_PATTERN,
     S3_SCHEME,
+    pvc_mount_path,
     source_problems,
 )
 
@@ -237,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--pvc-mount",
         action="append",
         metavar="CLAIM=DIR",
-        help="where a PersistentVolumeClaim is mounted (repeatable; default /var/lib/gpufleet/claims/CLAIM)",
+        help=f"where a PersistentVolumeClaim is mounted (repeatable; default {pvc_mount_path('CLAIM')})",
     )
     parser.add_argument("--local-output-root", type=Path, help="allow file:/// outputs here")
     parser.add_argument(
