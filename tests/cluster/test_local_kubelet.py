@@ -338,3 +338,91 @@ def test_mount_paths_are_not_rewritten_into_the_stand_ins_own_paths(core, namesp
     )
     done = finished(core, namespace, "tmp-mount", 30)
     assert done.status.phase == "Succeeded", done.status.container_statuses
+
+
+def bound_claim(core: client.CoreV1Api, namespace: str, name: str, directory: Path) -> None:
+    """A hostPath PersistentVolume and a claim the real PV controller binds to it."""
+    volume = f"{namespace}-{name}"
+    core.create_persistent_volume(
+        client.V1PersistentVolume(
+            metadata=client.V1ObjectMeta(name=volume),
+            spec=client.V1PersistentVolumeSpec(
+                capacity={"storage": "1Gi"},
+                access_modes=["ReadOnlyMany"],
+                storage_class_name="",
+                host_path=client.V1HostPathVolumeSource(path=str(directory)),
+                claim_ref=client.V1ObjectReference(namespace=namespace, name=name),
+            ),
+        )
+    )
+    core.create_namespaced_persistent_volume_claim(
+        namespace,
+        client.V1PersistentVolumeClaim(
+            metadata=client.V1ObjectMeta(name=name),
+            spec=client.V1PersistentVolumeClaimSpec(
+                access_modes=["ReadOnlyMany"],
+                storage_class_name="",
+                volume_name=volume,
+                resources=client.V1VolumeResourceRequirements(requests={"storage": "1Gi"}),
+            ),
+        ),
+    )
+    wait_for(
+        lambda: core.read_namespaced_persistent_volume_claim(name, namespace).status.phase,
+        lambda phase: phase == "Bound",
+        30,
+        what=f"claim {name} bound by the PV controller",
+    )
+
+
+def test_a_claim_bound_to_a_host_path_volume_is_mounted_where_the_pod_says(core, namespace, tmp_path):
+    (tmp_path / "weights" / "sd15").mkdir(parents=True)
+    (tmp_path / "weights" / "sd15" / "model_index.json").write_text("tiny")
+    bound_claim(core, namespace, "weights", tmp_path / "weights")
+    mount = client.V1VolumeMount(name="w", mount_path="/var/lib/models/weights", read_only=True)
+    core.create_namespaced_pod(
+        namespace,
+        pod(
+            "reader",
+            ["grep", "-q", "tiny", "/var/lib/models/weights/sd15/model_index.json"],
+            restart_policy="Never",
+            volume_mounts=[mount],
+            volumes=[
+                client.V1Volume(
+                    name="w",
+                    persistent_volume_claim=client.V1PersistentVolumeClaimVolumeSource(
+                        claim_name="weights", read_only=True
+                    ),
+                )
+            ],
+        ),
+    )
+    done = finished(core, namespace, "reader", timeout=60)
+    assert done.status.phase == "Succeeded", done.status
+
+
+def test_a_missing_claim_is_reported_not_run(core, namespace):
+    manifest = pod(
+        "noclaim",
+        ["sleep", "300"],
+        node_name="cpu-0",  # past the scheduler, which would hold the pod back
+        volume_mounts=[client.V1VolumeMount(name="w", mount_path="/weights")],
+        volumes=[
+            client.V1Volume(
+                name="w",
+                persistent_volume_claim=client.V1PersistentVolumeClaimVolumeSource(claim_name="absent"),
+            )
+        ],
+    )
+    manifest.spec.node_selector = None
+    core.create_namespaced_pod(namespace, manifest)
+    waiting = pod_when(
+        core,
+        namespace,
+        "noclaim",
+        lambda p: bool(p.status.container_statuses) and p.status.container_statuses[0].state.waiting,
+        "container waiting with a reason",
+    )
+    state = waiting.status.container_statuses[0].state.waiting
+    assert state.reason == "CreateContainerConfigError"
+    assert state.message == "volume w: persistentvolumeclaim 'absent' not found"

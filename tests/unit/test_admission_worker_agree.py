@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from gpufleet.api import crdgen, models, testing
-from gpufleet.core.workerpod import worker_args
+from gpufleet.core.workerpod import WorkerEnv, worker_args, worker_pod
 from gpufleet_worker.artifacts import ArtifactStore
 from gpufleet_worker.config import ModelSpec, load_config
 from gpufleet_worker.protocol import SubmitRequest
@@ -67,8 +67,9 @@ def test_every_pool_the_api_admits_gives_its_workers_a_config_they_start_with(
         ({"name": "Tiny-SD"}, "builtin", "name"),
         ({"name": "stability/sdxl"}, "builtin", "name"),
         ({"source": "file:///models/a,b"}, "diffusers", "source"),
-        ({"source": "s3://models/sdxl/"}, "diffusers", "runtime diffusers loads file:/// sources only"),
-        ({"source": "pvc://weights/sdxl"}, "diffusers", "runtime diffusers loads file:/// sources only"),
+        ({"source": "pvc://weights/../sdxl"}, "diffusers", "pvc:// paths must not have '.' or '..' segments"),
+        ({"source": "pvc://weights/./sdxl"}, "diffusers", "pvc:// paths must not have '.' or '..' segments"),
+        ({"digest": "sha256:" + "0" * 64}, "builtin", "digest: builtin:// models have no files to check"),
     ],
 )
 def test_pools_whose_workers_would_refuse_their_models_are_refused(
@@ -81,15 +82,41 @@ def test_pools_whose_workers_would_refuse_their_models_are_refused(
         models.WorkerPoolSpec.model_validate(spec)
 
 
-def test_custom_images_may_still_read_s3_and_pvc_models() -> None:
-    for source in ("s3://models/sdxl/", "pvc://weights/sdxl"):
-        spec = {
-            "runtime": "custom",
-            "image": "example.com/my-worker:1",
-            "models": [{"name": "sdxl", "source": source, "vram": "8Gi"}],
-            "tasks": ["text-to-image"],
-        }
-        models.WorkerPoolSpec.model_validate(spec)
+@pytest.mark.parametrize("source", ["s3://models/sdxl/", "pvc://weights/sdxl", "pvc://weights/"])
+def test_s3_and_pvc_models_are_served_with_their_digest(source: str) -> None:
+    digest = "sha256:" + "0" * 64
+    spec = {
+        "runtime": "diffusers",
+        "image": "example.com/my-worker:1",
+        "models": [{"name": "sdxl", "source": source, "vram": "8Gi", "digest": digest}],
+        "tasks": ["text-to-image"],
+    }
+    pool = models.WorkerPool(
+        metadata={"name": "pool", "namespace": "ns"}, spec=models.WorkerPoolSpec.model_validate(spec)
+    )
+    (served,) = load_config(worker_args(pool), env={}).models
+    assert (served.source, served.digest) == (source, digest)
+
+
+def test_custom_images_get_the_volumes_but_no_new_flags() -> None:
+    """A custom image parses its own flags: it finds claims and the cache at their paths."""
+    spec = {
+        "runtime": "custom",
+        "image": "example.com/my-worker:1",
+        "models": [
+            {"name": "a", "source": "s3://models/a", "vram": "8Gi"},
+            {"name": "b", "source": "pvc://weights/b", "vram": "8Gi"},
+        ],
+        "tasks": ["text-to-image"],
+    }
+    pool = models.WorkerPool(
+        metadata={"name": "pool", "namespace": "ns", "uid": "u"},
+        spec=models.WorkerPoolSpec.model_validate(spec),
+    )
+    args = worker_args(pool)
+    assert "--pvc-mount" not in args and "--model-cache" not in args
+    pod = worker_pod(pool, "pool-0", [], WorkerEnv())
+    assert {v["name"] for v in pod["spec"]["volumes"]} >= {"claim-0", "model-cache"}
 
 
 UNWRITABLE_OUTPUTS = [

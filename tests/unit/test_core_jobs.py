@@ -340,3 +340,29 @@ def test_ttl() -> None:
 def test_retry_backoff_doubles_but_stops_at_an_hour():
     assert retry_delay(1, 100, 10) == 10 and retry_delay(2, 100, 10) == 20
     assert retry_delay(99, 100, 10) == MAX_BACKOFF_SECONDS
+
+
+# --- models that fit on no GPU the pool can get ------------------------------------------------
+
+SMALLEST_INPUT = {"prompt": "a lighthouse", "width": 64, "height": 64, "numImages": 1}
+
+
+def test_a_model_whose_weights_and_smallest_job_fit_on_no_gpu_is_named_with_the_numbers() -> None:
+    models = [
+        {"name": "sd15", "source": "builtin://tiny-sd", "vram": "4Gi"},
+        {"name": "huge", "source": "builtin://tiny-sd", "vram": "24Gi"},  # a 24 GiB card: no room to run
+    ]
+    spec = pool_spec(models=models, gpu={"count": 1})
+    classes = pool_gpu_classes(spec, [T4, L4], 24 * GiB)
+    (message,) = jobs.models_too_large(spec, classes)
+    smallest = jobs.smallest_working_vram(Task.TEXT_TO_IMAGE)
+    assert smallest == working_vram(job_spec(vram=None, input=SMALLEST_INPUT))
+    assert message.startswith("model huge needs at least ")
+    assert shown_gib(message, "needs at least") * GiB >= 24 * GiB + smallest
+    assert "the smallest text-to-image job's working memory" in message
+    assert message.endswith("the largest GPU the pool can get has 24.00Gi")
+    # The same job is refused one by one, with the same kind of numbers.
+    job = job_spec(model="huge", vram=None, input=SMALLEST_INPUT)
+    assert refusal(job, spec, classes).reason == Reason.UNSCHEDULABLE  # type: ignore[union-attr]
+    assert jobs.models_too_large(spec, pool_gpu_classes(spec, CLUSTER, 24 * GiB)) == []  # an A100 fits it
+    assert jobs.models_too_large(spec, []) == []  # no GPU at all: the pool says InsufficientGPUs

@@ -333,3 +333,35 @@ def test_refused_worker_pods_make_the_pool_stalled_with_the_api_servers_words():
     assert found[ConditionType.STALLED]["reason"] == Reason.WORKER_POD_REFUSED
     assert message in found[ConditionType.READY]["message"]
     assert found[ConditionType.RECONCILING]["status"] == "False"
+
+
+def test_s3_models_without_s3_credentials_make_the_pool_degraded_naming_them():
+    from gpufleet.core.poolstatus import missing_s3_credentials
+
+    spec = pool().spec.model_dump(mode="json", by_alias=True, exclude_none=True)
+    spec["runtime"] = "diffusers"
+    spec["models"] = [
+        {"name": "sd15", "source": "file:///models/sd15", "vram": "2Gi"},
+        {"name": "dream", "source": "s3://models/dream", "vram": "2Gi"},
+        {"name": "xl", "source": "s3://models/xl", "vram": "2Gi"},
+    ]
+    wp = WorkerPool.model_validate({"metadata": pool().metadata, "spec": spec})
+    assert missing_s3_credentials(wp, "s3-credentials") is None
+    assert missing_s3_credentials(pool(), None) is None  # no s3:// models, nothing to download
+    problem = missing_s3_credentials(wp, None)
+    assert problem is not None and problem.startswith(
+        "models dream, xl come from s3:// but the workers get no S3"
+    )
+    assert "--worker-s3-secret" in problem
+
+    pods = [pod("sd15-0")]
+    invs = {"sd15-0": inventory("sd15-0")}
+    problems = [(Reason.S3_CREDENTIALS_MISSING, problem)]
+    status = pool_status(wp, pods, pods, invs, [], 1, 0, SELECTOR, T0, False, None, None, problems)
+    found = conditions_of(status)
+    assert found[ConditionType.DEGRADED]["status"] == "True"
+    assert found[ConditionType.DEGRADED]["reason"] == Reason.S3_CREDENTIALS_MISSING
+    assert found[ConditionType.DEGRADED]["message"] == problem
+    assert found[ConditionType.READY]["status"] == "True"  # its other models are served
+    healthy = pool_status(wp, pods, pods, invs, [], 1, 0, SELECTOR, T0, False)
+    assert conditions_of(healthy)[ConditionType.DEGRADED]["status"] == "False"

@@ -462,3 +462,46 @@ def test_declared_model_tasks_reach_the_worker_config() -> None:
         ("sam", ["segment"], False),
         ("llava", None, True),
     ]
+
+
+def test_pvc_and_s3_models_get_a_read_only_claim_and_a_bounded_model_cache() -> None:
+    """Each claim once, read-only, where the worker reads it; s3:// models a cache volume of
+    spec.modelCache.size that the worker is told to stay within."""
+    from gpufleet.api.servedmodels import MODEL_CACHE_PATH, pvc_mount_path
+    from gpufleet_worker.config import load_config
+
+    digest = "sha256:" + "ab" * 32
+    spec = example_spec()
+    spec["runtime"] = "diffusers"
+    spec["modelCache"] = {"size": "20Gi"}
+    spec["models"] = [
+        {"name": "sd15", "source": "pvc://weights/sd15", "vram": "3Gi", "digest": digest},
+        {"name": "sd21", "source": "pvc://weights/sd21", "vram": "3Gi"},
+        {"name": "xl", "source": "pvc://more-weights/xl", "vram": "8Gi"},
+        {"name": "dream", "source": "s3://models/dreamshaper", "vram": "3Gi"},
+    ]
+    manifest = worker_pod(pool(spec), "sd15-0", CLASSES_MIB, ENV)
+    volumes = {v["name"]: v for v in manifest["spec"]["volumes"]}
+    mounts = {m["name"]: m for m in container(manifest)["volumeMounts"]}
+    assert [volumes[f"claim-{i}"]["persistentVolumeClaim"] for i in range(2)] == [
+        {"claimName": "more-weights", "readOnly": True},
+        {"claimName": "weights", "readOnly": True},
+    ]
+    assert [(mounts[f"claim-{i}"]["mountPath"], mounts[f"claim-{i}"]["readOnly"]) for i in range(2)] == [
+        (pvc_mount_path("more-weights"), True),
+        (pvc_mount_path("weights"), True),
+    ]
+    assert volumes["model-cache"] == {"name": "model-cache", "emptyDir": {"sizeLimit": "20Gi"}}
+    assert mounts["model-cache"]["mountPath"] == MODEL_CACHE_PATH
+    assert client.ApiClient().sanitize_for_serialization(as_v1_pod(manifest)) == manifest
+
+    config = load_config(container(manifest)["args"], env={})
+    assert config.model_cache.path == Path(MODEL_CACHE_PATH) and config.model_cache.capacity == 20 * GiB
+    assert config.pvc_mounts == {c: Path(pvc_mount_path(c)) for c in ("more-weights", "weights")}
+    assert [m.digest for m in config.models] == [digest, None, None, None]
+
+
+def test_pools_of_local_models_get_no_claims_or_cache() -> None:
+    manifest = worker_pod(pool(), "sd15-0", CLASSES_MIB, ENV)
+    assert {v["name"] for v in manifest["spec"]["volumes"]} == {"token", "tmp"}
+    assert "--model-cache" not in container(manifest)["args"]

@@ -57,7 +57,11 @@ def test_the_written_config_reads_back_and_never_holds_credentials(tmp_path: Pat
     ("argv", "field"),
     [
         (["--model", "name=tiny-sd,source=builtin://tiny-sd,vram=lots"], "models.0.vram"),
-        (["--model", "name=x,source=s3://bucket/model,vram=1Gi"], "models.0.source"),
+        (["--model", "name=x,source=s3://bucket/model,vram=1Gi"], "modelCache.path is required"),
+        (["--model", "name=x,source=pvc://claim/../etc,vram=1Gi"], "models.0.source"),
+        (["--model", "name=x,source=builtin://tiny-sd,vram=1Gi,digest=sha256:" + "0" * 64], "models.0"),
+        (["--model", "name=x,source=file:///m,vram=1Gi,digest=md5:0"], "models.0.digest"),
+        (["--model", MODEL, "--model-cache", "/c", "--model-cache-size", "0"], "modelCache.capacity"),
         (["--model", MODEL, "--model", MODEL], "names must be unique"),
         (["--model", MODEL, "--port", "70000"], "port"),
         (["--model", MODEL, "--allow-image-network", "not-a-cidr"], "allowedNetworks"),
@@ -74,6 +78,26 @@ def test_request_bodies_are_limited_to_1mi_unless_configured() -> None:
     assert load_config(["--token-file", "/t", "--model", MODEL], env={}).max_request_bytes == 2**20
     flagged = load_config(["--token-file", "/t", "--model", MODEL, "--max-request-bytes", "64Ki"], env={})
     assert flagged.max_request_bytes == 64 * 1024
+
+
+def test_model_sources_digests_cache_and_claims_from_flags() -> None:
+    digest = "sha256:" + "ab" * 32
+    config = load_config(
+        [
+            "--token-file", "/t",
+            "--model", f"name=sd,source=s3://weights/sd15,vram=2Gi,digest={digest}",
+            "--model", "name=xl,source=pvc://weights-claim/sdxl,vram=8Gi",
+            "--model-cache", "/var/cache/models",
+            "--model-cache-size", "20Gi",
+            "--pvc-mount", "weights-claim=/mnt/weights",
+        ],
+        env={},
+    )  # fmt: skip
+    assert config.models[0].digest == digest and config.models[1].digest is None
+    assert config.model_cache.path == Path("/var/cache/models") and config.model_cache.capacity == 20 * 2**30
+    assert config.pvc_mounts == {"weights-claim": Path("/mnt/weights")}
+    with pytest.raises(ValueError, match=r"--pvc-mount 'weights': expected CLAIM=DIR"):
+        load_config(["--token-file", "/t", "--model", MODEL, "--pvc-mount", "weights"], env={})
 
 
 def test_a_model_flag_must_be_key_value_pairs() -> None:

@@ -85,6 +85,8 @@ class Reason(StrEnum):
     INSUFFICIENT_GPUS = "InsufficientGPUs"
     WORKERS_FAILING = "WorkersFailing"
     WORKER_POD_REFUSED = "WorkerPodRefused"
+    S3_CREDENTIALS_MISSING = "S3CredentialsMissing"
+    MODEL_TOO_LARGE = "ModelTooLarge"
 
 
 # What each reason tells a user; docs/api.md lists these, and every reason must have one.
@@ -122,6 +124,14 @@ REASON_MEANINGS: dict[Reason, str] = {
     Reason.WORKER_POD_REFUSED: (
         "The API server refuses the pool's worker pods (for example a missing PriorityClass "
         "or RuntimeClass); the message quotes it."
+    ),
+    Reason.S3_CREDENTIALS_MISSING: (
+        "The pool has s3:// models but the operator gives its workers no S3 credentials Secret "
+        "(--worker-s3-secret, Helm artifacts.s3.credentialsSecret); the message names the models."
+    ),
+    Reason.MODEL_TOO_LARGE: (
+        "A model's weights plus the smallest job it serves fit on no GPU the pool can get; its "
+        "jobs wait as Unschedulable. The message has the numbers."
     ),
 }
 

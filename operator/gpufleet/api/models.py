@@ -47,12 +47,15 @@ from gpufleet.api.outputs import OUTPUT_URI_PATTERN, UNWRITABLE, cel_rule, outpu
 from gpufleet.api.quantity import parse_quantity
 from gpufleet.api.servedmodels import (
     BUILTIN_SCHEME,
-    DIFFUSERS_SOURCE_RULE,
-    FILE_SCHEME,
+    DEFAULT_MODEL_CACHE_SIZE,
+    DIGEST_NEEDS_FILES_RULE,
+    DIGEST_PATTERN,
     MAX_MODEL_NAME_CHARS,
     MAX_MODEL_SOURCE_CHARS,
     MODEL_NAME_PATTERN,
     MODEL_SOURCE_PATTERN,
+    SOURCE_RULES,
+    source_problems,
 )
 
 GROUP = labels.GROUP
@@ -104,6 +107,17 @@ SOURCE_SCHEME_RULE = (
 class ServedModel(CamelModel):
     """A model the pool's workers serve."""
 
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            rule(
+                f"!has(self.digest) || !self.source.startsWith('{BUILTIN_SCHEME}')",
+                DIGEST_NEEDS_FILES_RULE,
+                field_path=".digest",
+                reason="FieldValueForbidden",
+            )
+        )
+    )
+
     name: str = Field(
         max_length=MAX_MODEL_NAME_CHARS,
         pattern=MODEL_NAME_PATTERN,
@@ -116,8 +130,24 @@ class ServedModel(CamelModel):
         max_length=MAX_MODEL_SOURCE_CHARS,
         pattern=MODEL_SOURCE_PATTERN,
         description=(
-            "Where the weights are: builtin://NAME, file:///path, s3://bucket/key or pvc://claim/path "
-            "(no spaces or commas). Runtime diffusers loads file:/// only."
+            "Where the weights are: builtin://NAME, file:///path (inside the image), "
+            "s3://bucket/prefix (every object under prefix/, downloaded into the worker's model "
+            "cache with the pool's S3 credentials) or pvc://claim/path (the claim is mounted "
+            "read-only into the worker pods). No spaces or commas."
+        ),
+        json_schema_extra=validations(
+            *(rule(f"!self.matches(r'{r.refused}')", r.message) for r in SOURCE_RULES)
+        ),
+    )
+    digest: str | None = Field(
+        default=None,
+        max_length=71,
+        pattern=DIGEST_PATTERN,
+        description=(
+            "sha256:<hex> of the model's manifest, checked before the worker uses the files: the "
+            "sha256 of the lines '<file sha256>  <relative path>', sorted by path (what "
+            "`find . -type f -printf '%P\\n' | LC_ALL=C sort | xargs -d '\\n' sha256sum | sha256sum` "
+            "prints in the model directory). A mismatch fails the model."
         ),
     )
     vram: VramQuantity = Field(description="GPU memory one loaded copy needs, e.g. 2Gi.")
@@ -136,6 +166,31 @@ class ServedModel(CamelModel):
             "Load onto every GPU of every worker at start and never evict it; a worker is ready "
             "once its preload models are loaded. Other models load onto a GPU when a job first "
             "needs them there and are evicted, least recently used first, to make room."
+        ),
+    )
+
+    @field_validator("source")
+    @classmethod
+    def _servable(cls, source: str) -> str:
+        if problems := source_problems(source):
+            raise ValueError("; ".join(problems))
+        return source
+
+    @model_validator(mode="after")
+    def _digest_needs_files(self) -> ServedModel:
+        if self.digest is not None and self.source.startswith(BUILTIN_SCHEME):
+            raise ValueError(DIGEST_NEEDS_FILES_RULE)
+        return self
+
+
+class ModelCache(CamelModel):
+    """The disk cache of each worker, where s3:// models are downloaded (an emptyDir volume)."""
+
+    size: VramQuantity = Field(
+        default=DEFAULT_MODEL_CACHE_SIZE,
+        description=(
+            "Disk the cache may use (the volume's sizeLimit); least recently used models not "
+            "in use are removed to make room."
         ),
     )
 
@@ -486,11 +541,6 @@ class WorkerPoolSpec(CamelModel):
                 SOURCE_SCHEME_RULE,
                 field_path=".models",
             ),
-            rule(
-                f"self.runtime != 'diffusers' || self.models.all(m, m.source.startsWith('{FILE_SCHEME}'))",
-                DIFFUSERS_SOURCE_RULE,
-                field_path=".models",
-            ),
         )
     )
 
@@ -514,6 +564,7 @@ class WorkerPoolSpec(CamelModel):
         description="Workers when autoscaling is absent; what kubectl scale, HPA or KEDA set.",
     )
     autoscaling: Autoscaling | None = None
+    model_cache: ModelCache = Field(default_factory=ModelCache)
     template: PodOverrides = Field(default_factory=PodOverrides)
 
     @model_validator(mode="after")
@@ -530,9 +581,6 @@ class WorkerPoolSpec(CamelModel):
         ]
         if mismatched:
             raise ValueError(f"{SOURCE_SCHEME_RULE}; runtime {self.runtime.value}: {', '.join(mismatched)}")
-        unloadable = [m.name for m in self.models if not m.source.startswith(FILE_SCHEME)]
-        if self.runtime is Runtime.DIFFUSERS and unloadable:
-            raise ValueError(f"{DIFFUSERS_SOURCE_RULE}; not file:///: {', '.join(unloadable)}")
         return self
 
 

@@ -8,6 +8,9 @@ worker imports this without the operator's dependencies.
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
+
 from gpufleet.api.outputs import S3_BUCKET_PATTERN
 
 MAX_MODEL_NAME_CHARS = 128
@@ -31,14 +34,43 @@ MODEL_SOURCE_PATTERN = (
     rf"|pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?/{_PATH}*)$"
 )
 
-# The schemes the gpufleet worker loads by itself; s3:// and pvc:// models must first be
-# copied into a directory the pod mounts (a custom image may read them itself).
-WORKER_SOURCE_SCHEMES = (BUILTIN_SCHEME, FILE_SCHEME)
-_COPY_FIRST = "copy s3:// and pvc:// models into a directory the worker mounts"
-WORKER_SOURCE_RULE = f"the gpufleet worker loads builtin:// and file:/// sources only; {_COPY_FIRST}"
-DIFFUSERS_SOURCE_RULE = f"runtime diffusers loads file:/// sources only; {_COPY_FIRST}"
+# pvc:// models are read from the claim mounted read-only at PVC_MOUNT_ROOT/<claim> in the
+# worker pod; s3:// models are downloaded into the model cache volume at MODEL_CACHE_PATH.
+# The operator's pod builder mounts there and the worker reads there: one place for both.
+PVC_MOUNT_ROOT = "/var/lib/gpufleet/claims"
+MODEL_CACHE_PATH = "/var/cache/gpufleet/models"
+DEFAULT_MODEL_CACHE_SIZE = "50Gi"
+
+# A model's files, checked before use: sha256 of its manifest (see gpufleet_worker.sources).
+DIGEST_PATTERN = r"^sha256:[0-9a-f]{64}$"
+DIGEST_NEEDS_FILES_RULE = "digest: builtin:// models have no files to check; remove the digest"
 
 
-def worker_loads(source: str) -> bool:
-    """Whether the gpufleet worker can load a model from ``source`` by itself."""
-    return source.startswith(WORKER_SOURCE_SCHEMES)
+@dataclass(frozen=True)
+class SourceRule:
+    refused: str  # a source this matches can never be served (RE2 and Python read it alike)
+    message: str
+
+
+SOURCE_RULES = (
+    SourceRule(
+        r"^pvc://[^/]*/(.*/)?\.\.?(/|$)",
+        "pvc:// paths must not have '.' or '..' segments: a model is read inside its claim",
+    ),
+)
+
+
+def pvc_claim(source: str) -> tuple[str, str]:
+    """``pvc://claim/some/path`` as ("claim", "some/path")."""
+    claim, _, path = source[len(PVC_SCHEME) :].partition("/")
+    return claim, path
+
+
+def pvc_mount_path(claim: str) -> str:
+    """Where a worker pod has ``claim`` mounted (read-only)."""
+    return f"{PVC_MOUNT_ROOT}/{claim}"
+
+
+def source_problems(source: str) -> list[str]:
+    """Why no gpufleet worker can ever serve a model from ``source``; empty when one can."""
+    return [rule.message for rule in SOURCE_RULES if re.search(rule.refused, source)]

@@ -179,9 +179,10 @@ def _repair_pool_spec(spec: Json) -> Json:
     runtime = spec.get("runtime", models.Runtime.BUILTIN)
     for index, model in enumerate(spec["models"]):
         builtin = model["source"].startswith("builtin://")
-        if runtime == models.Runtime.BUILTIN and not builtin:
-            model["source"] = f"builtin://model-{index}"
-        elif builtin or (runtime == models.Runtime.DIFFUSERS and not model["source"].startswith("file://")):
+        if runtime == models.Runtime.BUILTIN:
+            model["source"] = model["source"] if builtin else f"builtin://model-{index}"
+            model.pop("digest", None)  # builtin models have no files to check
+        elif builtin:
             model["source"] = f"file:///models/{index}"
     gpu = spec.get("gpu", {})
     if "minMemory" in gpu:

@@ -26,7 +26,7 @@ from gpufleet.api.quantity import parse_quantity
 from gpufleet.core import breaker, dispatch, queue, sizing
 from gpufleet.core import jobs as jobrules
 from gpufleet.core.placement import Demand, Gpu, Worker, observe
-from gpufleet.core.poolstatus import pool_status
+from gpufleet.core.poolstatus import missing_s3_credentials, pool_status
 from gpufleet.core.workerpod import (
     TOKEN_KEY,
     min_memory_bytes,
@@ -222,6 +222,13 @@ async def reconcile_pool(op: Operator, namespace: str, name: str) -> None:
     remaining = [w for w in ordered if w.key not in dispatched]
 
     # 7. Status of the pool.
+    problems = [(Reason.MODEL_TOO_LARGE, m) for m in jobrules.models_too_large(pool.spec, classes)]
+    if missing := missing_s3_credentials(pool, op.worker_env.s3_credentials_secret):
+        problems.insert(0, (Reason.S3_CREDENTIALS_MISSING, missing))
+    for reason, message in problems:
+        if (reason, message) not in memory.model_problems:
+            await op.kube.event(body, reason, message, warning=True)
+    memory.model_problems = problems
     await write_pool_status(
         op,
         pool,
@@ -645,6 +652,7 @@ async def write_pool_status(
         cluster_full,
         failing,
         memory.pod_refused,
+        memory.model_problems,
     )
     if status != memory.last_status:
         await op.kube.patch_status(POOLS, pool.metadata["namespace"], pool.metadata["name"], status)

@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 
+from gpufleet.api.conditions import Reason
 from gpufleet.core.breaker import BreakerPolicy, WorkerHealth
 from gpufleet.core.placement import DemandMix
 from gpufleet.core.sizing import SizingState
@@ -36,6 +37,8 @@ class PoolMemory:
     sizing: SizingState = field(default_factory=SizingState)
     workers: dict[str, WorkerHealth] = field(default_factory=dict)  # by pod name
     pod_refused: str | None = None  # why the API server refused the last worker pod, until one is created
+    # (reason, message) of models the workers can never serve; each announced once by an Event
+    model_problems: list[tuple[Reason, str]] = field(default_factory=list)
 
 
 @dataclass

@@ -9,7 +9,7 @@ from enum import StrEnum
 
 from gpufleet.api.capabilities import model_tasks
 from gpufleet.api.conditions import TERMINAL_PHASES, JobPhase, Reason
-from gpufleet.api.inputs import MAX_PROMPT_CHARS, Task
+from gpufleet.api.inputs import MAX_PROMPT_CHARS, MIN_SIDE, Task
 from gpufleet.api.models import GenerationJobSpec, WorkerPoolSpec
 from gpufleet.api.quantity import parse_quantity
 
@@ -75,6 +75,42 @@ def working_vram(spec: GenerationJobSpec) -> int:
         return VECTORIZE_WORKING_BYTES
     pixels = job_input.width * job_input.height * job_input.num_images
     return BASE_WORKING_BYTES + pixels * BYTES_PER_PIXEL
+
+
+def smallest_working_vram(task: Task) -> int:
+    """The least working VRAM ``working_vram`` estimates for a job of ``task``: one smallest
+    image, one object, one image to caption with no prompt or new tokens."""
+    if task is Task.SEGMENT:
+        return SEGMENT_BASE_BYTES + SEGMENT_BYTES_PER_OBJECT
+    if task is Task.CAPTION:
+        return CAPTION_BASE_BYTES + CAPTION_TOKENS_PER_IMAGE * CAPTION_BYTES_PER_TOKEN
+    if task is Task.VECTORIZE:
+        return VECTORIZE_WORKING_BYTES
+    return BASE_WORKING_BYTES + MIN_SIDE * MIN_SIDE * BYTES_PER_PIXEL
+
+
+def models_too_large(pool: WorkerPoolSpec, classes: list[GpuClass]) -> list[str]:
+    """The pool's models whose weights plus the smallest job they serve fit on no GPU the pool
+    can get (``classes``, see `pool_gpu_classes`), each with the numbers. Jobs for them are
+    refused one by one (see `refusal`); this says so for the pool. Empty without classes:
+    then no GPU matches at all, which the pool says on its own."""
+    if not classes:
+        return []
+    largest = max(c.memory_bytes for c in classes)
+    found = []
+    for model in pool.models:
+        tasks = model_tasks(pool.runtime, model) & set(pool.tasks)
+        if not tasks:
+            continue
+        task = min(tasks, key=smallest_working_vram)
+        weights, working = parse_quantity(model.vram).value(), smallest_working_vram(task)
+        if weights + working > largest:
+            found.append(
+                f"model {model.name} needs at least {gib(weights + working, up=True)} of VRAM per GPU "
+                f"(weights {gib(weights, up=True)} + the smallest {task.value} job's working memory "
+                f"{gib(working, up=True)}); the largest GPU the pool can get has {gib(largest)}"
+            )
+    return found
 
 
 def gib(size: int, *, up: bool = False) -> str:

@@ -15,6 +15,19 @@ from gpufleet.api.conditions import (
     merge_conditions,
 )
 from gpufleet.api.models import WorkerPool
+from gpufleet.api.servedmodels import S3_SCHEME
+
+
+def missing_s3_credentials(pool: WorkerPool, credentials_secret: str | None) -> str | None:
+    """Why the pool's s3:// models cannot be downloaded: no S3 credentials for its workers."""
+    downloaded = [m.name for m in pool.spec.models if m.source.startswith(S3_SCHEME)]
+    if credentials_secret or not downloaded:
+        return None
+    return (
+        f"models {', '.join(downloaded)} come from s3:// but the workers get no S3 credentials: "
+        "start the operator with --worker-s3-secret (Helm: artifacts.s3.credentialsSecret) naming a "
+        "Secret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+    )
 
 
 def pool_status(
@@ -30,12 +43,15 @@ def pool_status(
     unschedulable: bool,
     failing: dict[str, str] | None = None,
     pods_refused: str | None = None,
+    model_problems: list[tuple[Reason, str]] | None = None,
 ) -> dict[str, Any]:
     """The pool's ``status`` as written to the API server (conditions keep their transition times).
 
     ``failing`` names the workers whose circuit breaker is open, with why; crash-looping
     worker pods and ones that cannot start are found here from their container statuses.
     ``pods_refused`` is the API server's word when it refused to create a worker pod.
+    ``model_problems`` are (reason, message) of models the workers can never serve (see
+    missing_s3_credentials, core.jobs.models_too_large): the pool serves the others, Degraded.
     """
     failing = {**(failing or {}), **crash_looping(active)}
     generation = pool.metadata.get("generation", 1)
@@ -105,6 +121,11 @@ def pool_status(
         observed_generation=generation,
         now=now,
     )
+    degraded = bool(failing) or 0 < ready_count < desired
+    degraded_reason, degraded_message = reason, message
+    if model_problems:
+        degraded_reason = model_problems[0][0]
+        degraded_message = "; ".join([m for _, m in model_problems] + ([message] if degraded else []))
     conditions += [
         boolean_condition(
             ConditionType.SCALING,
@@ -120,9 +141,9 @@ def pool_status(
         ),
         boolean_condition(
             ConditionType.DEGRADED,
-            bool(failing) or 0 < ready_count < desired,
-            reason,
-            message,
+            degraded or bool(model_problems),
+            degraded_reason,
+            degraded_message,
             generation,
             now,
         ),

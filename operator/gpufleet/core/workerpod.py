@@ -10,14 +10,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from gpufleet import labels
-from gpufleet.api.models import API_VERSION, WorkerPool
+from gpufleet.api.models import API_VERSION, Runtime, WorkerPool
 from gpufleet.api.quantity import parse_quantity
+from gpufleet.api.servedmodels import MODEL_CACHE_PATH, PVC_SCHEME, S3_SCHEME, pvc_claim, pvc_mount_path
 
 WORKER_PORT = 8080
 WORKER_APP = "gpufleet-worker"
 TOKEN_DIR = "/var/run/gpufleet/token"
 TOKEN_KEY = "token"
 MIB = 2**20
+MODEL_CACHE_VOLUME = "model-cache"
 
 
 @dataclass(frozen=True)
@@ -113,6 +115,31 @@ def _affinity(pool: WorkerPool, gpu_classes_mib: list[int]) -> dict[str, Any]:
     return affinity
 
 
+def claims(pool: WorkerPool) -> list[str]:
+    """The PersistentVolumeClaims the pool's pvc:// models are read from, sorted."""
+    return sorted({pvc_claim(m.source)[0] for m in pool.spec.models if m.source.startswith(PVC_SCHEME)})
+
+
+def downloads_models(pool: WorkerPool) -> bool:
+    """Whether the workers download models (s3://) into a model cache volume."""
+    return any(m.source.startswith(S3_SCHEME) for m in pool.spec.models)
+
+
+def model_volumes(pool: WorkerPool) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The volumes and mounts the pool's models need: each claim read-only, and the model cache."""
+    volumes: list[dict[str, Any]] = []
+    mounts: list[dict[str, Any]] = []
+    for index, claim in enumerate(claims(pool)):
+        name = f"claim-{index}"
+        volumes.append({"name": name, "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
+        mounts.append({"name": name, "mountPath": pvc_mount_path(claim), "readOnly": True})
+    if downloads_models(pool):
+        size = str(pool.spec.model_cache.size)
+        volumes.append({"name": MODEL_CACHE_VOLUME, "emptyDir": {"sizeLimit": size}})
+        mounts.append({"name": MODEL_CACHE_VOLUME, "mountPath": MODEL_CACHE_PATH})
+    return volumes, mounts
+
+
 def worker_args(pool: WorkerPool) -> list[str]:
     args = [
         "--host",
@@ -130,7 +157,15 @@ def worker_args(pool: WorkerPool) -> list[str]:
             flag += ",tasks=" + "+".join(t.value for t in model.tasks)
         if model.preload:
             flag += ",preload=true"
+        if model.digest is not None:
+            flag += f",digest={model.digest}"
         args += ["--model", flag]
+    if pool.spec.runtime is Runtime.CUSTOM:
+        return args  # its own flags: it finds the volumes at their documented paths
+    for claim in claims(pool):
+        args += ["--pvc-mount", f"{claim}={pvc_mount_path(claim)}"]
+    if downloads_models(pool):
+        args += ["--model-cache", MODEL_CACHE_PATH, "--model-cache-size", str(pool.spec.model_cache.size)]
     return args
 
 
@@ -156,6 +191,7 @@ def worker_pod(pool: WorkerPool, name: str, gpu_classes_mib: list[int], env: Wor
         resources["limits"].update({k: str(v) for k, v in template.resources.limits.items()})
     resources["limits"][labels.GPU_RESOURCE] = str(spec.gpu.count)
     resources["requests"][labels.GPU_RESOURCE] = str(spec.gpu.count)
+    model_vols, model_mounts = model_volumes(pool)
     pod_spec: dict[str, Any] = {
         # Workers talk to nobody but the operator: no API credentials, no service links.
         "automountServiceAccountToken": False,
@@ -197,12 +233,14 @@ def worker_pod(pool: WorkerPool, name: str, gpu_classes_mib: list[int], env: Wor
                 "volumeMounts": [
                     {"name": "token", "mountPath": TOKEN_DIR, "readOnly": True},
                     {"name": "tmp", "mountPath": "/tmp"},
+                    *model_mounts,
                 ],
             }
         ],
         "volumes": [
             {"name": "token", "secret": {"secretName": token_secret_name(pool_name), "defaultMode": 0o440}},
             {"name": "tmp", "emptyDir": {}},
+            *model_vols,
         ],
         "tolerations": [
             {"key": labels.GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"},

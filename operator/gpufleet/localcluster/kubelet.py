@@ -4,7 +4,8 @@ For each pod bound to one of its nodes it gives the pod its own loopback address
 IP, from a 127.N.0.0/16 no other local cluster on the machine holds (``podnetwork``), so
 many workers can listen on the same port; materializes its
 volumes (Secrets, ConfigMaps, projected ServiceAccount tokens from the TokenRequest API,
-downward API, emptyDir) under the pod's directory; runs each container's command with the
+downward API, emptyDir) under the pod's directory, and maps hostPath volumes and claims bound
+to local or hostPath PersistentVolumes to their directories; runs each container's command with the
 pod's environment; honours startup, readiness and liveness probes and the restart policy; reports
 phase, readiness, restarts and exit codes; and kills the processes when the pod is
 deleted. A pod that mounts a ServiceAccount token also gets ``KUBECONFIG`` pointing at a
@@ -396,6 +397,9 @@ class PodRunner(threading.Thread):
             elif "hostPath" in volume:
                 volumes[name] = (Path(volume["hostPath"]["path"]), None)
                 continue
+            elif source := volume.get("persistentVolumeClaim"):
+                volumes[name] = (self._claim_directory(name, source["claimName"]), None)
+                continue
             elif source := volume.get("secret"):
                 self._write_keys(target, "Secret", source["secretName"], source)
             elif source := volume.get("configMap"):
@@ -427,6 +431,40 @@ class PodRunner(threading.Thread):
                 )
             volumes[name] = (target, token_file)
         return volumes
+
+    def _claim_directory(self, volume: str, claim_name: str) -> Path:
+        """The directory of the local or hostPath PersistentVolume bound to ``claim_name``.
+
+        Pods share the host's filesystem here, so the claim's mount path resolves to the
+        volume's own directory (as a bind mount would); read-only is not enforced locally.
+        """
+        core = self.kubelet.core
+        try:
+            claim = core.api_client.sanitize_for_serialization(
+                core.read_namespaced_persistent_volume_claim(claim_name, self.key[0])
+            )
+        except ApiException as error:
+            if error.status == 404:
+                raise PodSpecError(
+                    "CreateContainerConfigError",
+                    f"volume {volume}: persistentvolumeclaim {claim_name!r} not found",
+                ) from None
+            raise
+        bound_to = claim["spec"].get("volumeName")
+        if (claim.get("status") or {}).get("phase") != "Bound" or not bound_to:
+            raise PodSpecError(
+                "CreateContainerConfigError",
+                f"volume {volume}: persistentvolumeclaim {claim_name!r} is not bound",
+            )
+        spec = core.api_client.sanitize_for_serialization(core.read_persistent_volume(bound_to))["spec"]
+        path = (spec.get("local") or spec.get("hostPath") or {}).get("path")
+        if not path:
+            raise PodSpecError(
+                "CreateContainerConfigError",
+                f"volume {volume}: PersistentVolume {bound_to} is neither local nor "
+                "hostPath; the local kubelet mounts only those",
+            )
+        return Path(path)
 
     def _write_keys(self, target: Path, kind: str, name: str, source: Mapping) -> None:
         data = self._lookup(kind, name)

@@ -16,8 +16,11 @@ Config file (YAML or JSON, camelCase)::
     models:
       - {name: tiny-sd, source: "builtin://tiny-sd", vram: 512Mi}
       - {name: sd15, source: "file:///models/sd15", vram: 3Gi, preload: true}
+      - {name: sdxl, source: "s3://weights/sdxl", vram: 8Gi, digest: "sha256:..."}
     simulatedGpu: {product: NVIDIA-A100-SXM4-40GB, memory: 40Gi, count: 1}
     s3: {endpointUrl: "http://minio:9000", region: us-east-1}
+    modelCache: {path: /var/cache/gpufleet/models, capacity: 50Gi}   # s3:// models go here
+    pvcMounts: {weights: /mnt/weights}   # pvc://weights/...; default /var/lib/gpufleet/claims/NAME
     localOutputRoot: /data/artifacts # enables file:/// output URIs under this folder
     imageFetch: {maxBytes: 20Mi, timeoutSeconds: 10, allowedNetworks: []}
     keepFinishedJobs: 1000
@@ -45,12 +48,17 @@ from pydantic import BeforeValidator, Field, field_validator, model_validator
 from gpufleet.api.inputs import CamelModel, Task
 from gpufleet.api.quantity import parse_quantity
 from gpufleet.api.servedmodels import (
+    BUILTIN_SCHEME,
+    DEFAULT_MODEL_CACHE_SIZE,
+    DIGEST_NEEDS_FILES_RULE,
+    DIGEST_PATTERN,
     MAX_MODEL_NAME_CHARS,
     MAX_MODEL_SOURCE_CHARS,
     MODEL_NAME_PATTERN,
     MODEL_SOURCE_PATTERN,
-    WORKER_SOURCE_RULE,
-    worker_loads,
+    S3_SCHEME,
+    pvc_mount_path,
+    source_problems,
 )
 
 
@@ -69,7 +77,10 @@ class ModelSpec(CamelModel):
     source: str = Field(
         max_length=MAX_MODEL_SOURCE_CHARS,
         pattern=MODEL_SOURCE_PATTERN,
-        description="builtin://NAME, or file:///path of a saved model directory.",
+        description=(
+            "builtin://NAME, file:///path of a saved model directory, s3://bucket/prefix "
+            "(downloaded into the model cache) or pvc://claim/path (read where the claim is mounted)."
+        ),
     )
     vram: Bytes = Field(gt=0, description="VRAM one resident copy holds.")
     tasks: list[Task] | None = Field(
@@ -79,13 +90,31 @@ class ModelSpec(CamelModel):
         default=False,
         description="Load onto every GPU at start and never evict; the worker is ready once loaded.",
     )
+    digest: str | None = Field(
+        default=None, pattern=DIGEST_PATTERN, description="sha256:<hex> of the files' manifest."
+    )
 
     @field_validator("source")
     @classmethod
-    def _loadable(cls, source: str) -> str:
-        if not worker_loads(source):
-            raise ValueError(f"source {source!r}: {WORKER_SOURCE_RULE}")
+    def _servable(cls, source: str) -> str:
+        if problems := source_problems(source):
+            raise ValueError(f"source {source!r}: {'; '.join(problems)}")
         return source
+
+    @model_validator(mode="after")
+    def _digest_needs_files(self) -> ModelSpec:
+        if self.digest is not None and self.source.startswith(BUILTIN_SCHEME):
+            raise ValueError(DIGEST_NEEDS_FILES_RULE)
+        return self
+
+
+class ModelCacheConfig(CamelModel):
+    """The disk cache s3:// models are downloaded into."""
+
+    path: Path | None = Field(default=None, description="A directory only this worker uses.")
+    capacity: Bytes = Field(
+        default=parse_quantity(DEFAULT_MODEL_CACHE_SIZE).value(), gt=0, description="Bytes it may hold."
+    )
 
 
 class SimulatedGpu(CamelModel):
@@ -135,6 +164,9 @@ class WorkerConfig(CamelModel):
     models: list[ModelSpec] = Field(min_length=1)
     simulated_gpu: SimulatedGpu = Field(default_factory=SimulatedGpu)
     s3: S3Config = Field(default_factory=S3Config)
+    model_cache: ModelCacheConfig = Field(default_factory=ModelCacheConfig)
+    # claim -> where it is mounted; a claim not listed is read at pvc_mount_path(claim)
+    pvc_mounts: dict[str, Path] = Field(default_factory=dict)
     local_output_root: Path | None = None
     image_fetch: ImageFetchConfig = Field(default_factory=ImageFetchConfig)
     keep_finished_jobs: int = Field(default=1000, ge=1)
@@ -146,6 +178,12 @@ class WorkerConfig(CamelModel):
         names = [model.name for model in self.models]
         if duplicates := sorted({n for n in names if names.count(n) > 1}):
             raise ValueError(f"models: names must be unique; repeated: {', '.join(duplicates)}")
+        downloaded = [m.name for m in self.models if m.source.startswith(S3_SCHEME)]
+        if downloaded and self.model_cache.path is None:
+            raise ValueError(
+                f"modelCache.path is required to serve s3:// models ({', '.join(downloaded)}): "
+                "they are downloaded there"
+            )
         return self
 
 
@@ -162,16 +200,17 @@ def _read_file(path: Path) -> dict[str, Any]:
     return data
 
 
-MODEL_FLAG_FORM = "name=...,source=...,vram=...[,tasks=a+b][,preload=true]"
+MODEL_FLAG_FORM = "name=...,source=...,vram=...[,tasks=a+b][,preload=true][,digest=sha256:...]"
 
 
 def parse_model_flag(flag: str) -> dict[str, Any]:
-    """``name=tiny-sd,source=builtin://tiny-sd,vram=512Mi[,tasks=a+b][,preload=true]`` as a
+    """``name=tiny-sd,source=builtin://tiny-sd,vram=512Mi[,tasks=a+b][,preload=true][,digest=sha256:...]``
+    as a
     ModelSpec mapping."""
     fields: dict[str, Any] = {}
     for part in flag.split(","):
         key, sep, value = part.partition("=")
-        if not sep or key not in {"name", "source", "vram", "tasks", "preload"}:
+        if not sep or key not in {"name", "source", "vram", "tasks", "preload", "digest"}:
             raise ValueError(f"--model {flag!r}: expected {MODEL_FLAG_FORM} (got {part!r})")
         if key == "preload" and value not in {"true", "false"}:
             raise ValueError(f"--model {flag!r}: preload must be true or false (got {value!r})")
@@ -193,13 +232,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--model",
         action="append",
-        metavar="name=N,source=S,vram=Q[,tasks=T1+T2][,preload=true]",
         help="a model to serve (repeatable; replaces the file's models)",
     )
     parser.add_argument("--simulated-gpu-product")
     parser.add_argument("--simulated-gpu-memory", help="e.g. 16Gi")
     parser.add_argument("--simulated-gpu-count", type=int)
     parser.add_argument("--s3-endpoint", help="S3-compatible endpoint URL")
+    parser.add_argument("--model-cache", type=Path, help="directory s3:// models are downloaded into")
+    parser.add_argument("--model-cache-size", help="bytes the model cache may hold, e.g. 50Gi")
+    parser.add_argument(
+        "--pvc-mount",
+        action="append",
+        metavar="CLAIM=DIR",
+        help=f"where a PersistentVolumeClaim is mounted (repeatable; default {pvc_mount_path('CLAIM')})",
+    )
     parser.add_argument("--local-output-root", type=Path, help="allow file:/// outputs here")
     parser.add_argument(
         "--allow-image-network",
@@ -224,6 +270,8 @@ def load_config(argv: list[str] | None = None, env: dict[str, str] | None = None
     s3 = dict(data.get("s3") or {})
     simulated = dict(data.get("simulatedGpu") or data.get("simulated_gpu") or {})
     image_fetch = dict(data.get("imageFetch") or data.get("image_fetch") or {})
+    model_cache = dict(data.get("modelCache") or data.get("model_cache") or {})
+    pvc_mounts = dict(data.get("pvcMounts") or data.get("pvc_mounts") or {})
     if env.get("POD_NAME") and "name" not in data:
         data["name"] = env["POD_NAME"]
     # Set by a simulated device plugin (the local cluster's kubelet) the way the NVIDIA
@@ -267,7 +315,24 @@ def load_config(argv: list[str] | None = None, env: dict[str, str] | None = None
         image_fetch["allowedNetworks"] = args.allow_image_network
     if args.image_max_bytes:
         image_fetch["maxBytes"] = args.image_max_bytes
-    for snake in ("simulated_gpu", "image_fetch"):
+    if args.model_cache:
+        model_cache["path"] = args.model_cache
+    if args.model_cache_size:
+        model_cache["capacity"] = args.model_cache_size
+    for mount in args.pvc_mount or []:
+        claim, sep, directory = mount.partition("=")
+        if not sep or not claim or not directory:
+            raise ValueError(f"--pvc-mount {mount!r}: expected CLAIM=DIR")
+        pvc_mounts[claim] = directory
+    for snake in ("simulated_gpu", "image_fetch", "model_cache", "pvc_mounts"):
         data.pop(snake, None)
-    data.update({"s3": s3, "simulatedGpu": simulated, "imageFetch": image_fetch})
+    data.update(
+        {
+            "s3": s3,
+            "simulatedGpu": simulated,
+            "imageFetch": image_fetch,
+            "modelCache": model_cache,
+            "pvcMounts": pvc_mounts,
+        }
+    )
     return WorkerConfig.model_validate(data)

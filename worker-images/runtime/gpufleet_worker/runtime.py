@@ -13,6 +13,8 @@ from .engine import Engine, Loader
 from .inventory import GpuInventory, NoGpuError, SimulatedInventory, open_nvml
 from .metrics import WorkerMetrics
 from .models import load_pipeline
+from .protocol import ModelState
+from .sources import DiskModelFiles
 
 
 @dataclass
@@ -45,7 +47,16 @@ def open_runtime(config: WorkerConfig, loader: Loader = load_pipeline) -> Runtim
     tokens = TokenFile(config.token_file)
     inventory, devices = open_gpus(config)
     metrics = WorkerMetrics()
-    store = ArtifactStore(make_s3_client(config.s3), config.local_output_root)
+    s3 = make_s3_client(config.s3)
+    store = ArtifactStore(s3, config.local_output_root)
+
+    def loading() -> set[str]:
+        # Models whose files a GPU load may be reading: never removed from the disk cache.
+        return {m.name for m in engine.snapshot().models if m.state is ModelState.LOADING or m.loading_gpus}
+
+    model_files = DiskModelFiles(
+        s3, config.model_cache.path, config.model_cache.capacity, config.pvc_mounts, loading
+    )
     engine = Engine(
         config=config,
         inventory=inventory,
@@ -53,6 +64,7 @@ def open_runtime(config: WorkerConfig, loader: Loader = load_pipeline) -> Runtim
         store=store,
         metrics=metrics,
         loader=loader,
+        model_files=model_files,
     )
     metrics.watch_gpus(engine.gpu_readings)
     return Runtime(config=config, tokens=tokens, engine=engine, metrics=metrics)
