@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 
 from gpufleet.core.breaker import BreakerPolicy, WorkerHealth
+from gpufleet.core.fleetmetrics import PoolSeen
 from gpufleet.core.placement import DemandMix
 from gpufleet.core.sizing import SizingState
 from gpufleet.core.workerpod import WorkerEnv
@@ -36,6 +37,7 @@ class PoolMemory:
     sizing: SizingState = field(default_factory=SizingState)
     workers: dict[str, WorkerHealth] = field(default_factory=dict)  # by pod name
     pod_refused: str | None = None  # why the API server refused the last worker pod, until one is created
+    seen: PoolSeen | None = None  # the last round's sizes, queue and inventories, for /metrics
 
 
 @dataclass
