@@ -89,6 +89,7 @@ def count_transition(phase: str) -> None:
 
 def pool_seen(namespace: str, pool: str, tasks: list[Task]) -> None:
     """Starts a pool's job series at zero, so rates and ratios exist before its first job ends."""
+    RECONCILE_ERRORS.labels(namespace, pool)
     for outcome in OUTCOMES:
         FINISHED.labels(namespace, pool, outcome)
     for task in tasks:
