@@ -134,9 +134,11 @@ class OperatorProcess:
         self.s3_secret = s3_secret
         self.process: ManagedProcess | None = None
         self.starts = 0
+        self.metrics_port = 0  # of the current process; a new one at each start
 
     def start(self) -> None:
         self.starts += 1
+        self.metrics_port = free_port()
         self.process = ManagedProcess(
             "operator",
             [
@@ -155,7 +157,7 @@ class OperatorProcess:
                 "--bind-address",
                 "127.0.0.1",
                 "--metrics-port",
-                str(free_port()),
+                str(self.metrics_port),
                 "--health-port",
                 str(free_port()),
             ],
