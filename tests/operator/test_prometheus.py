@@ -138,11 +138,15 @@ def test_prometheus_scrapes_leader_and_standby_and_every_dashboard_and_scaler_qu
         what="both operator replicas scraped",
         describe=lambda up: str([(t["labels"], t["health"], t["lastError"]) for t in prometheus.targets()]),
     )
-    leaders = {
-        s["metric"]["pod"]: float(s["value"][1])
-        for s in prometheus.query(f'gpufleet_leader{{job="{SERVICE}"}}')
-    }
-    assert leaders == {"gf-gpufleet-leader": 1.0, "gf-gpufleet-standby": 0.0}
+    wait_for(
+        lambda: {
+            s["metric"]["pod"]: float(s["value"][1])
+            for s in prometheus.query(f'gpufleet_leader{{job="{SERVICE}"}}')
+        },
+        lambda leaders: leaders == {"gf-gpufleet-leader": 1.0, "gf-gpufleet-standby": 0.0},
+        60,
+        what="the session's operator leads and the second replica stands by",
+    )
     assert standby.alive()
     [build] = prometheus.query(f'gpufleet_build_info{{job="{SERVICE}", pod="gf-gpufleet-leader"}}')
     assert build["metric"]["version"]

@@ -71,6 +71,7 @@ class PrometheusServer:
         self.scrape_configs = scrape_configs
         self._own_dir = data_dir is None
         self.data_dir = data_dir or Path(tempfile.mkdtemp(prefix="gpufleet-prometheus-"))
+        self.data_dir.mkdir(parents=True, exist_ok=True)
         self.port = 0
         self.process: ManagedProcess | None = None
 
