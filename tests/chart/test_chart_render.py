@@ -3,6 +3,7 @@ values refused by the schema, RBAC kept to least privilege, and the operator's p
 
 from __future__ import annotations
 
+import json
 import subprocess
 from typing import Any
 
@@ -362,6 +363,8 @@ def test_service_monitor_and_alerts_are_optional(render):
     monitor = only(docs, "ServiceMonitor")
     assert monitor["metadata"]["labels"]["release"] == "prom"
     assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
+    # The metrics' namespace label is the pool's: without honorLabels it became exported_namespace.
+    assert monitor["spec"]["endpoints"][0]["honorLabels"] is True
     rules = {r["alert"]: r for r in only(docs, "PrometheusRule")["spec"]["groups"][0]["rules"]}
     assert set(rules) == {
         "GpufleetQueueNotDraining",
@@ -369,6 +372,8 @@ def test_service_monitor_and_alerts_are_optional(render):
         "GpufleetJobsFailing",
         "GpufleetOperatorErrors",
         "GpufleetOperatorDown",
+        "GpufleetQueueWaitHigh",
+        "GpufleetNoLeader",
     }
     assert "gpufleet_queue_depth[7m]" in rules["GpufleetQueueNotDraining"]["expr"]
     assert "gpufleet_jobs_finished_total[7m]" in rules["GpufleetQueueNotDraining"]["expr"]
@@ -380,3 +385,38 @@ def test_service_monitor_and_alerts_are_optional(render):
     assert rules["GpufleetJobsFailing"]["expr"].rstrip().endswith("> 0.5")
     # Prometheus' own template syntax reaches the rule untouched by Helm.
     assert "{{ $labels.pool }}" in rules["GpufleetQueueNotDraining"]["annotations"]["summary"]
+
+
+def test_service_monitor_passes_relabelings_through(render):
+    relabel = [
+        {"action": "replace", "sourceLabels": ["__meta_kubernetes_pod_node_name"], "targetLabel": "node"}
+    ]
+    drop = [{"action": "drop", "sourceLabels": ["__name__"], "regex": "gpufleet_job_transitions_total"}]
+    values = {
+        "serviceMonitor": {
+            "enabled": True,
+            "honorLabels": False,
+            "relabelings": relabel,
+            "metricRelabelings": drop,
+        }
+    }
+    (endpoint,) = only(render(values), "ServiceMonitor")["spec"]["endpoints"]
+    assert endpoint["honorLabels"] is False
+    assert endpoint["relabelings"] == relabel and endpoint["metricRelabelings"] == drop
+
+
+def test_grafana_dashboard_is_an_optional_configmap_for_the_sidecar(render):
+    assert [d for d in render() if d["kind"] == "ConfigMap"] == []
+    docs = render({"grafanaDashboard": {"enabled": True, "annotations": {"grafana_folder": "GPU"}}})
+    dashboard = only(docs, "ConfigMap", "gf-gpufleet-dashboard")
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert dashboard["metadata"]["namespace"] == "gpufleet-system"
+    assert dashboard["metadata"]["annotations"] == {"grafana_folder": "GPU"}
+    source = (CHART / "files" / "grafana-dashboard.json").read_text()
+    assert json.loads(dashboard["data"]["gpufleet.json"]) == json.loads(source)
+    moved = render(
+        {"grafanaDashboard": {"enabled": True, "namespace": "monitoring", "labels": {"dash": "yes"}}}
+    )
+    dashboard = only(moved, "ConfigMap", "gf-gpufleet-dashboard")
+    assert dashboard["metadata"]["namespace"] == "monitoring"
+    assert dashboard["metadata"]["labels"]["dash"] == "yes"

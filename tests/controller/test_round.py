@@ -7,6 +7,9 @@ import asyncio
 import math
 from collections.abc import Awaitable, Callable
 
+from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
 import gpufleet_worker.protocol as protocol
 from gpufleet.controller import handlers, metrics
 from gpufleet.core import breaker
@@ -179,23 +182,46 @@ async def test_a_worker_whose_runs_keep_failing_gets_no_jobs_and_the_pool_says_s
     assert bad.name in fleet.kube.deleted_pods
 
 
+def fleet_samples(op) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """What a scrape of the operator's fleet collector would show, by metric name."""
+    registry = CollectorRegistry()
+    registry.register(metrics.FleetCollector(op))
+    found: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(generate_latest(registry).decode()):
+        for sample in family.samples:
+            found.setdefault(sample.name, []).append((sample.labels, sample.value))
+    return found
+
+
 @in_loop
-async def test_a_deleted_pool_leaves_no_gauges(fleet):
-    fleet.pool()
-    await rounds(fleet, 1)
-    assert metrics.QUEUE_DEPTH.labels(NAMESPACE, "sd") is not None
+async def test_a_pools_series_show_its_round_and_go_when_it_is_deleted(fleet):
+    [worker] = fleet.pool()
+    fleet.job("a")
+    await rounds(fleet, 2)
+    assert fleet.status("a")["phase"] == "Succeeded"
+    series = fleet_samples(fleet.op)
+    pool = {"namespace": NAMESPACE, "pool": "sd"}
+    assert series["gpufleet_queue_depth"] == [(pool, 0.0)]
+    assert series["gpufleet_pool_desired_workers"] == [(pool, 1.0)]
+    assert series["gpufleet_pool_ready_workers"] == [(pool, 1.0)]
+    [(gpu, total)] = series["gpufleet_gpu_vram_total_bytes"]
+    assert gpu["pod"] == worker.name and gpu["gpu"] == "0" and gpu["UUID"].startswith("GPU-")
+    assert total == worker.inventory().gpus[0].memory_total_bytes
+    finished = {**pool, "outcome": "succeeded"}
+    assert REGISTRY.get_sample_value("gpufleet_jobs_finished_total", finished)
+    run = {**pool, "task": "text-to-image", "outcome": "succeeded"}
+    assert REGISTRY.get_sample_value("gpufleet_job_run_seconds_count", run)
+    wait = {**pool, "task": "text-to-image"}
+    assert REGISTRY.get_sample_value("gpufleet_job_queue_wait_seconds_count", wait)
 
     class Memo:
         operator = fleet.op
 
     handlers.pool_event(event={"type": "DELETED"}, namespace=NAMESPACE, name="sd", memo=Memo())
-    samples = {
-        (s.name, s.labels.get("pool"))
-        for family in (metrics.QUEUE_DEPTH, metrics.READY_WORKERS, metrics.DESIRED_WORKERS)
-        for m in family.collect()
-        for s in m.samples
-    }
-    assert not {s for s in samples if s[1] == "sd"}
+    assert not [labels for found in fleet_samples(fleet.op).values() for labels, _ in found if labels]
+    assert REGISTRY.get_sample_value("gpufleet_jobs_finished_total", finished) is None
+    assert REGISTRY.get_sample_value("gpufleet_job_run_seconds_count", run) is None
+    assert REGISTRY.get_sample_value("gpufleet_job_queue_wait_seconds_count", wait) is None
 
 
 @in_loop

@@ -29,7 +29,7 @@ from gpufleet.core import jobs as jobrules
 from gpufleet.core.placement import Placement
 
 from . import metrics
-from .jobstatus import body_of, set_outcome, set_phase, stamp, still_current
+from .jobstatus import body_of, now_utc, set_outcome, set_phase, stamp, still_current
 from .kube import JOBS
 from .state import Operator
 from .workers import WorkerClient, WorkerError
@@ -124,6 +124,7 @@ async def dispatch(op: Operator, job: GenerationJob, pod: dict, placement: Place
         await refused(op, job, attempt, pod_name, error)
         return False
     memory.refusals = 0
+    metrics.dispatched(job, now_utc())
     op.spawn(op.kube.event(body_of(job), Reason.DISPATCHED, message), f"event-{name}")
     start_follower(op, job, token, attempt)
     return True
@@ -144,7 +145,7 @@ async def refused(
             op, job, attempt, JobPhase.FAILED, final, message, completion_time=stamp(), worker=None
         ):
             op.spawn(op.kube.event(body_of(job), final, message, warning=True), f"event-{name}")
-            metrics.finished(namespace, job.spec.pool_ref.name, "failed", 0)
+            metrics.finished(job, "failed", now_utc())
         return
     memory = op.job(namespace, name)
     memory.refusals += 1
@@ -226,7 +227,7 @@ async def follow(op: Operator, job: GenerationJob, token: str, attempt: int) -> 
 
 
 async def exceed_deadline(op: Operator, job: GenerationJob, token: str, attempt: int) -> None:
-    meta, spec = job.metadata, job.spec
+    spec = job.spec
     if still_current(op, job, attempt) is None:
         return
     await cancel_run(op, job, token)
@@ -235,7 +236,7 @@ async def exceed_deadline(op: Operator, job: GenerationJob, token: str, attempt:
         op, job, attempt, JobPhase.FAILED, Reason.DEADLINE_EXCEEDED, message, completion_time=stamp()
     ):
         op.spawn(op.kube.event(body_of(job), Reason.DEADLINE_EXCEEDED, message, warning=True), "event")
-        metrics.finished(meta["namespace"], spec.pool_ref.name, "failed", float(spec.timeout_seconds))
+        metrics.finished(job, "failed", now_utc())
 
 
 def pod_alive(pod: dict | None) -> bool:
@@ -359,7 +360,6 @@ def model_load(run: protocol.JobStatus) -> dict[str, Any]:
 
 async def finish(op: Operator, job: GenerationJob, attempt: int, run: protocol.JobStatus) -> None:
     meta = job.metadata
-    namespace, pool = meta["namespace"], job.spec.pool_ref.name
     body = body_of(job)
     worker = job.status.worker
     if run.phase == protocol.Phase.SUCCEEDED:
@@ -386,7 +386,7 @@ async def finish(op: Operator, job: GenerationJob, attempt: int, run: protocol.J
             if worker:
                 record_run(op, job, worker.pod, succeeded=True)
             op.spawn(op.kube.event(body, Reason.COMPLETED, message), f"event-{meta['name']}")
-            metrics.finished(namespace, pool, "succeeded", seconds)
+            metrics.finished(job, "succeeded", now_utc())
         return
     if run.phase == protocol.Phase.CANCELLED:
         if await set_outcome(
@@ -399,7 +399,7 @@ async def finish(op: Operator, job: GenerationJob, attempt: int, run: protocol.J
             completion_time=stamp(),
         ):
             op.spawn(op.kube.event(body, Reason.CANCELLED, "stopped on its worker"), f"event-{meta['name']}")
-            metrics.finished(namespace, pool, "cancelled", 0)
+            metrics.finished(job, "cancelled", now_utc())
         return
     reason = FINAL_REASONS.get(run.reason) if run.reason else None
     if reason is None:
@@ -418,7 +418,7 @@ async def finish(op: Operator, job: GenerationJob, attempt: int, run: protocol.J
         op, job, attempt, JobPhase.FAILED, reason, run.message, completion_time=stamp(), **model_load(run)
     ):
         op.spawn(op.kube.event(body, reason, run.message, warning=True), f"event-{meta['name']}")
-        metrics.finished(namespace, pool, "failed", 0)
+        metrics.finished(job, "failed", now_utc())
 
 
 async def lost(op: Operator, job: GenerationJob, attempt: int, why: str, ran: bool = True) -> None:
@@ -452,7 +452,7 @@ async def retry_or_fail(
             completion_time=stamp(),
         ):
             op.spawn(op.kube.event(body, Reason.BACKOFF_LIMIT_EXCEEDED, message, warning=True), "event")
-            metrics.finished(meta["namespace"], spec.pool_ref.name, "failed", 0)
+            metrics.finished(job, "failed", now_utc())
         return
     op.job(meta["namespace"], meta["name"]).not_before = op.clock() + delay
     message = f"{why}; attempt {attempt + 1} of {spec.retry.max_attempts} in {delay:.0f}s"

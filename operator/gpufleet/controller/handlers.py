@@ -144,7 +144,7 @@ async def pool_daemon(namespace: Any, name: Any, stopped: kopf.DaemonStopped, me
         try:
             await reconcile.reconcile_pool(op, namespace, name)
         except Exception:
-            metrics.RECONCILE_ERRORS.labels(name).inc()
+            metrics.RECONCILE_ERRORS.labels(namespace, name).inc()
             log.exception("reconciling pool %s/%s", namespace, name)
         if stopped:
             break

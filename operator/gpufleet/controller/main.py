@@ -1,4 +1,4 @@
-"""``gpufleet operator``: leader election, metrics, then the kopf operator."""
+"""``gpufleet operator``: metrics, leader election, then the kopf operator."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from prometheus_client import start_http_server
 
 from gpufleet.core.workerpod import WorkerEnv
 
+from . import metrics
 from .kube import Kube, load_client
 from .leader import LEASE_SECONDS, RENEW_DEADLINE_SECONDS, RETRY_SECONDS, LeaderElector
 from .state import Operator, read_key
@@ -112,6 +113,10 @@ def run(args: argparse.Namespace) -> int:
         ),
         worker_port=args.worker_port,
     )
+    # Every replica answers scrapes, a standby with gpufleet_leader 0: a Ready endpoint of the
+    # metrics Service never fails its scrape.
+    metrics.serve_fleet(operator)
+    start_http_server(args.metrics_port, addr=args.bind_address)
     if elector is not None:
         # A standby replica is healthy while it waits for the Lease: answer /healthz until
         # it leads, then hand the port to kopf's own liveness endpoint.
@@ -120,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
             elector.acquire()
         finally:
             standby.close()
-    start_http_server(args.metrics_port, addr=args.bind_address)
+    metrics.LEADER.set(1)
     importlib.import_module(f"{__package__}.handlers")  # registers the kopf handlers
     kopf.run(
         memo=kopf.Memo(operator=operator),

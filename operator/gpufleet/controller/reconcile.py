@@ -25,6 +25,7 @@ from gpufleet.api.models import GenerationJob, WorkerPool
 from gpufleet.api.quantity import parse_quantity
 from gpufleet.core import breaker, dispatch, queue, sizing
 from gpufleet.core import jobs as jobrules
+from gpufleet.core.fleetmetrics import PoolSeen, workers_seen
 from gpufleet.core.placement import Demand, Gpu, Worker, observe
 from gpufleet.core.poolstatus import missing_s3_credentials, pool_status
 from gpufleet.core.workerpod import (
@@ -134,6 +135,7 @@ async def reconcile_pool(op: Operator, namespace: str, name: str) -> None:
     pods = cache.pool_pods(namespace, name)
     jobs = [(b, j) for b in cache.pool_jobs(namespace, name) if (j := cache.parsed(b)) is not None]
     gpu_classes = cache.gpu_classes()
+    metrics.pool_seen(namespace, name, pool.spec.tasks)
     token = await ensure_token_secret(op, pool, memory)
 
     # 2. Pods: replace the ones that ended and the ones their circuit breaker condemned.
@@ -241,7 +243,14 @@ async def reconcile_pool(op: Operator, namespace: str, name: str) -> None:
         len(remaining),
         decision.cluster_full,
     )
-    metrics.QUEUE_DEPTH.labels(namespace, name).set(len(remaining))
+    memory.seen = PoolSeen(
+        namespace,
+        name,
+        desired_workers=decision.desired_replicas,
+        ready_workers=len(ready),
+        queue_depth=len(remaining),
+        workers=workers_seen(ready, inventories),
+    )
 
 
 def queued_writes(
@@ -573,7 +582,6 @@ async def scale(
     A busy worker is never removed: it is marked draining (no new jobs) and deleted once idle.
     """
     namespace, name = pool.metadata["namespace"], pool.metadata["name"]
-    metrics.DESIRED_WORKERS.labels(namespace, name).set(decision.desired_replicas)
     if decision.desired_replicas != memory_desired(op, pool):
         await op.kube.event(body, decision.reason.value, decision.message())
     for pod_name in decision.resume:
@@ -657,4 +665,3 @@ async def write_pool_status(
     if status != memory.last_status:
         await op.kube.patch_status(POOLS, pool.metadata["namespace"], pool.metadata["name"], status)
         memory.last_status = status
-    metrics.READY_WORKERS.labels(pool.metadata["namespace"], pool.metadata["name"]).set(len(ready))

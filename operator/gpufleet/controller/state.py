@@ -18,6 +18,7 @@ import httpx
 
 from gpufleet.api.conditions import Reason
 from gpufleet.core.breaker import BreakerPolicy, WorkerHealth
+from gpufleet.core.fleetmetrics import PoolSeen
 from gpufleet.core.placement import DemandMix
 from gpufleet.core.sizing import SizingState
 from gpufleet.core.workerpod import WorkerEnv
@@ -39,6 +40,7 @@ class PoolMemory:
     pod_refused: str | None = None  # why the API server refused the last worker pod, until one is created
     # (reason, message) of models the workers can never serve; each announced once by an Event
     model_problems: list[tuple[Reason, str]] = field(default_factory=list)
+    seen: PoolSeen | None = None  # the last round's sizes, queue and inventories, for /metrics
 
 
 @dataclass

@@ -142,10 +142,12 @@ class OperatorProcess:
         self.process: ManagedProcess | None = None
         self.starts = 0
         self.health_port = 0
+        self.metrics_port = 0  # of the current process; a new one at each start
 
     def start(self) -> None:
         self.starts += 1
         self.health_port = free_port()  # /healthz: "standby" while waiting for the Lease
+        self.metrics_port = free_port()
         self.process = ManagedProcess(
             "operator",
             [
@@ -164,7 +166,7 @@ class OperatorProcess:
                 "--bind-address",
                 "127.0.0.1",
                 "--metrics-port",
-                str(free_port()),
+                str(self.metrics_port),
                 "--health-port",
                 str(self.health_port),
                 *self.extra_args,
