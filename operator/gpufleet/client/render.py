@@ -198,12 +198,19 @@ def _gib(n: float) -> str:
 
 
 def vram_bar(gpu: GpuStatus, models_bytes: int) -> str:
-    """``[##==....]`` jobs (#), loaded models (=), free (.) of one GPU, with the figures."""
+    """``[##==....]`` jobs (#), loaded models (=), free (.) of one GPU, with the figures.
+
+    ``models_bytes`` is the estimate for a status that does not split the GPU's reserved
+    memory into models and jobs (written before the operator did)."""
     total = _bytes(gpu.memory_total)
     if total <= 0:
         return "[" + "?" * VRAM_BAR_WIDTH + "]"
-    jobs = min(_bytes(gpu.memory_reserved), total)
-    models = min(models_bytes, total - jobs)
+    if gpu.memory_models is not None and gpu.memory_jobs is not None:
+        jobs = min(_bytes(gpu.memory_jobs), total)
+        models = min(_bytes(gpu.memory_models), total - jobs)
+    else:
+        jobs = min(_bytes(gpu.memory_reserved), total)
+        models = min(models_bytes, total - jobs)
     free = total - jobs - models
     cells_jobs = round(jobs / total * VRAM_BAR_WIDTH)
     cells_models = min(VRAM_BAR_WIDTH - cells_jobs, round(models / total * VRAM_BAR_WIDTH))
