@@ -64,7 +64,8 @@ def test_an_api_server_that_does_not_answer_shows_as_disconnected(unreachable: s
         what="the view to say disconnected",
     )
     for problem in shown["problems"]:
-        assert problem["message"].startswith("cannot reach the API server at https://127.0.0.1:"), problem
+        assert problem["message"].startswith(f"watching {problem['resource']}.gpufleet.io: "), problem
+        assert "cannot reach the API server at https://127.0.0.1:" in problem["message"], problem
 
 
 def test_it_serves_the_page_its_files_and_events_and_refuses_other_hosts(unreachable: str) -> None:

@@ -106,7 +106,11 @@ class FleetWatch:
                 self._set_problem(plural, str(api_error(exc, "watch", RESOURCES[plural], where)), False)
                 failures += 1
             except CONNECTION_ERRORS as exc:
-                self._set_problem(plural, f"cannot reach the API server at {self.server}: {exc}", True)
+                self._set_problem(
+                    plural,
+                    f"watching {RESOURCES[plural]}: cannot reach the API server at {self.server}: {exc}",
+                    True,
+                )
                 failures += 1
             if failures:
                 self._stop.wait(RETRY_SECONDS[min(failures, len(RETRY_SECONDS)) - 1])
