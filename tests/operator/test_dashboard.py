@@ -118,6 +118,7 @@ def test_a_person_sees_pools_vram_bars_the_queue_and_a_job_progressing(
             what="the pool card with its ready worker",
         )
         assert browser.evaluate("document.getElementById('connection').dataset.state") == "live"
+        browser.evaluate("window.openedOnce = true")  # gone if the page were reloaded
         fleet.job("sunrise", steps=160, size=256)
         fleet.job("later", steps=4)  # one job per GPU: this one waits in the queue
         fleet.job("orphan", pool="nowhere")  # cannot run: its pool does not exist
@@ -171,6 +172,7 @@ def test_a_person_sees_pools_vram_bars_the_queue_and_a_job_progressing(
         wait_for(lambda: job_row(browser, f"{ns}/later"), lambda r: r and r["phase"] == "Succeeded", 120)
         history = browser.evaluate("document.getElementById('history').innerText")
         assert "2 in 60 min" in history, history
+        assert browser.evaluate("window.openedOnce === true"), "the page was reloaded"
         browser.screenshot(tmp_path / "dashboard-done.png")
 
 

@@ -25,6 +25,7 @@ from gpufleet.client.errors import ClientError
 log = logging.getLogger("gpufleet.dashboard")
 
 REFRESH_SECONDS = 5.0  # with no change, the view is sent again this often (durations move on)
+PUSH_INTERVAL_SECONDS = 0.2  # the most views a second a page gets: many jobs' progress is one update
 STATIC = {
     "index.html": "text/html; charset=utf-8",
     "dashboard.js": "text/javascript; charset=utf-8",
@@ -134,6 +135,8 @@ class Handler(BaseHTTPRequestHandler):
                 version, shown = self.server.view()
                 self.wfile.write(b"data: " + json.dumps(shown).encode() + b"\n\n")
                 self.wfile.flush()
+                if self.server.closing.wait(PUSH_INTERVAL_SECONDS):
+                    return
                 fleet.wait_newer(version, REFRESH_SECONDS)
         except (BrokenPipeError, ConnectionResetError):
             return  # the page went away
