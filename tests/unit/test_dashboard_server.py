@@ -45,7 +45,7 @@ def unreachable(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A dashboard whose API server does not answer; yields its URL."""
     kubeconfig = tmp_path_factory.mktemp("dashboard") / "kubeconfig"
     kubeconfig.write_text(KUBECONFIG.format(port=closed_port()))
-    process = dashboard(kubeconfig)
+    process = dashboard(kubeconfig, "--allowed-host", "fleet.example:443")
     try:
         assert process.stdout is not None
         line = process.stdout.readline()
@@ -82,6 +82,8 @@ def test_it_serves_the_page_its_files_and_events_and_refuses_other_hosts(unreach
     # A page elsewhere that rebinds its DNS name to 127.0.0.1 gets nothing.
     rebound = httpx.get(unreachable + "api/view", headers={"Host": "evil.example:80"})
     assert rebound.status_code == 403 and "unexpected Host header" in rebound.text
+    # A name it was told it is reached by (an ingress, a port-forward) is answered.
+    assert httpx.get(unreachable + "api/view", headers={"Host": "fleet.example:443"}).status_code == 200
     missing = httpx.get(unreachable + "artifacts/studio/ghost/image-0.png")
     assert missing.status_code == 404 and 'generationjob "ghost" not found' in missing.text
     assert httpx.post(unreachable + "api/view").status_code == 501  # read-only

@@ -260,7 +260,9 @@ def top(args: argparse.Namespace) -> int:
 def dashboard(args: argparse.Namespace) -> int:
     from gpufleet.client.dashboard import serve
 
-    return serve(_client(args), args.all_namespaces, args.address, args.port, _s3_settings(args))
+    return serve(
+        _client(args), args.all_namespaces, args.address, args.port, _s3_settings(args), args.allowed_host
+    )
 
 
 def completion(args: argparse.Namespace) -> int:
@@ -381,6 +383,13 @@ def add_commands(commands: argparse._SubParsersAction, root: argparse.ArgumentPa
     p.add_argument("-A", "--all-namespaces", action="store_true")
     p.add_argument("--address", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     p.add_argument("--port", type=int, default=8765, help="port (default: %(default)s; 0 picks a free one)")
+    p.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="HOST[:PORT]",
+        help="also answer requests for this Host (the name a port-forward or an ingress uses); repeatable",
+    )
     _s3_flags(p)
     p = commands.add_parser("completion", help="print a shell completion script")
     p.add_argument("shell", choices=("bash", "zsh"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import signal
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 from gpufleet.client.dashboard.server import DashboardServer
@@ -15,8 +16,16 @@ from gpufleet.client.jobs import Client
 PRESIGNED_SECONDS = 3600
 
 
-def serve(client: Client, all_namespaces: bool, address: str, port: int, s3_settings: Any) -> int:
-    """Serves until SIGINT or SIGTERM; prints the URL first."""
+def serve(
+    client: Client,
+    all_namespaces: bool,
+    address: str,
+    port: int,
+    s3_settings: Any,
+    allowed_hosts: Sequence[str] = (),
+) -> int:
+    """Serves until SIGINT or SIGTERM; prints the URL first. ``allowed_hosts``: Host headers
+    answered besides the address it listens on (the names a proxy or an ingress uses)."""
     from gpufleet.client.artifacts import presigned_url  # boto3 only once the dashboard runs
 
     def presign(job: Any, artifact: str) -> str:
@@ -24,7 +33,7 @@ def serve(client: Client, all_namespaces: bool, address: str, port: int, s3_sett
 
     fleet = FleetWatch(client, all_namespaces)
     try:
-        server = DashboardServer((address, port), fleet, presign)
+        server = DashboardServer((address, port), fleet, presign, allowed_hosts)
     except OSError as exc:
         raise ClientError(
             f"cannot listen on {address}:{port}: {exc.strerror or exc}; choose another --port"

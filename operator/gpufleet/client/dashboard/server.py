@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -47,10 +47,13 @@ def static_file(name: str) -> bytes:
 class DashboardServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], fleet: FleetWatch, presign: Presigner) -> None:
+    def __init__(
+        self, address: tuple[str, int], fleet: FleetWatch, presign: Presigner, extra_hosts: Sequence[str] = ()
+    ) -> None:
         super().__init__(address, Handler)
         self.fleet = fleet
         self.presign = presign
+        self.extra_hosts = set(extra_hosts)  # names it is reached by through a proxy or an ingress
         self.closing = threading.Event()
 
     @property
@@ -64,7 +67,7 @@ class DashboardServer(ThreadingHTTPServer):
         names = {host, f"[{host}]"}
         if host in ("127.0.0.1", "::1", "0.0.0.0", "::"):
             names |= {"localhost", "127.0.0.1", "[::1]"}
-        return {f"{name}:{port}" for name in names}
+        return {f"{name}:{port}" for name in names} | self.extra_hosts
 
     def view(self) -> tuple[int, dict[str, Any]]:
         version, fleet = self.fleet.snapshot()
