@@ -146,24 +146,6 @@ def test_runs_share_a_gpu_while_vram_allows_and_cancel_frees_it(tmp_path: Path) 
     assert reserved(engine) == GIB
 
 
-def test_each_gpu_reports_its_vram_split_into_models_and_jobs(tmp_path: Path) -> None:
-    gate = threading.Event()
-    engine = make_engine(tmp_path, FakePipeline(gate=gate))
-    (idle,) = engine.snapshot().gpus
-    assert (idle.models_bytes, idle.jobs_bytes) == (GIB, 0)
-    assert [(m.name, m.vram_bytes, m.running_jobs) for m in idle.models] == [("fake", GIB, 0)]
-    run, _ = engine.submit(request(tmp_path, "a", vram=3 * GIB, steps=200))
-    (busy,) = engine.snapshot().gpus
-    assert (busy.models_bytes, busy.jobs_bytes, busy.reserved_bytes) == (GIB, 3 * GIB, 4 * GIB)
-    assert [(m.name, m.running_jobs) for m in busy.models] == [("fake", 1)]
-    engine.cancel(run.run_id)
-    gate.set()
-    finished(engine, run.run_id)
-    (after,) = engine.snapshot().gpus
-    assert (after.jobs_bytes, after.models[0].running_jobs) == (0, 0)
-    engine.shutdown()
-
-
 def test_artifacts_are_written_with_their_sha256(tmp_path: Path) -> None:
     engine = make_engine(tmp_path, FakePipeline())
     result = finished(engine, engine.submit(request(tmp_path))[0].run_id)

@@ -43,7 +43,6 @@ from .protocol import (
     Phase,
     Progress,
     Reason,
-    ResidentModel,
     RunResult,
     SubmitRequest,
 )
@@ -428,29 +427,7 @@ class Engine:
                 pairs.append((reading, copy))
             return pairs
 
-    def _resident(self, gpu_uuid: str) -> list[ResidentModel]:
-        """The models held on one GPU: every loaded model is on every GPU. Call under the lock."""
-        return [
-            ResidentModel(
-                name=name,
-                vram_bytes=m.spec.vram,
-                state=ModelState.LOADED,
-                running_jobs=sum(
-                    1
-                    for r in self._runs.values()
-                    if r.status.gpu == gpu_uuid
-                    and r.request.model == name
-                    and r.status.phase not in TERMINAL_PHASES
-                ),
-            )
-            for name, m in self._models.items()
-            if m.state is ModelState.LOADED
-        ]
-
     def snapshot(self) -> Inventory:
-        readings = self.gpu_readings()
-        with self._lock:
-            resident = {reading.uuid: self._resident(reading.uuid) for reading, _ in readings}
         gpus = [
             GpuInfo(
                 index=reading.index,
@@ -464,11 +441,8 @@ class Engine:
                 reserved_bytes=budget.reserved_bytes,
                 admittable_bytes=budget.admittable_bytes,
                 running_jobs=len(budget.reservations),
-                models_bytes=budget.resident_bytes,
-                jobs_bytes=budget.reserved_bytes - budget.resident_bytes,
-                models=resident[reading.uuid],
             )
-            for reading, budget in readings
+            for reading, budget in self.gpu_readings()
         ]
         with self._lock:
             models = [
