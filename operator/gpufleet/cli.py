@@ -60,6 +60,12 @@ def up(args: argparse.Namespace) -> int:
         print(f"  export KUBECONFIG={cluster.kubeconfig}")
         print(f"  alias kubectl={binaries.ensure('kubectl')}")
         print("  kubectl get wp,gj -A -o wide")
+        print("and the CLI at its artifacts (gpufleet cp, url, and the dashboard's previews) with:")
+        print(
+            f"  export AWS_ENDPOINT_URL={s3.endpoint} AWS_ACCESS_KEY_ID={s3.access_key} "
+            f"AWS_SECRET_ACCESS_KEY={s3.secret_key}"
+        )
+        print("  gpufleet dashboard -A    # the live web page, at http://127.0.0.1:8765/")
         if args.exit_after_start:
             return 0
         print("Ctrl-C stops the fleet and every process it started.", flush=True)

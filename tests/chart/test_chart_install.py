@@ -329,3 +329,60 @@ def test_a_standby_replica_waits_healthy_while_one_operator_leads(cluster, core,
 
     for pod in pods:
         wait_for(lambda pod=pod: healthy(pod), bool, 60, what=f"/healthz of {pod.metadata.name}")
+
+
+def test_the_dashboard_under_the_chart_shows_pools_as_its_read_only_service_account(
+    cluster, core, install, extra_namespaces
+):
+    watched, _ = extra_namespaces
+    release = install({"replicas": 0, "dashboard": {"enabled": True}})
+    name = f"{release.name}-gpufleet-dashboard"
+
+    def dashboard_pod() -> client.V1Pod | None:
+        pods = core.list_namespaced_pod(
+            release.namespace,
+            label_selector=f"app.kubernetes.io/instance={release.name},app.kubernetes.io/component=dashboard",
+        ).items
+        return pods[0] if pods else None
+
+    pod = wait_for(dashboard_pod, pod_ready, 120, what="the dashboard pod to be run and pass its probes")
+    kubeconfig = Path(environ_of_hostname(pod.metadata.name)["KUBECONFIG"])
+    assert token_user(cluster.api_client(), kubeconfig) == f"system:serviceaccount:{release.namespace}:{name}"
+    cluster.kubectl("apply", "-n", watched, "-f", str(EXAMPLES / "workerpool.yaml"))
+    url = f"http://{pod.status.pod_ip}:8765/api/view"
+    # As `kubectl port-forward svc/NAME 8765` makes a browser ask.
+    shown = wait_for(
+        lambda: httpx.get(url, headers={"Host": "localhost:8765"}, timeout=5).json(),
+        lambda view: any(p["namespace"] == watched and p["name"] == "sd15" for p in view["pools"]),
+        60,
+        what="the pool on the dashboard",
+    )
+    assert shown["problems"] == [] and shown["connected"], shown["problems"]
+    assert httpx.get(url, headers={"Host": "elsewhere.example:8765"}, timeout=5).status_code == 403
+    # Read-only: the dashboard's identity may read pools and jobs and change nothing.
+    identity = f"system:serviceaccount:{release.namespace}:{name}"
+    for verb, allowed in (("list", "yes"), ("watch", "yes"), ("create", "no"), ("delete", "no")):
+        for resource in ("workerpools.gpufleet.io", "generationjobs.gpufleet.io"):
+            answer = cluster.kubectl(
+                "auth", "can-i", verb, resource, f"--as={identity}", "--all-namespaces", check=False
+            ).stdout.strip()
+            assert answer == allowed, (verb, resource, answer)
+    assert (
+        cluster.kubectl(
+            "auth", "can-i", "list", "secrets", f"--as={identity}", "-A", check=False
+        ).stdout.strip()
+        == "no"
+    )
+
+
+def environ_of_hostname(pod_name: str) -> dict[str, str]:
+    """The environment of the local process that runs a pod's container (HOSTNAME is the pod's name)."""
+    for proc in Path("/proc").iterdir():
+        try:
+            text = (proc / "environ").read_text() if proc.name.isdigit() else ""
+        except OSError:
+            continue
+        environ = dict(entry.split("=", 1) for entry in text.split("\0") if "=" in entry)
+        if environ.get("HOSTNAME") == pod_name and "KUBECONFIG" in environ:
+            return environ
+    raise AssertionError(f"no local process runs pod {pod_name}")

@@ -32,3 +32,5 @@ def test_gpufleet_up_runs_the_sample_job_and_prints_its_artifact(tmp_path):
     assert "job lighthouse: Succeeded" in output
     assert "artifact s3://gpufleet-artifacts/studio/lighthouse/image-0.png" in output
     assert f"export KUBECONFIG={tmp_path / 'up' / 'admin.kubeconfig'}" in output
+    assert "export AWS_ENDPOINT_URL=http://127.0.0.1:" in output and "AWS_ACCESS_KEY_ID=gpufleet-" in output
+    assert "gpufleet dashboard -A" in output

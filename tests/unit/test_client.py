@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 
 from gpufleet import cli
-from gpufleet.api.models import GenerationJob, WorkerPool
+from gpufleet.api.models import GenerationJob, GpuStatus, WorkerPool
 from gpufleet.client import commands, render
 from gpufleet.client.errors import ForbiddenError, InvalidError, ManifestError, NotFoundError, api_error
 from gpufleet.client.jobs import Event, finished, stalled
@@ -269,6 +269,20 @@ def test_top_draws_vram_of_jobs_models_and_free() -> None:
     assert "pool sd  workers 1/2 ready  queue 1  running 0  not ready: WorkersStarting" in screen
     assert "queue: 0:next" in screen
     assert "[" + "#" * 8 + "=" * 8 + "." * 14 + "] jobs 2.0Gi models 2.0Gi free 4.0Gi of 8.0Gi" in screen
+    # The operator's split of the reserved memory, where the status has it.
+    pool.status.workers[0].gpus[0] = GpuStatus.model_validate(
+        {
+            "id": "GPU-1",
+            "product": "A100",
+            "memoryTotal": "8Gi",
+            "memoryReserved": "3Gi",
+            "memoryModels": "2Gi",
+            "memoryJobs": "1Gi",
+            "models": ["tiny-sd"],
+        }
+    )
+    screen = render.top([pool], [queued], NOW)
+    assert "[" + "#" * 4 + "=" * 8 + "." * 18 + "] jobs 1.0Gi models 2.0Gi free 5.0Gi of 8.0Gi" in screen
 
 
 def test_bash_completion_knows_commands_and_flags(tmp_path: Path) -> None:

@@ -57,6 +57,17 @@ def inventory(
                 reserved_bytes=reserved_gib * GiB,
                 admittable_bytes=total - reserved_gib * GiB,
                 running_jobs=jobs,
+                models_bytes=2 * GiB * len(models),
+                jobs_bytes=reserved_gib * GiB - 2 * GiB * len(models),
+                models=[
+                    protocol.ResidentModel(
+                        name=model,
+                        vram_bytes=2 * GiB,
+                        state=protocol.ModelState.LOADED if index == 0 else protocol.ModelState.LOADING,
+                        running_jobs=0,
+                    )
+                    for index, model in enumerate(models)
+                ],
             )
         ],
         models=[
@@ -162,6 +173,9 @@ def test_the_worker_view_comes_from_the_inventory() -> None:
                 "memoryTotal": str(24 * GiB),
                 "memoryReserved": str(10 * GiB),
                 "memoryFree": str(14 * GiB),
+                "memoryModels": str(4 * GiB),  # resident and loading models hold their VRAM
+                "memoryJobs": str(6 * GiB),
+                "models": ["sdxl", "tiny-sd"],
             }
         ],
         "loadedModels": ["tiny-sd"],  # sdxl is still loading

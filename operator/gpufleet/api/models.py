@@ -597,6 +597,15 @@ class GpuStatus(CamelModel):
         default=None, description="Reserved for the jobs placed on it."
     )
     memory_free: QuantityValue | None = Field(default=None, description="Free as the GPU last reported it.")
+    memory_models: QuantityValue | None = Field(
+        default=None, description="Of memoryReserved, what the models resident or loading on it hold."
+    )
+    memory_jobs: QuantityValue | None = Field(
+        default=None, description="Of memoryReserved, what its running jobs reserved."
+    )
+    models: Annotated[list[Annotated[str, Field(max_length=MAX_MODEL_NAME_CHARS)]], UniqueItems()] = Field(
+        default_factory=list, max_length=MAX_MODELS, description="Models resident or loading on it."
+    )
 
 
 class WorkerStatus(CamelModel):

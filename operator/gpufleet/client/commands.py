@@ -1,5 +1,5 @@
 """The user's sub-commands of ``gpufleet`` (and of ``kubectl gpufleet``): submit, get, list,
-describe, wait, cancel, delete, cp, url, top and completion.
+describe, wait, cancel, delete, cp, url, top, dashboard and completion.
 
 Exit codes: 0 done (a job Succeeded); 1 a job Failed, was Cancelled or is Stalled; 2 the
 command could not run (bad input, unknown job, no permission, no S3 credentials).
@@ -29,7 +29,20 @@ EXIT_JOB_UNSUCCESSFUL = 1
 EXIT_ERROR = 2
 OUTPUTS = ("json", "yaml", "name")
 NAME_PREFIXES = ("gj/", "genjob/", "generationjob/", "generationjobs/", f"generationjob.{GROUP}/")
-COMMANDS = ("submit", "get", "list", "describe", "wait", "cancel", "delete", "cp", "url", "top", "completion")
+COMMANDS = (
+    "submit",
+    "get",
+    "list",
+    "describe",
+    "wait",
+    "cancel",
+    "delete",
+    "cp",
+    "url",
+    "top",
+    "dashboard",
+    "completion",
+)
 
 
 def job_name(argument: str) -> str:
@@ -244,6 +257,14 @@ def top(args: argparse.Namespace) -> int:
         time.sleep(args.interval)  # a display refresh, not a synchronisation
 
 
+def dashboard(args: argparse.Namespace) -> int:
+    from gpufleet.client.dashboard import serve
+
+    return serve(
+        _client(args), args.all_namespaces, args.address, args.port, _s3_settings(args), args.allowed_host
+    )
+
+
 def completion(args: argparse.Namespace) -> int:
     print(completion_script(args.shell, args.parser))
     return EXIT_OK
@@ -358,6 +379,18 @@ def add_commands(commands: argparse._SubParsersAction, root: argparse.ArgumentPa
     p.add_argument("-A", "--all-namespaces", action="store_true")
     p.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes")
     p.add_argument("--once", action="store_true", help="print once and exit")
+    p = command("dashboard", dashboard, "serve a live web page of pools, GPUs, models, the queue and jobs")
+    p.add_argument("-A", "--all-namespaces", action="store_true")
+    p.add_argument("--address", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    p.add_argument("--port", type=int, default=8765, help="port (default: %(default)s; 0 picks a free one)")
+    p.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="HOST[:PORT]",
+        help="also answer requests for this Host (the name a port-forward or an ingress uses); repeatable",
+    )
+    _s3_flags(p)
     p = commands.add_parser("completion", help="print a shell completion script")
     p.add_argument("shell", choices=("bash", "zsh"))
     p.set_defaults(func=completion, parser=root)

@@ -26,7 +26,7 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
-def _parse_time(value: object) -> datetime | None:
+def parse_time(value: object) -> datetime | None:
     if isinstance(value, datetime):
         return value if value.tzinfo else value.replace(tzinfo=UTC)
     if isinstance(value, str) and value:
@@ -36,7 +36,7 @@ def _parse_time(value: object) -> datetime | None:
 
 def age(since: object, now: datetime) -> str:
     """kubectl's short ages: 42s, 5m, 3h, 2d."""
-    start = _parse_time(since)
+    start = parse_time(since)
     if start is None:
         return "<unknown>"
     seconds = max(0, int((now - start).total_seconds()))
@@ -115,7 +115,7 @@ def outcome_line(job: GenerationJob) -> str:
     name = f"gj/{name_of(job)}"
     if status.phase is JobPhase.SUCCEEDED:
         took = ""
-        start, end = _parse_time(status.start_time), _parse_time(status.completion_time)
+        start, end = parse_time(status.start_time), parse_time(status.completion_time)
         if start and end:
             took = f" in {max(0, int((end - start).total_seconds()))}s"
         urls = " ".join(a.url for a in status.artifacts)
@@ -198,12 +198,19 @@ def _gib(n: float) -> str:
 
 
 def vram_bar(gpu: GpuStatus, models_bytes: int) -> str:
-    """``[##==....]`` jobs (#), loaded models (=), free (.) of one GPU, with the figures."""
+    """``[##==....]`` jobs (#), loaded models (=), free (.) of one GPU, with the figures.
+
+    ``models_bytes`` is the estimate for a status that does not split the GPU's reserved
+    memory into models and jobs (written before the operator did)."""
     total = _bytes(gpu.memory_total)
     if total <= 0:
         return "[" + "?" * VRAM_BAR_WIDTH + "]"
-    jobs = min(_bytes(gpu.memory_reserved), total)
-    models = min(models_bytes, total - jobs)
+    if gpu.memory_models is not None and gpu.memory_jobs is not None:
+        jobs = min(_bytes(gpu.memory_jobs), total)
+        models = min(_bytes(gpu.memory_models), total - jobs)
+    else:
+        jobs = min(_bytes(gpu.memory_reserved), total)
+        models = min(models_bytes, total - jobs)
     free = total - jobs - models
     cells_jobs = round(jobs / total * VRAM_BAR_WIDTH)
     cells_models = min(VRAM_BAR_WIDTH - cells_jobs, round(models / total * VRAM_BAR_WIDTH))

@@ -14,7 +14,7 @@ from gpufleet.api.conditions import (
     kstatus_conditions,
     merge_conditions,
 )
-from gpufleet.api.models import WorkerPool
+from gpufleet.api.models import MAX_MODELS, WorkerPool
 from gpufleet.api.servedmodels import S3_SCHEME
 
 
@@ -78,6 +78,9 @@ def pool_status(
                         "memoryTotal": str(g.memory_total_bytes),
                         "memoryReserved": str(g.reserved_bytes),
                         "memoryFree": str(g.admittable_bytes),
+                        "memoryModels": str(g.models_bytes),
+                        "memoryJobs": str(g.jobs_bytes),
+                        "models": sorted({m.name for m in g.models})[:MAX_MODELS],
                     }
                     for g in (inventory.gpus if inventory else [])
                 ],
