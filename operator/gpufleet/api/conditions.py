@@ -74,6 +74,7 @@ class Reason(StrEnum):
     WORKER_ERROR = "WorkerError"
     INVALID_INPUT = "InvalidInput"
     UPLOAD_FAILED = "UploadFailed"
+    TRAINING_DIVERGED = "TrainingDiverged"
     # pools
     RECONCILED = "Reconciled"
     WORKERS_READY = "WorkersReady"
@@ -105,6 +106,9 @@ REASON_MEANINGS: dict[Reason, str] = {
     Reason.WORKER_ERROR: "The worker reported that the run failed.",
     Reason.INVALID_INPUT: "The worker refused the job's input (for example an image it could not fetch).",
     Reason.UPLOAD_FAILED: "The artifacts could not be written to spec.output.uri.",
+    Reason.TRAINING_DIVERGED: (
+        "A train job's loss became NaN or infinite; its checkpoints are kept (try a lower learningRate)."
+    ),
     Reason.RECONCILED: "The pool matches its spec.",
     Reason.WORKERS_READY: "Every desired worker is ready.",
     Reason.WORKERS_STARTING: "Workers are starting and not all are ready yet.",

@@ -811,6 +811,43 @@ class JobResult(CamelModel):
     truncated: bool = Field(default=False, description="True when text was cut.")
 
 
+MAX_CHECKPOINTS_IN_STATUS = 20
+
+
+class CheckpointRef(CamelModel):
+    """A complete training checkpoint under the job's output prefix."""
+
+    step: int = Field(ge=0, description="Optimizer steps done when it was written.")
+    url: str = Field(
+        max_length=MAX_URI_CHARS,
+        pattern=OUTPUT_URI_PATTERN,
+        description="Its folder, .../checkpoints/step-<n>/.",
+    )
+    sha256: str = Field(pattern=SHA256_PATTERN, max_length=64, description="SHA-256 of its checkpoint.json.")
+
+
+class TrainingStatus(CamelModel):
+    """Where a train job stands; steps are optimizer steps (status.progress counts them too)."""
+
+    epoch: int = Field(default=0, ge=0, description="Passes over the dataset begun, from 1.")
+    loss: float | None = Field(default=None, description="The last step's loss.")
+    smoothed_loss: float | None = Field(default=None, description="Exponential moving average of the loss.")
+    learning_rate: float | None = Field(default=None, ge=0)
+    steps_per_second: float | None = Field(default=None, ge=0, description="Over the current attempt.")
+    eta_seconds: int | None = Field(default=None, ge=0, description="Seconds left at that rate.")
+    resumed_from_step: int | None = Field(
+        default=None, ge=0, description="The checkpoint the current attempt resumed from."
+    )
+    checkpoints: Annotated[list[CheckpointRef], UniqueItems("step")] = Field(
+        default_factory=list,
+        max_length=MAX_CHECKPOINTS_IN_STATUS,
+        description=f"The latest {MAX_CHECKPOINTS_IN_STATUS} checkpoints, oldest first.",
+    )
+    weights: Artifact | None = Field(
+        default=None, description="The trained LoRA (pytorch_lora_weights.safetensors), once it succeeded."
+    )
+
+
 class GenerationJobStatus(CamelModel):
     """What happened to the job."""
 
@@ -825,6 +862,7 @@ class GenerationJobStatus(CamelModel):
         default_factory=list, max_length=MAX_ARTIFACTS
     )
     result: JobResult | None = None
+    training: TrainingStatus | None = Field(default=None, description="train: loss, ETA and checkpoints.")
     reason: str | None = Field(default=None, max_length=1024, pattern=REASON_PATTERN)
     message: str | None = Field(default=None, max_length=32768)
     conditions: Annotated[list[Condition], UniqueItems("type")] = Field(

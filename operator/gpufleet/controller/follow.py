@@ -27,6 +27,7 @@ from gpufleet.api.models import GenerationJob
 from gpufleet.core import breaker
 from gpufleet.core import jobs as jobrules
 from gpufleet.core.placement import Placement
+from gpufleet.core.training import bounded_artifacts, training_status
 
 from . import metrics
 from .jobstatus import body_of, set_outcome, set_phase, stamp, still_current
@@ -44,6 +45,8 @@ FINAL_REASONS = {
     protocol.Reason.INPUT_FETCH_FAILED: Reason.INVALID_INPUT,
     # the same input and seed would make the same unusable artifact again
     protocol.Reason.INVALID_OUTPUT: Reason.WORKER_ERROR,
+    # the same data, seed and learning rate would diverge again
+    protocol.Reason.TRAINING_DIVERGED: Reason.TRAINING_DIVERGED,
 }
 
 
@@ -328,6 +331,14 @@ async def write_progress(
     if current is None:
         return job
     worker = current.status.worker
+    training: dict[str, Any] = {}
+    if progress.training is not None:
+        meta = job.metadata
+        metrics.observe_training(meta["namespace"], meta["name"], progress.step, progress.training)
+        training = {
+            "training": training_status(progress.training),
+            "artifacts": bounded_artifacts(progress.training.samples),
+        }
     return await set_phase(
         op,
         current,
@@ -335,6 +346,7 @@ async def write_progress(
         Reason.RUNNING,
         f"step {progress.step}/{progress.total_steps} on {worker.pod if worker else '?'}",
         progress={"percent": progress.percent, "step": progress.step, "totalSteps": progress.total_steps},
+        **training,
     )
 
 
@@ -343,6 +355,10 @@ async def finish(op: Operator, job: GenerationJob, attempt: int, run: protocol.J
     namespace, pool = meta["namespace"], job.spec.pool_ref.name
     body = body_of(job)
     worker = job.status.worker
+    trained: dict[str, Any] = {}
+    if run.progress.training is not None:  # what a train run reached, however it ended
+        metrics.forget_training(namespace, meta["name"])
+        trained = {"training": training_status(run.progress.training, run.artifacts)}
     if run.phase == protocol.Phase.SUCCEEDED:
         started = job.status.start_time or run.created_at
         seconds = ((run.finished_at or dt.datetime.now(dt.UTC)) - started).total_seconds()
@@ -356,7 +372,8 @@ async def finish(op: Operator, job: GenerationJob, attempt: int, run: protocol.J
             message,
             completion_time=stamp(),
             progress={"percent": 100, "step": run.progress.step, "totalSteps": run.progress.total_steps},
-            artifacts=[a.model_dump(mode="json", by_alias=True) for a in run.artifacts],
+            artifacts=bounded_artifacts(run.artifacts),
+            **trained,
             **(
                 {"result": run.result.model_dump(mode="json", by_alias=True, exclude_none=True)}
                 if run.result
@@ -377,6 +394,7 @@ async def finish(op: Operator, job: GenerationJob, attempt: int, run: protocol.J
             Reason.CANCELLED,
             "stopped on its worker",
             completion_time=stamp(),
+            **trained,
         ):
             op.spawn(op.kube.event(body, Reason.CANCELLED, "stopped on its worker"), f"event-{meta['name']}")
             metrics.finished(namespace, pool, "cancelled", 0)
@@ -394,7 +412,9 @@ async def finish(op: Operator, job: GenerationJob, attempt: int, run: protocol.J
             record_run(op, job, worker.pod, succeeded=False, cause=run.message)
         await retry_or_fail(op, job, attempt, reason, f"attempt {attempt} failed: {run.message}", ran=True)
         return
-    if await set_outcome(op, job, attempt, JobPhase.FAILED, reason, run.message, completion_time=stamp()):
+    if await set_outcome(
+        op, job, attempt, JobPhase.FAILED, reason, run.message, completion_time=stamp(), **trained
+    ):
         op.spawn(op.kube.event(body, reason, run.message, warning=True), f"event-{meta['name']}")
         metrics.finished(namespace, pool, "failed", 0)
 
