@@ -275,3 +275,50 @@ def test_an_unknown_target_module_is_refused_naming_the_field(worker: Any) -> No
     status = p.JobStatus.model_validate(wait_until_done(worker.client, run, timeout=600))
     assert (status.phase, status.reason) == (p.Phase.FAILED, p.Reason.INPUT_REFUSED)
     assert "training.targetModules: no_such_layer" in status.message
+
+
+def test_the_trained_lora_is_served_on_its_base_and_changes_what_it_draws(
+    straight: tuple[list[p.Progress], p.JobStatus],
+    s3: Any,
+    s3_server: S3Server,
+    start_worker: Any,
+    models: dict[str, Path],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    _, trained = straight
+    weights = tmp_path_factory.mktemp("loras") / "colours.safetensors"
+    weights.write_bytes(stored(s3, trained.artifacts[-1].url))
+    base = f"file://{models['tiny-sd']}"
+    server = start_worker(
+        {
+            "name": "server",
+            "models": [
+                {"name": "tiny-sd", "source": base, "vram": "512Mi"},
+                {"name": "tiny-colours", "source": f"file://{weights}", "vram": "512Mi", "base": base},
+            ],
+            "simulatedGpu": {"product": "Simulated-A100", "memory": "8Gi"},
+        },
+        env=s3_server.env(),
+    )
+    served = {m["name"]: m for m in server.client.get(p.INVENTORY).json()["models"]}
+    assert served["tiny-colours"]["state"] == "Loaded"
+    assert set(served["tiny-colours"]["tasks"]) == {"text-to-image", "image-to-image", "inpaint"}
+
+    images = {}
+    for model in ("tiny-sd", "tiny-colours"):
+        body = {
+            "jobId": f"studio/draw-{model}",
+            "attempt": 1,
+            "task": "text-to-image",
+            "model": model,
+            "input": {"prompt": "a red square", "width": 64, "height": 64, "steps": 3, "seed": 11},
+            "vramBytes": 2**28,
+            "outputUri": f"s3://{BUCKET}/out/draw-{model}/",
+        }
+        status = p.JobStatus.model_validate(wait_until_done(server.client, submit(server, body), timeout=300))
+        assert status.phase == p.Phase.SUCCEEDED, status.message
+        images[model] = stored(s3, status.artifacts[0].url)
+    assert images["tiny-sd"] != images["tiny-colours"]  # the adapters are applied, not ignored
+
+    refused = server.client.post(p.JOBS, json=train_body("retrain", model="tiny-colours"))
+    assert refused.status_code == 422 and refused.json()["reason"] == "UnsupportedTask"

@@ -30,10 +30,16 @@ RUNTIME_TASKS: dict[Runtime, frozenset[Task]] = {
 }
 
 
+# A LoRA attached to its base pipeline draws; it is not trained further.
+LORA_TASKS = frozenset({Task.TEXT_TO_IMAGE, Task.IMAGE_TO_IMAGE, Task.INPAINT})
+
+
 def model_tasks(runtime: Runtime, model: ServedModel) -> frozenset[Task]:
     """The tasks ``model`` can do on ``runtime``: its declared tasks, within what its source
     and runtime can do."""
-    if model.source.startswith(BUILTIN_SCHEME):
+    if model.base is not None:
+        possible = LORA_TASKS
+    elif model.source.startswith(BUILTIN_SCHEME):
         possible = BUILTIN_MODEL_TASKS.get(model.source[len(BUILTIN_SCHEME) :], frozenset())
     else:
         possible = RUNTIME_TASKS[runtime]

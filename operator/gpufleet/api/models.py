@@ -131,6 +131,16 @@ class ServedModel(CamelModel):
             "source and the pool's runtime can do (see docs/api.md)."
         ),
     )
+    base: str | None = Field(
+        default=None,
+        max_length=MAX_MODEL_NAME_CHARS,
+        pattern=MODEL_NAME_PATTERN,
+        description=(
+            "A LoRA: the name of another of the pool's models (a diffusers pipeline) its weights "
+            "attach to; source is then the LoRA weights (a .safetensors file, or a folder holding "
+            "pytorch_lora_weights.safetensors). Runtime diffusers only; see docs/training.md."
+        ),
+    )
 
 
 class GpuRequirements(CamelModel):
@@ -459,6 +469,10 @@ class PodOverrides(CamelModel):
 
 
 MODEL_FITS_GPU_RULE = "every models[].vram must fit in gpu.minMemory"
+LORA_BASE_RULE = (
+    "models[].base must name another of the pool's models that has no base itself, "
+    "and only runtime diffusers serves LoRAs"
+)
 
 
 class WorkerPoolSpec(CamelModel):
@@ -482,6 +496,12 @@ class WorkerPoolSpec(CamelModel):
             rule(
                 f"self.runtime != 'diffusers' || self.models.all(m, m.source.startsWith('{FILE_SCHEME}'))",
                 DIFFUSERS_SOURCE_RULE,
+                field_path=".models",
+            ),
+            rule(
+                "self.models.all(m, !has(m.base) || (self.runtime == 'diffusers' && "
+                "self.models.exists(b, b.name == m.base && b.name != m.name && !has(b.base))))",
+                LORA_BASE_RULE,
                 field_path=".models",
             ),
         )
@@ -523,6 +543,11 @@ class WorkerPoolSpec(CamelModel):
         ]
         if mismatched:
             raise ValueError(f"{SOURCE_SCHEME_RULE}; runtime {self.runtime.value}: {', '.join(mismatched)}")
+        plain = {m.name for m in self.models if m.base is None}
+        if orphans := [m.name for m in self.models if m.base is not None and m.base not in plain]:
+            raise ValueError(f"{LORA_BASE_RULE}; models: {', '.join(orphans)}")
+        if self.runtime is not Runtime.DIFFUSERS and any(m.base for m in self.models):
+            raise ValueError(f"{LORA_BASE_RULE}; runtime is {self.runtime.value}")
         unloadable = [m.name for m in self.models if not m.source.startswith(FILE_SCHEME)]
         if self.runtime is Runtime.DIFFUSERS and unloadable:
             raise ValueError(f"{DIFFUSERS_SOURCE_RULE}; not file:///: {', '.join(unloadable)}")

@@ -124,10 +124,13 @@ def worker_args(pool: WorkerPool) -> list[str]:
         "--max-jobs-per-gpu",
         str(pool.spec.gpu.max_jobs_per_gpu),
     ]
+    sources = {model.name: model.source for model in pool.spec.models}
     for model in pool.spec.models:
         flag = f"name={model.name},source={model.source},vram={model.vram}"
         if model.tasks is not None:  # the worker then refuses to start a model that cannot do them
             flag += ",tasks=" + "+".join(t.value for t in model.tasks)
+        if model.base is not None:  # a LoRA: the worker loads its base's files beneath it
+            flag += f",base={sources[model.base]}"
         args += ["--model", flag]
     return args
 

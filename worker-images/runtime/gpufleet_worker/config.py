@@ -75,6 +75,15 @@ class ModelSpec(CamelModel):
     tasks: list[Task] | None = Field(
         default=None, description="Tasks to accept; default: every task the model supports."
     )
+    base: str | None = Field(
+        default=None,
+        max_length=MAX_MODEL_SOURCE_CHARS,
+        pattern=r"^file:///",
+        description=(
+            "A LoRA: file:/// of the diffusers pipeline its weights (source: a .safetensors file, "
+            "or a folder holding pytorch_lora_weights.safetensors) attach to."
+        ),
+    )
 
     @field_validator("source")
     @classmethod
@@ -159,13 +168,15 @@ def _read_file(path: Path) -> dict[str, Any]:
 
 
 def parse_model_flag(flag: str) -> dict[str, Any]:
-    """``name=tiny-sd,source=builtin://tiny-sd,vram=512Mi[,tasks=a+b]`` as a ModelSpec mapping."""
+    """``name=tiny-sd,source=builtin://tiny-sd,vram=512Mi[,tasks=a+b][,base=file:///...]`` as a
+    ModelSpec mapping."""
     fields: dict[str, Any] = {}
     for part in flag.split(","):
         key, sep, value = part.partition("=")
-        if not sep or key not in {"name", "source", "vram", "tasks"}:
+        if not sep or key not in {"name", "source", "vram", "tasks", "base"}:
             raise ValueError(
-                f"--model {flag!r}: expected name=...,source=...,vram=...[,tasks=a+b] (got {part!r})"
+                f"--model {flag!r}: expected name=...,source=...,vram=...[,tasks=a+b][,base=file:///...] "
+                f"(got {part!r})"
             )
         fields[key] = value.split("+") if key == "tasks" else value
     return fields

@@ -157,6 +157,11 @@ def load_pipeline(spec: ModelSpec, device: str) -> Pipeline:
                 f"built-in: {', '.join(sorted(BUILTIN_MODELS))}"
             )
         return BUILTIN_MODELS[name](device)
+    if spec.base is not None:
+        from .diffusers_pipeline import DiffusersPipeline
+
+        lora = Path(spec.source[len(FILE_SCHEME) :])
+        return DiffusersPipeline(spec.base[len(FILE_SCHEME) :], device, lora=lora)
     if spec.source.startswith(FILE_SCHEME):
         directory = spec.source[len(FILE_SCHEME) :]
         kind = model_kind(Path(directory))

@@ -19,11 +19,15 @@ from gpufleet.api.inputs import Task
 
 from . import Generation, ImagePipeline, Outputs, StepHook, total_steps
 
+LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
+
 
 class DiffusersPipeline(ImagePipeline):
     tasks = frozenset({Task.TEXT_TO_IMAGE, Task.IMAGE_TO_IMAGE, Task.INPAINT, Task.TRAIN})
 
-    def __init__(self, directory: str, device: str) -> None:
+    def __init__(self, directory: str, device: str, lora: Path | None = None) -> None:
+        """``lora``: trained LoRA weights (a .safetensors file, or a folder holding
+        pytorch_lora_weights.safetensors) attached to the pipeline; such a model does not train."""
         try:
             from diffusers import DiffusionPipeline
         except ImportError as error:
@@ -39,6 +43,12 @@ class DiffusersPipeline(ImagePipeline):
         self.pipeline.set_progress_bar_config(disable=True)
         self.device = device
         self.directory = directory
+        if lora is not None:
+            folder, weights = (lora.parent, lora.name) if lora.is_file() else (lora, LORA_WEIGHTS)
+            if not (folder / weights).is_file():
+                raise FileNotFoundError(f"{lora} holds no LoRA weights ({LORA_WEIGHTS})")
+            self.pipeline.load_lora_weights(str(folder), weight_name=weights, local_files_only=True)
+            self.tasks = DiffusersPipeline.tasks - {Task.TRAIN}
 
     def run(self, job: Generation, on_step: StepHook) -> Outputs:
         if job.task is Task.TRAIN:

@@ -219,13 +219,20 @@ class Trainer:
         dtypes = {MixedPrecision.FP16: torch.float16, MixedPrecision.BF16: torch.bfloat16}
         # Mixed precision is for GPUs; on a CPU everything stays fp32.
         self.dtype = dtypes.get(settings.mixed_precision, torch.float32) if cuda else torch.float32
-        load = {"local_files_only": True}
-        self.tokenizer = CLIPTokenizer.from_pretrained(directory, subfolder="tokenizer", **load)
-        self.noise_scheduler = DDPMScheduler.from_pretrained(directory, subfolder="scheduler", **load)
-        self.vae = AutoencoderKL.from_pretrained(directory, subfolder="vae", **load)
-        self.text_encoder = CLIPTextModel.from_pretrained(directory, subfolder="text_encoder", **load)
-        self.unet = UNet2DConditionModel.from_pretrained(directory, subfolder="unet", **load)
-        for model in (self.vae, self.text_encoder, self.unet):
+        local = True  # nothing is downloaded
+        self.tokenizer = CLIPTokenizer.from_pretrained(
+            directory, subfolder="tokenizer", local_files_only=local
+        )
+        self.noise_scheduler = DDPMScheduler.from_pretrained(
+            directory, subfolder="scheduler", local_files_only=local
+        )
+        self.vae = AutoencoderKL.from_pretrained(directory, subfolder="vae", local_files_only=local)
+        self.text_encoder: Any = CLIPTextModel.from_pretrained(
+            directory, subfolder="text_encoder", local_files_only=local
+        )
+        self.unet = UNet2DConditionModel.from_pretrained(directory, subfolder="unet", local_files_only=local)
+        frozen: list[Any] = [self.vae, self.text_encoder, self.unet]
+        for model in frozen:
             model.requires_grad_(False)
             model.to(device, dtype=self.dtype)
 
@@ -254,12 +261,20 @@ class Trainer:
                 )
             )
             self.trained.append(self.text_encoder)
+        # peft's "gaussian" init, drawn from the seed rather than torch's global generator, so
+        # every attempt of a job starts from the same adapters.
+        initial = torch.Generator().manual_seed(job.seed)
         self.parameters: list[torch.nn.Parameter] = []
         for model in self.trained:
-            for parameter in model.parameters():
-                if parameter.requires_grad:
-                    parameter.data = parameter.data.float()  # LoRA weights train in fp32
-                    self.parameters.append(parameter)
+            for name, parameter in model.named_parameters():
+                if not parameter.requires_grad:
+                    continue
+                parameter.data = parameter.data.float()  # LoRA weights train in fp32
+                if ".lora_A." in name:
+                    parameter.data.copy_(torch.randn(parameter.shape, generator=initial) / settings.rank)
+                elif ".lora_B." in name:
+                    parameter.data.zero_()
+                self.parameters.append(parameter)
 
         self.examples = [
             Example(
@@ -485,7 +500,7 @@ class Trainer:
 
         spec = self.job.input
         side = self.settings.resolution
-        pipeline = StableDiffusionPipeline(
+        pipeline: Any = StableDiffusionPipeline(
             vae=self.vae,
             text_encoder=self.text_encoder,
             tokenizer=self.tokenizer,
