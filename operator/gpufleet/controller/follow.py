@@ -227,6 +227,7 @@ async def exceed_deadline(op: Operator, job: GenerationJob, token: str, attempt:
     if still_current(op, job, attempt) is None:
         return
     await cancel_run(op, job, token)
+    metrics.forget_training(meta["namespace"], meta["name"])
     message = jobrules.deadline_message(spec.timeout_seconds)
     if await set_outcome(
         op, job, attempt, JobPhase.FAILED, Reason.DEADLINE_EXCEEDED, message, completion_time=stamp()
@@ -421,6 +422,7 @@ async def finish(op: Operator, job: GenerationJob, attempt: int, run: protocol.J
 
 async def lost(op: Operator, job: GenerationJob, attempt: int, why: str, ran: bool = True) -> None:
     memory = op.job(job.metadata["namespace"], job.metadata["name"])
+    metrics.forget_training(job.metadata["namespace"], job.metadata["name"])  # until the next attempt
     if job.status.worker is not None:
         memory.avoid.add(job.status.worker.pod)
         record_run(op, job, job.status.worker.pod, succeeded=False, cause=why)
