@@ -139,7 +139,10 @@ def test_training_lowers_the_loss_and_writes_weights_checkpoints_and_samples(
 ) -> None:
     progress, result = straight
     assert (result.phase, result.reason) == (p.Phase.SUCCEEDED, p.Reason.COMPLETED), result.message
-    assert [e.step for e in progress] == list(range(1, STEPS + 1))
+    steps = [e.step for e in progress]
+    # Every step that wrote a checkpoint or samples reports, besides the first and the last.
+    assert steps[0] == 1 and steps[-1] == STEPS and steps == sorted(set(steps))
+    assert {5, 10, 15, 20} <= set(steps)
     assert {e.total_steps for e in progress} == {STEPS} and progress[-1].percent == 100
     training = [e.training for e in progress]
     assert all(t is not None for t in training)

@@ -59,6 +59,12 @@ CHECKPOINTS = "checkpoints/"
 STEP_FOLDER = re.compile(r"checkpoints/step-(\d+)/checkpoint\.json$")
 TEXT_ENCODER_MODULES = ["q_proj", "k_proj", "v_proj", "out_proj"]
 SMOOTHING = 0.9  # weight of the past in the smoothed loss
+# A run reports (and sees a cancel) at most this often, besides its first and last steps and
+# the steps that wrote something: a long run's event log stays small. Each report carries the
+# latest checkpoints and samples only (every sample is an artifact of the finished run).
+REPORT_SECONDS = 2.0
+REPORTED_CHECKPOINTS = 20
+REPORTED_SAMPLES = 16
 MAX_GRAD_NORM = 1.0
 
 
@@ -418,6 +424,7 @@ class Trainer:
         progress = self.resume()
         accumulation = settings.gradient_accumulation_steps
         started, first_step = time.monotonic(), progress.step
+        reported = 0.0
         for model in self.trained:
             model.train()
         while progress.step < self.total:
@@ -442,11 +449,18 @@ class Trainer:
             progress.smoothed_loss = (
                 loss_value if previous is None else SMOOTHING * previous + (1 - SMOOTHING) * loss_value
             )
-            if progress.step % settings.checkpoint_every_steps == 0:
+            wrote = progress.step % settings.checkpoint_every_steps == 0
+            if wrote:
                 progress.checkpoints.append(self.save_checkpoint(progress))
             if settings.sample_every_steps and progress.step % settings.sample_every_steps == 0:
                 progress.samples += self.draw_samples(progress.step)
-            rate = (progress.step - first_step) / max(time.monotonic() - started, 1e-9)
+                wrote = True
+            now = time.monotonic()
+            edge = progress.step in (first_step + 1, self.total)
+            if not (wrote or edge or now - reported >= REPORT_SECONDS):
+                continue
+            reported = now
+            rate = (progress.step - first_step) / max(now - started, 1e-9)
             self.on_step(
                 progress.step,
                 self.total,
@@ -458,8 +472,8 @@ class Trainer:
                     steps_per_second=rate,
                     eta_seconds=(self.total - progress.step) / rate if rate > 0 else None,
                     resumed_from_step=progress.resumed_from,
-                    checkpoints=list(progress.checkpoints),
-                    samples=list(progress.samples),
+                    checkpoints=progress.checkpoints[-REPORTED_CHECKPOINTS:],
+                    samples=progress.samples[-REPORTED_SAMPLES:],
                 ),
             )  # raises Cancelled: the checkpoints written stay
         return Outputs(
