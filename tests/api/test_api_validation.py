@@ -23,6 +23,7 @@ EXAMPLES = {
     "segment": REPO / "examples" / "segment.yaml",
     "vectorize": REPO / "examples" / "vectorize.yaml",
     "caption": REPO / "examples" / "caption.yaml",
+    "train": REPO / "examples" / "train-lora.yaml",
 }
 CASES = yaml.safe_load((Path(__file__).parent / "invalid_manifests.yaml").read_text())
 LONG_PROMPT = "x" * (MAX_PROMPT_CHARS + 1)

@@ -284,3 +284,45 @@ async def test_a_running_job_whose_pool_was_deleted_goes_back_to_pending_naming_
     assert (status["phase"], status["reason"]) == ("Pending", "PoolNotFound")
     assert "deleted while attempt 1 ran on sd-0" in status["message"]
     assert "worker" not in status
+
+
+@in_loop
+async def test_a_train_runs_progress_reaches_the_job_status_and_gauges(fleet):
+    from gpufleet.api.models import GenerationJob
+    from gpufleet.controller import follow
+
+    [worker] = fleet.pool()
+    worker.hold = True
+    fleet.job("lora")
+    await fleet.round()
+    await asyncio.sleep(0)
+    job = GenerationJob.model_validate(fleet.kube.objects[("generationjobs", NAMESPACE, "lora")])
+    sha = "cd" * 32
+    prefix = f"s3://artifacts/{NAMESPACE}/lora/"
+    sample = protocol.Artifact(
+        name="sample-5-0.png", url=prefix + "sample-5-0.png", media_type="image/png", size_bytes=9, sha256=sha
+    )
+    training = protocol.TrainingProgress(
+        epoch=2,
+        loss=0.4,
+        smoothed_loss=0.5,
+        learning_rate=1e-4,
+        steps_per_second=2.0,
+        eta_seconds=7.6,
+        checkpoints=[protocol.Checkpoint(step=5, url=f"{prefix}checkpoints/step-5/", sha256=sha)],
+        samples=[sample],
+    )
+    progress = protocol.Progress(step=5, total_steps=20, percent=25, training=training)
+    await follow.write_progress(fleet.op, job, 1, progress)
+    status = fleet.status("lora")
+    assert status["phase"] == "Running" and status["progress"]["step"] == 5
+    assert status["training"]["smoothedLoss"] == 0.5 and status["training"]["etaSeconds"] == 8
+    assert status["training"]["checkpoints"] == [
+        {"step": 5, "url": f"{prefix}checkpoints/step-5/", "sha256": sha}
+    ]
+    assert [a["name"] for a in status["artifacts"]] == ["sample-5-0.png"]
+    assert metrics.TRAINING_LOSS.labels(NAMESPACE, "lora")._value.get() == 0.5
+    assert metrics.TRAINING_STEP.labels(NAMESPACE, "lora")._value.get() == 5
+    metrics.forget_training(NAMESPACE, "lora")
+    worker.released.set()
+    await fleet.settle()

@@ -24,6 +24,7 @@ EXAMPLES = {
     "segment": REPO / "examples" / "segment.yaml",
     "vectorize": REPO / "examples" / "vectorize.yaml",
     "caption": REPO / "examples" / "caption.yaml",
+    "train": REPO / "examples" / "train-lora.yaml",
 }
 CASES = yaml.safe_load((REPO / "tests" / "api" / "invalid_manifests.yaml").read_text())
 LONG_PROMPT = "x" * (MAX_PROMPT_CHARS + 1)

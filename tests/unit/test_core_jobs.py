@@ -187,6 +187,18 @@ def test_working_vram_per_task_follows_the_input() -> None:
     assert working_vram(inpaint) == jobs.BASE_WORKING_BYTES + 512 * 512 * jobs.BYTES_PER_PIXEL
 
 
+def test_a_train_estimate_grows_with_batch_and_resolution() -> None:
+    train = example_job("train-lora.yaml").model_copy(update={"vram": None})
+    settings = train.input.training
+    assert settings is not None and settings.batch_size == 2
+    assert working_vram(train) == jobs.TRAIN_BASE_BYTES + 2 * 512 * 512 * jobs.TRAIN_BYTES_PER_PIXEL
+    bigger = settings.model_copy(update={"batch_size": 4})
+    bigger_input = train.input.model_copy(update={"training": bigger})
+    assert working_vram(train.model_copy(update={"input": bigger_input})) == (
+        jobs.TRAIN_BASE_BYTES + 4 * 512 * 512 * jobs.TRAIN_BYTES_PER_PIXEL
+    )
+
+
 def test_the_first_problem_is_reported_pool_then_model_then_task_then_vram() -> None:
     nothing_fits = job_spec(model="sdxl", vram="1Ti")
     pool = pool_spec(tasks=["image-to-image"])

@@ -505,3 +505,30 @@ def test_pools_of_local_models_get_no_claims_or_cache() -> None:
     manifest = worker_pod(pool(), "sd15-0", CLASSES_MIB, ENV)
     assert {v["name"] for v in manifest["spec"]["volumes"]} == {"token", "tmp"}
     assert "--model-cache" not in container(manifest)["args"]
+
+
+def test_a_lora_reaches_the_worker_with_its_base_pipeline() -> None:
+    """A LoRA model names its base; the worker gets the base's files to load beneath it."""
+    from gpufleet.api.capabilities import LORA_TASKS, model_tasks
+    from gpufleet.api.inputs import Task
+    from gpufleet.api.models import Runtime
+    from gpufleet_worker.config import load_config
+
+    spec = example_spec()
+    spec["runtime"] = "diffusers"
+    spec["tasks"] = ["text-to-image", "train"]
+    spec["models"] = [
+        {"name": "sd15", "source": "file:///models/sd15", "vram": "3Gi"},
+        {"name": "style", "source": "file:///models/loras/style.safetensors", "vram": "3Gi", "base": "sd15"},
+    ]
+    wp = pool(spec)
+    args = workerpod.worker_args(wp)
+    models = [args[i + 1] for i, a in enumerate(args) if a == "--model"]
+    assert models[1] == (
+        "name=style,source=file:///models/loras/style.safetensors,vram=3Gi,base=file:///models/sd15"
+    )
+    config = load_config(["--token-file", "/run/token", *[x for m in models for x in ("--model", m)]], env={})
+    assert [(m.name, m.base) for m in config.models] == [("sd15", None), ("style", "file:///models/sd15")]
+    base, lora = wp.spec.models
+    assert Task.TRAIN in model_tasks(Runtime.DIFFUSERS, base)
+    assert model_tasks(Runtime.DIFFUSERS, lora) == LORA_TASKS

@@ -9,8 +9,16 @@ from PIL import Image
 
 from gpufleet.api.capabilities import BUILTIN_MODEL_TASKS
 from gpufleet_worker.config import ModelSpec
-from gpufleet_worker.models import OutputFile, encode_png, load_pipeline, model_kind
+from gpufleet_worker.models import SAFETENSORS, OutputFile, encode_png, load_pipeline, model_kind
 from gpufleet_worker.outputs import InvalidOutput, check_output
+
+
+def safetensors_bytes() -> bytes:
+    import torch
+    from safetensors.torch import save
+
+    return save({"unet.lora_A.weight": torch.ones(2, 2)})
+
 
 SVG_OK = b'<svg xmlns="http://www.w3.org/2000/svg" width="4" height="3"><path d="M0 0 L1 1"/></svg>'
 
@@ -24,6 +32,7 @@ SVG_OK = b'<svg xmlns="http://www.w3.org/2000/svg" width="4" height="3"><path d=
         OutputFile("masks.json", json.dumps({"masks": []}).encode(), "application/json"),
         OutputFile("answer.txt", "réponse".encode(), "text/plain"),
         OutputFile("answer.txt", b"", "text/plain"),
+        OutputFile("pytorch_lora_weights.safetensors", safetensors_bytes(), SAFETENSORS),
     ],
 )
 def test_well_formed_artifacts_pass(file: OutputFile) -> None:
@@ -51,6 +60,7 @@ def test_well_formed_artifacts_pass(file: OutputFile) -> None:
         (OutputFile("masks.json", b"{", "application/json"), "masks.json: not JSON"),
         (OutputFile("answer.txt", b"\xff\xfe\xfa", "text/plain"), "answer.txt: not UTF-8"),
         (OutputFile("x.bin", b"", "application/octet-stream"), "x.bin: no check for media type"),
+        (OutputFile("w.safetensors", b"\x08\x00", SAFETENSORS), "w.safetensors: not a readable safetensors"),
     ],
 )
 def test_malformed_artifacts_are_refused_naming_the_file(file: OutputFile, message: str) -> None:
@@ -74,3 +84,23 @@ def test_a_model_directory_is_told_apart_by_its_files(tmp_path) -> None:
     assert model_kind(tmp_path) == "vision-language"
     (tmp_path / "model_index.json").write_text("{}")
     assert model_kind(tmp_path) == "diffusers"
+
+
+def test_a_local_output_prefix_lists_and_reads_back_what_was_written(tmp_path) -> None:
+    """Checkpoints are found again under a file:/// output prefix as under an s3:// one."""
+    from gpufleet_worker.artifacts import ArtifactStore
+
+    store = ArtifactStore(s3_client=None, local_root=tmp_path)
+    prefix = f"file://{tmp_path}/job/"
+    store.put(prefix + "checkpoints/step-5/", "checkpoint.json", b"{}", "application/json")
+    store.put(prefix, "weights.safetensors", b"w", "application/octet-stream")
+    assert store.list_uris(prefix) == [
+        f"{prefix}checkpoints/step-5/checkpoint.json",
+        f"{prefix}weights.safetensors",
+    ]
+    assert store.list_uris(prefix + "missing/") == []
+    assert store.read(f"{prefix}checkpoints/step-5/checkpoint.json", 10) == b"{}"
+    with pytest.raises(ValueError, match="over the limit"):
+        store.read(f"{prefix}weights.safetensors", 0)
+    with pytest.raises(ValueError, match="outside the worker's localOutputRoot"):
+        store.list_uris("file:///etc/")

@@ -18,22 +18,28 @@ BUILTIN_MODEL_TASKS: dict[str, frozenset[Task]] = {
 }
 
 # What a model directory of each runtime can hold. The diffusers runtime serves diffusers
-# pipelines (text-to-image, image-to-image, inpaint) and transformers models (SAM for
+# pipelines (text-to-image, image-to-image, inpaint, train) and transformers models (SAM for
 # segment, vision-language models for caption); which one a directory is shows only when it
 # loads, so a pool narrows it with models[].tasks. A custom image can do anything it says.
 RUNTIME_TASKS: dict[Runtime, frozenset[Task]] = {
     Runtime.BUILTIN: frozenset().union(*BUILTIN_MODEL_TASKS.values()),
     Runtime.DIFFUSERS: frozenset(
-        {Task.TEXT_TO_IMAGE, Task.IMAGE_TO_IMAGE, Task.INPAINT, Task.SEGMENT, Task.CAPTION}
+        {Task.TEXT_TO_IMAGE, Task.IMAGE_TO_IMAGE, Task.INPAINT, Task.TRAIN, Task.SEGMENT, Task.CAPTION}
     ),
     Runtime.CUSTOM: frozenset(Task),
 }
 
 
+# A LoRA attached to its base pipeline draws; it is not trained further.
+LORA_TASKS = frozenset({Task.TEXT_TO_IMAGE, Task.IMAGE_TO_IMAGE, Task.INPAINT})
+
+
 def model_tasks(runtime: Runtime, model: ServedModel) -> frozenset[Task]:
     """The tasks ``model`` can do on ``runtime``: its declared tasks, within what its source
     and runtime can do."""
-    if model.source.startswith(BUILTIN_SCHEME):
+    if model.base is not None:
+        possible = LORA_TASKS
+    elif model.source.startswith(BUILTIN_SCHEME):
         possible = BUILTIN_MODEL_TASKS.get(model.source[len(BUILTIN_SCHEME) :], frozenset())
     else:
         possible = RUNTIME_TASKS[runtime]

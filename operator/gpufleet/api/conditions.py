@@ -75,6 +75,7 @@ class Reason(StrEnum):
     INVALID_INPUT = "InvalidInput"
     UPLOAD_FAILED = "UploadFailed"
     MODEL_FAILED = "ModelFailed"
+    TRAINING_DIVERGED = "TrainingDiverged"
     # pools
     RECONCILED = "Reconciled"
     WORKERS_READY = "WorkersReady"
@@ -110,6 +111,9 @@ REASON_MEANINGS: dict[Reason, str] = {
     Reason.UPLOAD_FAILED: "The artifacts could not be written to spec.output.uri.",
     Reason.MODEL_FAILED: "The job's model could not be loaded on its worker (its source is missing, "
     "unreachable or fails its digest, or the load failed); the message says why.",
+    Reason.TRAINING_DIVERGED: (
+        "A train job's loss became NaN or infinite; its checkpoints are kept (try a lower learningRate)."
+    ),
     Reason.RECONCILED: "The pool matches its spec.",
     Reason.WORKERS_READY: "Every desired worker is ready.",
     Reason.WORKERS_STARTING: "Workers are starting and not all are ready yet.",

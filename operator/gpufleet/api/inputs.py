@@ -229,6 +229,159 @@ class CaptionInput(CamelModel):
     top_p: float = Field(default=1.0, ge=0.01, le=1.0, description="Nucleus sampling mass when sampling.")
 
 
+class LrScheduler(StrEnum):
+    CONSTANT = "constant"
+    COSINE = "cosine"
+    LINEAR = "linear"
+
+
+class MixedPrecision(StrEnum):
+    NO = "no"
+    FP16 = "fp16"
+    BF16 = "bf16"
+
+
+MAX_TRAIN_STEPS = 1_000_000
+MAX_EPOCHS = 10_000
+MAX_LORA_RANK = 256
+MAX_SAMPLE_PROMPTS = 8
+MAX_TARGET_MODULES = 32
+DEFAULT_TARGET_MODULES = ("to_q", "to_k", "to_v", "to_out.0")
+MIN_RESOLUTION, MAX_RESOLUTION = 64, 2048
+MAX_LEARNING_RATE = 1.0
+DATASET_SOURCE_RULE = "training.dataset: exactly one of prefix or manifest must be set"
+TRAINING_LENGTH_RULE = "training: exactly one of maxSteps or epochs must be set"
+LEARNING_RATE_RULE = f"training.learningRate must be greater than 0 and at most {MAX_LEARNING_RATE}"
+SAMPLE_EVERY_RULE = "training.sampleEverySteps needs training.samplePrompts"
+S3_OBJECT_PATTERN = r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/.+"
+S3_PREFIX_PATTERN = r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/(.*/)?$"
+MODULE_NAME_PATTERN = r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$"
+
+
+class TrainingDataset(CamelModel):
+    """Training images and their captions in the pool's object store. Exactly one of:
+    ``prefix``, where each image (.png, .jpg, .jpeg, .webp) has a same-named .txt caption
+    beside it; or ``manifest``, a JSON Lines object of ``{"image": "s3://...", "caption": "..."}``."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(rule("has(self.prefix) != has(self.manifest)", DATASET_SOURCE_RULE))
+    )
+
+    prefix: str | None = Field(
+        default=None,
+        max_length=MAX_URL_CHARS,
+        pattern=S3_PREFIX_PATTERN,
+        description="s3://bucket/folder/ holding image files and same-named .txt captions.",
+    )
+    manifest: str | None = Field(
+        default=None,
+        max_length=MAX_URL_CHARS,
+        pattern=S3_OBJECT_PATTERN,
+        description='s3://bucket/key of JSON Lines: {"image": "s3://...", "caption": "..."} a line.',
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> TrainingDataset:
+        if (self.prefix is None) == (self.manifest is None):
+            raise ValueError(DATASET_SOURCE_RULE)
+        return self
+
+
+ModuleName = Annotated[str, Field(max_length=128, pattern=MODULE_NAME_PATTERN)]
+SamplePrompt = Annotated[str, Field(min_length=1, max_length=MAX_PROMPT_CHARS)]
+
+
+class TrainingInput(CamelModel):
+    """A LoRA fine-tuning run on the job's model (spec.model, a diffusers pipeline the pool
+    serves). The seed is input.seed; samples use input.steps and input.guidanceScale."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            rule("has(self.maxSteps) != has(self.epochs)", TRAINING_LENGTH_RULE),
+            rule(
+                f"self.learningRate > 0.0 && self.learningRate <= {MAX_LEARNING_RATE}",
+                LEARNING_RATE_RULE,
+                field_path=".learningRate",
+            ),
+            rule(
+                "!has(self.sampleEverySteps) || (has(self.samplePrompts) && size(self.samplePrompts) > 0)",
+                SAMPLE_EVERY_RULE,
+                field_path=".sampleEverySteps",
+            ),
+        )
+    )
+
+    dataset: TrainingDataset
+    rank: int = Field(default=8, ge=1, le=MAX_LORA_RANK, description="LoRA rank.")
+    alpha: int | None = Field(
+        default=None, ge=1, le=4 * MAX_LORA_RANK, description="LoRA alpha (scale alpha/rank); default: rank."
+    )
+    target_modules: list[ModuleName] = Field(
+        default_factory=lambda: list(DEFAULT_TARGET_MODULES),
+        min_length=1,
+        max_length=MAX_TARGET_MODULES,
+        description="UNet modules that get LoRA adapters (the attention projections by default).",
+    )
+    train_text_encoder: bool = Field(
+        default=False, description="Also put LoRA adapters on the text encoder's attention projections."
+    )
+    learning_rate: float = Field(
+        default=1e-4, ge=0.0, le=MAX_LEARNING_RATE, description="Peak learning rate (above 0)."
+    )
+    scheduler: LrScheduler = Field(default=LrScheduler.CONSTANT, description="Learning rate after warmup.")
+    warmup_steps: int = Field(default=0, ge=0, le=MAX_TRAIN_STEPS, description="Linear warmup steps.")
+    batch_size: int = Field(default=1, ge=1, le=64, description="Images per micro-batch.")
+    gradient_accumulation_steps: int = Field(
+        default=1, ge=1, le=128, description="Micro-batches per optimizer step."
+    )
+    max_steps: int | None = Field(
+        default=None, ge=1, le=MAX_TRAIN_STEPS, description="Optimizer steps to train (or give epochs)."
+    )
+    epochs: int | None = Field(
+        default=None, ge=1, le=MAX_EPOCHS, description="Passes over the dataset (or give maxSteps)."
+    )
+    resolution: int = Field(
+        default=512,
+        ge=MIN_RESOLUTION,
+        le=MAX_RESOLUTION,
+        multiple_of=SIDE_MULTIPLE,
+        description="Images are resized and centre-cropped to this square side.",
+    )
+    mixed_precision: MixedPrecision = Field(
+        default=MixedPrecision.NO,
+        description="Frozen weights in fp16 or bf16 (GPU only); LoRA weights stay fp32.",
+    )
+    checkpoint_every_steps: int = Field(
+        default=500,
+        ge=1,
+        le=MAX_TRAIN_STEPS,
+        description="Write a resumable checkpoint to <output>/checkpoints/step-<n>/ every this many steps.",
+    )
+    sample_prompts: list[SamplePrompt] = Field(
+        default_factory=list, max_length=MAX_SAMPLE_PROMPTS, description="Prompts drawn as training goes."
+    )
+    sample_every_steps: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_TRAIN_STEPS,
+        description="Draw sample-<step>-<i>.png for each sample prompt every this many steps.",
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainingInput:
+        if (self.max_steps is None) == (self.epochs is None):
+            raise ValueError(TRAINING_LENGTH_RULE)
+        if not 0 < self.learning_rate <= MAX_LEARNING_RATE:
+            raise ValueError(f"{LEARNING_RATE_RULE}; got {self.learning_rate}")
+        if self.sample_every_steps is not None and not self.sample_prompts:
+            raise ValueError(SAMPLE_EVERY_RULE)
+        return self
+
+    @property
+    def lora_alpha(self) -> int:
+        return self.alpha if self.alpha is not None else self.rank
+
+
 class JobInput(CamelModel):
     """Typed input of a generation job."""
 
@@ -272,6 +425,7 @@ class JobInput(CamelModel):
     segment: SegmentInput | None = Field(default=None, description="segment: point and box prompts.")
     vectorize: VectorizeInput | None = Field(default=None, description="vectorize: tracing options.")
     caption: CaptionInput | None = Field(default=None, description="caption: generation settings.")
+    training: TrainingInput | None = Field(default=None, description="train: the LoRA training run.")
 
     @model_validator(mode="after")
     def _pixel_budget(self) -> JobInput:
@@ -281,7 +435,12 @@ class JobInput(CamelModel):
 
 
 # Task-specific input sections and the task each belongs to.
-TASK_SECTIONS = {"segment": Task.SEGMENT, "vectorize": Task.VECTORIZE, "caption": Task.CAPTION}
+TASK_SECTIONS = {
+    "segment": Task.SEGMENT,
+    "vectorize": Task.VECTORIZE,
+    "caption": Task.CAPTION,
+    "training": Task.TRAIN,
+}
 
 
 def section_rule(section: str) -> str:
@@ -289,6 +448,7 @@ def section_rule(section: str) -> str:
 
 
 SEGMENT_REQUIRED_RULE = "input.segment is required for task segment"
+TRAINING_REQUIRED_RULE = "input.training is required for task train"
 
 
 def input_problems(task: Task, job_input: JobInput) -> list[str]:
@@ -299,6 +459,8 @@ def input_problems(task: Task, job_input: JobInput) -> list[str]:
             problems.append(section_rule(section))
     if task is Task.SEGMENT and job_input.segment is None:
         problems.append(SEGMENT_REQUIRED_RULE)
+    if task is Task.TRAIN and job_input.training is None:
+        problems.append(TRAINING_REQUIRED_RULE)
     if task in TASKS_NEEDING_IMAGE and job_input.image is None:
         problems.append(f"input.image is required for task {task.value}")
     if task is Task.INPAINT and job_input.mask is None:
@@ -315,7 +477,8 @@ VECTORIZE_STAGES = ("prepare", "trace", "encode")
 
 def progress_total(task: Task, job_input: JobInput) -> int:
     """Units of progress a run of ``task`` reports: denoising steps (image-to-image and
-    inpaint skip the first 1-strength share), tokens generated at most, or stages."""
+    inpaint skip the first 1-strength share), tokens generated at most, stages, or optimizer
+    steps (train; 0 for a run given in epochs until its worker has counted the dataset)."""
     if task in (Task.IMAGE_TO_IMAGE, Task.INPAINT):
         return max(1, int(job_input.steps * job_input.strength))
     if task is Task.CAPTION:
@@ -324,4 +487,7 @@ def progress_total(task: Task, job_input: JobInput) -> int:
         return len(SEGMENT_STAGES)
     if task is Task.VECTORIZE:
         return len(VECTORIZE_STAGES)
+    if task is Task.TRAIN:
+        training = job_input.training
+        return training.max_steps or 0 if training else 0
     return job_input.steps

@@ -37,6 +37,7 @@ from gpufleet.api.inputs import (
     TASK_SECTIONS,
     TASKS_NEEDING_IMAGE,
     TASKS_NEEDING_PROMPT,
+    TRAINING_REQUIRED_RULE,
     CamelModel,
     JobInput,
     Task,
@@ -50,6 +51,7 @@ from gpufleet.api.servedmodels import (
     DEFAULT_MODEL_CACHE_SIZE,
     DIGEST_NEEDS_FILES_RULE,
     DIGEST_PATTERN,
+    FILE_SCHEME,
     MAX_MODEL_NAME_CHARS,
     MAX_MODEL_SOURCE_CHARS,
     MODEL_NAME_PATTERN,
@@ -158,6 +160,16 @@ class ServedModel(CamelModel):
         description=(
             "Tasks this model can do, e.g. [segment] for a SAM directory. Default: what its "
             "source and the pool's runtime can do (see docs/api.md)."
+        ),
+    )
+    base: str | None = Field(
+        default=None,
+        max_length=MAX_MODEL_NAME_CHARS,
+        pattern=MODEL_NAME_PATTERN,
+        description=(
+            "A LoRA: the name of another of the pool's models (a diffusers pipeline) its weights "
+            "attach to; source is then the LoRA weights (a .safetensors file, or a folder holding "
+            "pytorch_lora_weights.safetensors). Runtime diffusers only; see docs/training.md."
         ),
     )
     preload: bool = Field(
@@ -521,6 +533,10 @@ class PodOverrides(CamelModel):
 
 
 MODEL_FITS_GPU_RULE = "every models[].vram must fit in gpu.minMemory"
+LORA_BASE_RULE = (
+    "models[].base must name another of the pool's models that has no base itself and a "
+    "file:/// source, and only runtime diffusers serves LoRAs"
+)
 
 
 class WorkerPoolSpec(CamelModel):
@@ -539,6 +555,13 @@ class WorkerPoolSpec(CamelModel):
             rule(
                 f"self.models.all(m, m.source.startsWith('{BUILTIN_SCHEME}') == (self.runtime == 'builtin'))",
                 SOURCE_SCHEME_RULE,
+                field_path=".models",
+            ),
+            rule(
+                "self.models.all(m, !has(m.base) || (self.runtime == 'diffusers' && "
+                "self.models.exists(b, b.name == m.base && b.name != m.name && !has(b.base) && "
+                f"b.source.startsWith('{FILE_SCHEME}'))))",
+                LORA_BASE_RULE,
                 field_path=".models",
             ),
         )
@@ -581,6 +604,11 @@ class WorkerPoolSpec(CamelModel):
         ]
         if mismatched:
             raise ValueError(f"{SOURCE_SCHEME_RULE}; runtime {self.runtime.value}: {', '.join(mismatched)}")
+        plain = {m.name for m in self.models if m.base is None and m.source.startswith(FILE_SCHEME)}
+        if orphans := [m.name for m in self.models if m.base is not None and m.base not in plain]:
+            raise ValueError(f"{LORA_BASE_RULE}; models: {', '.join(orphans)}")
+        if self.runtime is not Runtime.DIFFUSERS and any(m.base for m in self.models):
+            raise ValueError(f"{LORA_BASE_RULE}; runtime is {self.runtime.value}")
         return self
 
 
@@ -776,6 +804,12 @@ def _job_spec_rules(schema: dict[str, Any]) -> None:
                 field_path=".input.segment",
                 reason="FieldValueRequired",
             ),
+            rule(
+                "self.task != 'train' || has(self.input.training)",
+                TRAINING_REQUIRED_RULE,
+                field_path=".input.training",
+                reason="FieldValueRequired",
+            ),
             *_section_rules(),
         ]
     )
@@ -880,6 +914,43 @@ class JobResult(CamelModel):
     truncated: bool = Field(default=False, description="True when text was cut.")
 
 
+MAX_CHECKPOINTS_IN_STATUS = 20
+
+
+class CheckpointRef(CamelModel):
+    """A complete training checkpoint under the job's output prefix."""
+
+    step: int = Field(ge=0, description="Optimizer steps done when it was written.")
+    url: str = Field(
+        max_length=MAX_URI_CHARS,
+        pattern=OUTPUT_URI_PATTERN,
+        description="Its folder, .../checkpoints/step-<n>/.",
+    )
+    sha256: str = Field(pattern=SHA256_PATTERN, max_length=64, description="SHA-256 of its checkpoint.json.")
+
+
+class TrainingStatus(CamelModel):
+    """Where a train job stands; steps are optimizer steps (status.progress counts them too)."""
+
+    epoch: int = Field(default=0, ge=0, description="Passes over the dataset begun, from 1.")
+    loss: float | None = Field(default=None, description="The last step's loss.")
+    smoothed_loss: float | None = Field(default=None, description="Exponential moving average of the loss.")
+    learning_rate: float | None = Field(default=None, ge=0)
+    steps_per_second: float | None = Field(default=None, ge=0, description="Over the current attempt.")
+    eta_seconds: int | None = Field(default=None, ge=0, description="Seconds left at that rate.")
+    resumed_from_step: int | None = Field(
+        default=None, ge=0, description="The checkpoint the current attempt resumed from."
+    )
+    checkpoints: Annotated[list[CheckpointRef], UniqueItems("step")] = Field(
+        default_factory=list,
+        max_length=MAX_CHECKPOINTS_IN_STATUS,
+        description=f"The latest {MAX_CHECKPOINTS_IN_STATUS} checkpoints, oldest first.",
+    )
+    weights: Artifact | None = Field(
+        default=None, description="The trained LoRA (pytorch_lora_weights.safetensors), once it succeeded."
+    )
+
+
 class GenerationJobStatus(CamelModel):
     """What happened to the job."""
 
@@ -895,6 +966,7 @@ class GenerationJobStatus(CamelModel):
         default_factory=list, max_length=MAX_ARTIFACTS
     )
     result: JobResult | None = None
+    training: TrainingStatus | None = Field(default=None, description="train: loss, ETA and checkpoints.")
     reason: str | None = Field(default=None, max_length=1024, pattern=REASON_PATTERN)
     message: str | None = Field(default=None, max_length=32768)
     conditions: Annotated[list[Condition], UniqueItems("type")] = Field(

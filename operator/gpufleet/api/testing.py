@@ -184,6 +184,11 @@ def _repair_pool_spec(spec: Json) -> Json:
             model.pop("digest", None)  # builtin models have no files to check
         elif builtin:
             model["source"] = f"file:///models/{index}"
+        # A LoRA sits on the pool's first model, which is a plain pipeline (diffusers only).
+        if "base" in model and (index == 0 or runtime != models.Runtime.DIFFUSERS):
+            del model["base"]
+        elif "base" in model:
+            model["base"] = spec["models"][0]["name"]
     gpu = spec.get("gpu", {})
     if "minMemory" in gpu:
         gpu["minMemory"] = "1Pi"  # fits every drawn model

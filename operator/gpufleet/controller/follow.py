@@ -27,6 +27,7 @@ from gpufleet.api.models import GenerationJob
 from gpufleet.core import breaker
 from gpufleet.core import jobs as jobrules
 from gpufleet.core.placement import Placement
+from gpufleet.core.training import bounded_artifacts, training_status
 
 from . import metrics
 from .jobstatus import body_of, now_utc, set_outcome, set_phase, stamp, still_current
@@ -48,6 +49,8 @@ FINAL_REASONS = {
     protocol.Reason.MODEL_FAILED: Reason.MODEL_FAILED,
     # the model turned out, once loaded, not to do the task
     protocol.Reason.UNSUPPORTED_TASK: Reason.TASK_NOT_SERVED,
+    # the same data, seed and learning rate would diverge again
+    protocol.Reason.TRAINING_DIVERGED: Reason.TRAINING_DIVERGED,
 }
 
 
@@ -227,10 +230,11 @@ async def follow(op: Operator, job: GenerationJob, token: str, attempt: int) -> 
 
 
 async def exceed_deadline(op: Operator, job: GenerationJob, token: str, attempt: int) -> None:
-    spec = job.spec
+    meta, spec = job.metadata, job.spec
     if still_current(op, job, attempt) is None:
         return
     await cancel_run(op, job, token)
+    metrics.forget_training(meta["namespace"], meta["name"])
     message = jobrules.deadline_message(spec.timeout_seconds)
     if await set_outcome(
         op, job, attempt, JobPhase.FAILED, Reason.DEADLINE_EXCEEDED, message, completion_time=stamp()
@@ -336,6 +340,14 @@ async def write_progress(
         return job
     worker = current.status.worker
     where = worker.pod if worker else "?"
+    training: dict[str, Any] = {}
+    if progress.training is not None:
+        meta = job.metadata
+        metrics.observe_training(meta["namespace"], meta["name"], progress.step, progress.training)
+        training = {
+            "training": training_status(progress.training),
+            "artifacts": bounded_artifacts(progress.training.samples),
+        }
     return await set_phase(
         op,
         current,
@@ -345,6 +357,7 @@ async def write_progress(
         if progress.stage == protocol.LOADING_MODEL_STAGE
         else f"step {progress.step}/{progress.total_steps} on {where}",
         progress={"percent": progress.percent, "step": progress.step, "totalSteps": progress.total_steps},
+        **training,
     )
 
 
@@ -362,6 +375,10 @@ async def finish(op: Operator, job: GenerationJob, attempt: int, run: protocol.J
     meta = job.metadata
     body = body_of(job)
     worker = job.status.worker
+    trained: dict[str, Any] = {}
+    if run.progress.training is not None:  # what a train run reached, however it ended
+        metrics.forget_training(meta["namespace"], meta["name"])
+        trained = {"training": training_status(run.progress.training, run.artifacts)}
     if run.phase == protocol.Phase.SUCCEEDED:
         started = job.status.start_time or run.created_at
         seconds = ((run.finished_at or dt.datetime.now(dt.UTC)) - started).total_seconds()
@@ -375,7 +392,8 @@ async def finish(op: Operator, job: GenerationJob, attempt: int, run: protocol.J
             message,
             completion_time=stamp(),
             progress={"percent": 100, "step": run.progress.step, "totalSteps": run.progress.total_steps},
-            artifacts=[a.model_dump(mode="json", by_alias=True) for a in run.artifacts],
+            artifacts=bounded_artifacts(run.artifacts),
+            **trained,
             **model_load(run),
             **(
                 {"result": run.result.model_dump(mode="json", by_alias=True, exclude_none=True)}
@@ -397,6 +415,7 @@ async def finish(op: Operator, job: GenerationJob, attempt: int, run: protocol.J
             Reason.CANCELLED,
             "stopped on its worker",
             completion_time=stamp(),
+            **trained,
         ):
             op.spawn(op.kube.event(body, Reason.CANCELLED, "stopped on its worker"), f"event-{meta['name']}")
             metrics.finished(job, "cancelled", now_utc())
@@ -415,7 +434,15 @@ async def finish(op: Operator, job: GenerationJob, attempt: int, run: protocol.J
         await retry_or_fail(op, job, attempt, reason, f"attempt {attempt} failed: {run.message}", ran=True)
         return
     if await set_outcome(
-        op, job, attempt, JobPhase.FAILED, reason, run.message, completion_time=stamp(), **model_load(run)
+        op,
+        job,
+        attempt,
+        JobPhase.FAILED,
+        reason,
+        run.message,
+        completion_time=stamp(),
+        **trained,
+        **model_load(run),
     ):
         op.spawn(op.kube.event(body, reason, run.message, warning=True), f"event-{meta['name']}")
         metrics.finished(job, "failed", now_utc())
@@ -423,6 +450,7 @@ async def finish(op: Operator, job: GenerationJob, attempt: int, run: protocol.J
 
 async def lost(op: Operator, job: GenerationJob, attempt: int, why: str, ran: bool = True) -> None:
     memory = op.job(job.metadata["namespace"], job.metadata["name"])
+    metrics.forget_training(job.metadata["namespace"], job.metadata["name"])  # until the next attempt
     if job.status.worker is not None:
         memory.avoid.add(job.status.worker.pod)
         record_run(op, job, job.status.worker.pod, succeeded=False, cause=why)

@@ -12,7 +12,7 @@ import datetime as dt
 import importlib.metadata
 import platform
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram, Info
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -81,6 +81,40 @@ def version() -> str:
         return importlib.metadata.version("gpufleet")
     except importlib.metadata.PackageNotFoundError:
         return "unknown"
+
+
+TRAINING_STEP = Gauge(
+    "gpufleet_training_step", "Optimizer steps done by a running train job", ["namespace", "job"]
+)
+TRAINING_LOSS = Gauge("gpufleet_training_loss", "Smoothed loss of a running train job", ["namespace", "job"])
+TRAINING_STEPS_PER_SECOND = Gauge(
+    "gpufleet_training_steps_per_second",
+    "Optimizer steps per second of a running train job",
+    ["namespace", "job"],
+)
+TRAINING_ETA = Gauge(
+    "gpufleet_training_eta_seconds", "Time left of a running train job", ["namespace", "job"]
+)
+TRAINING_GAUGES = (TRAINING_STEP, TRAINING_LOSS, TRAINING_STEPS_PER_SECOND, TRAINING_ETA)
+
+
+def observe_training(namespace: str, job: str, step: int, training: Any) -> None:
+    """A train job's latest progress (a gpufleet_worker.protocol.TrainingProgress)."""
+    TRAINING_STEP.labels(namespace, job).set(step)
+    for gauge, value in (
+        (TRAINING_LOSS, training.smoothed_loss),
+        (TRAINING_STEPS_PER_SECOND, training.steps_per_second),
+        (TRAINING_ETA, training.eta_seconds),
+    ):
+        if value is not None:
+            gauge.labels(namespace, job).set(value)
+
+
+def forget_training(namespace: str, job: str) -> None:
+    """Removes a finished train job's series: one series set per running job, not per job ever."""
+    for gauge in TRAINING_GAUGES:
+        with contextlib.suppress(KeyError):
+            gauge.remove(namespace, job)
 
 
 def count_transition(phase: str) -> None:

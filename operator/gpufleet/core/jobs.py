@@ -35,6 +35,12 @@ CAPTION_BASE_BYTES = 512 * MIB
 CAPTION_BYTES_PER_TOKEN = MIB
 CAPTION_TOKENS_PER_IMAGE = 576
 CHARS_PER_TOKEN = 4
+# LoRA training: its own copy of the pipeline's weights (SD 1.5 is 2 GiB in fp16), the
+# adapters' fp32 weights, gradients and AdamW moments, then the activations kept for the
+# backward pass, about 24 KiB per training pixel without gradient checkpointing (SD 1.5 at
+# 512x512, batch 1, fp16: about 6 GiB).
+TRAIN_BASE_BYTES = 4 * GIB
+TRAIN_BYTES_PER_PIXEL = 24 * 1024
 # Vectorizing runs on the CPU: the run reserves a nominal amount so it still takes a job slot.
 VECTORIZE_WORKING_BYTES = 16 * MIB
 
@@ -73,6 +79,9 @@ def working_vram(spec: GenerationJobSpec) -> int:
         return CAPTION_BASE_BYTES + tokens * CAPTION_BYTES_PER_TOKEN
     if spec.task is Task.VECTORIZE:
         return VECTORIZE_WORKING_BYTES
+    if spec.task is Task.TRAIN and job_input.training is not None:
+        training = job_input.training
+        return TRAIN_BASE_BYTES + training.batch_size * training.resolution**2 * TRAIN_BYTES_PER_PIXEL
     pixels = job_input.width * job_input.height * job_input.num_images
     return BASE_WORKING_BYTES + pixels * BYTES_PER_PIXEL
 

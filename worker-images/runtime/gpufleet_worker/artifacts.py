@@ -98,6 +98,31 @@ class ArtifactStore:
             sha256=hashlib.sha256(data).hexdigest(),
         )
 
+    def list_uris(self, prefix_uri: str) -> list[str]:
+        """Every object under ``prefix_uri`` (s3:// or, inside the local root, file:///), sorted."""
+        if prefix_uri.startswith(S3_PREFIX):
+            bucket, prefix = split_s3_uri(prefix_uri)
+            keys = []
+            for page in self._s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+                keys += [item["Key"] for item in page.get("Contents", [])]
+            return sorted(f"{S3_PREFIX}{bucket}/{key}" for key in keys)
+        if problem := self.output_problem(prefix_uri):
+            raise ValueError(problem)
+        root = self._local_path(prefix_uri)
+        files = sorted(path for path in root.rglob("*") if path.is_file()) if root.is_dir() else []
+        return [f"{FILE_PREFIX}{path}" for path in files if not path.name.endswith(".partial")]
+
+    def read(self, uri: str, max_bytes: int) -> bytes:
+        """An object written under an output prefix (s3:// or file:///), refusing ones over ``max_bytes``."""
+        if uri.startswith(S3_PREFIX):
+            return self.read_object(uri, max_bytes)
+        if problem := self.output_problem(uri.rsplit("/", 1)[0] + "/"):
+            raise ValueError(problem)
+        path = self._local_path(uri)
+        if path.stat().st_size > max_bytes:
+            raise ValueError(f"{uri}: {path.stat().st_size} bytes is over the limit of {max_bytes}")
+        return path.read_bytes()
+
     def read_object(self, uri: str, max_bytes: int) -> bytes:
         """An input object ``s3://bucket/key``, refusing ones over ``max_bytes``."""
         bucket, key = split_s3_uri(uri)

@@ -86,6 +86,15 @@ class ModelSpec(CamelModel):
     tasks: list[Task] | None = Field(
         default=None, description="Tasks to accept; default: every task the model supports."
     )
+    base: str | None = Field(
+        default=None,
+        max_length=MAX_MODEL_SOURCE_CHARS,
+        pattern=r"^file:///",
+        description=(
+            "A LoRA: file:/// of the diffusers pipeline its weights (source: a .safetensors file, "
+            "or a folder holding pytorch_lora_weights.safetensors) attach to."
+        ),
+    )
     preload: bool = Field(
         default=False,
         description="Load onto every GPU at start and never evict; the worker is ready once loaded.",
@@ -200,17 +209,19 @@ def _read_file(path: Path) -> dict[str, Any]:
     return data
 
 
-MODEL_FLAG_FORM = "name=...,source=...,vram=...[,tasks=a+b][,preload=true][,digest=sha256:...]"
+MODEL_FLAG_FORM = (
+    "name=...,source=...,vram=...[,tasks=a+b][,preload=true][,digest=sha256:...][,base=file:///...]"
+)
 
 
 def parse_model_flag(flag: str) -> dict[str, Any]:
     """``name=tiny-sd,source=builtin://tiny-sd,vram=512Mi[,tasks=a+b][,preload=true][,digest=sha256:...]``
-    as a
+    ``[,base=file:///...]`` as a
     ModelSpec mapping."""
     fields: dict[str, Any] = {}
     for part in flag.split(","):
         key, sep, value = part.partition("=")
-        if not sep or key not in {"name", "source", "vram", "tasks", "preload", "digest"}:
+        if not sep or key not in {"name", "source", "vram", "tasks", "preload", "digest", "base"}:
             raise ValueError(f"--model {flag!r}: expected {MODEL_FLAG_FORM} (got {part!r})")
         if key == "preload" and value not in {"true", "false"}:
             raise ValueError(f"--model {flag!r}: preload must be true or false (got {value!r})")

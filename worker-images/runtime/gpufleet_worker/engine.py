@@ -39,7 +39,16 @@ from .inventory import GpuInventory, GpuReading
 from .metrics import WorkerMetrics
 from .modelcache import CachedModel
 from .modelfiles import LocalModelFiles, ModelFiles, ModelSourceError
-from .models import Cancelled, Generation, Outputs, Pipeline, progress_unit, total_steps
+from .models import (
+    Cancelled,
+    Generation,
+    Outputs,
+    Pipeline,
+    TrainingDiverged,
+    Workspace,
+    progress_unit,
+    total_steps,
+)
 from .outputs import InvalidOutput, check_output
 from .protocol import (
     LOADING_MODEL_STAGE,
@@ -55,6 +64,7 @@ from .protocol import (
     Reason,
     RunResult,
     SubmitRequest,
+    TrainingProgress,
 )
 from .residency import Load, Model, ModelFailed, TaskNotDone, model_info, resident_models
 
@@ -393,19 +403,29 @@ class Engine:
         run.events.append(event.model_copy(deep=True))
         self.on_event(run.status.run_id)
 
-    def _progress(self, run: Run, step: int, total: int, stage: str | None = None) -> None:
+    def _progress(
+        self,
+        run: Run,
+        step: int,
+        total: int,
+        stage: str | None = None,
+        training: TrainingProgress | None = None,
+    ) -> None:
         if run.cancel_requested.is_set():
             raise Cancelled()
         with self._lock:
-            self._progress_locked(run, step, total, stage)
+            self._progress_locked(run, step, total, stage, training)
 
-    def _progress_locked(self, run: Run, step: int, total: int, stage: str | None) -> None:
+    def _progress_locked(
+        self, run: Run, step: int, total: int, stage: str | None, training: TrainingProgress | None = None
+    ) -> None:
         progress = Progress(
             step=step,
             total_steps=total,
             percent=min(100, step * 100 // total) if total else 0,
             unit=run.status.progress.unit,
             stage=stage,
+            training=training,
         )
         run.status.progress = progress
         self._append(run, JobEvent(run_id=run.status.run_id, event=EventName.PROGRESS, progress=progress))
@@ -439,10 +459,12 @@ class Engine:
                 extra_images=tuple(
                     self._fetch_image(ref, f"input.caption.extraImages[{i}]") for i, ref in enumerate(extra)
                 ),
+                workspace=Workspace(request.output_uri, self.store),
             )
             outputs = self._generate(run, self._await_model(run, model), job)
             if run.cancel_requested.is_set():
                 raise Cancelled()
+            artifacts.extend(outputs.written)
             for file in outputs.files:
                 check_output(file)  # every file before any is written: nothing half-recorded
             for file in outputs.files:
@@ -468,6 +490,8 @@ class Engine:
             reason, message = Reason.INPUT_FETCH_FAILED, str(error)
         except UploadError as error:
             reason, message = Reason.UPLOAD_FAILED, str(error)
+        except TrainingDiverged as error:
+            reason, message = Reason.TRAINING_DIVERGED, str(error)
         except InvalidOutput as error:
             log.error("run %s made an invalid artifact: %s", request.run_id, error)
             reason, message = Reason.INVALID_OUTPUT, str(error)
@@ -478,8 +502,10 @@ class Engine:
             self._finish(run, phase, reason, message, artifacts, result)
 
     def _generate(self, run: Run, pipeline: Pipeline, job: Generation) -> Outputs:
-        def on_step(step: int, total: int, stage: str | None = None) -> None:
-            self._progress(run, step, total, stage)
+        def on_step(
+            step: int, total: int, stage: str | None = None, training: TrainingProgress | None = None
+        ) -> None:
+            self._progress(run, step, total, stage, training)
 
         if run.device.startswith("cuda"):
             # A stream per run lets concurrent runs on one GPU overlap their kernels.

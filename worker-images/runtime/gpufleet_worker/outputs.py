@@ -10,7 +10,7 @@ from xml.etree import ElementTree
 
 from PIL import Image
 
-from .models import JSON, PNG, SVG, TEXT, OutputFile
+from .models import JSON, PNG, SAFETENSORS, SVG, TEXT, OutputFile
 
 SVG_ROOT = "{http://www.w3.org/2000/svg}svg"
 # An SVG must not declare entities: expanding them is how XML bombs work.
@@ -63,7 +63,24 @@ def _check_text(file: OutputFile) -> None:
         raise InvalidOutput(f"{file.name}: not UTF-8 ({error})") from None
 
 
-CHECKS = {PNG: _check_png, SVG: _check_svg, JSON: _check_json, TEXT: _check_text}
+def _check_safetensors(file: OutputFile) -> None:
+    from safetensors.torch import load
+
+    try:
+        tensors = load(file.data)
+    except Exception as error:  # safetensors raises its own and builtin types for broken data
+        raise InvalidOutput(f"{file.name}: not a readable safetensors file ({error})") from None
+    if not tensors:
+        raise InvalidOutput(f"{file.name}: holds no tensors")
+
+
+CHECKS = {
+    PNG: _check_png,
+    SVG: _check_svg,
+    JSON: _check_json,
+    TEXT: _check_text,
+    SAFETENSORS: _check_safetensors,
+}
 
 
 def check_output(file: OutputFile) -> None:

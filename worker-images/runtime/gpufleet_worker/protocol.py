@@ -110,6 +110,7 @@ class Reason(StrEnum):
     INPUT_FETCH_FAILED = "InputFetchFailed"  # network error, too large, not an image
     UPLOAD_FAILED = "UploadFailed"
     INVALID_OUTPUT = "InvalidOutput"  # an artifact failed its check (unparsable, wrong size)
+    TRAINING_DIVERGED = "TrainingDiverged"  # a training loss became NaN or infinite
     INTERNAL_ERROR = "InternalError"
     # refusals of a request
     UNAUTHORIZED = "Unauthorized"
@@ -160,7 +161,8 @@ class SubmitRequest(CamelModel):
             "Prefix the artifacts are written under, ending in '/': s3://bucket/prefix/ or, "
             "where the worker has a local output root, file:///path/. Artifacts: "
             "image-<i>.png (image tasks), mask-<object>-<k>.png and masks.json (segment), "
-            "image.svg (vectorize), answer.txt (caption). Refused with UnsupportedOutput "
+            "image.svg (vectorize), answer.txt (caption), pytorch_lora_weights.safetensors, "
+            "sample-<step>-<i>.png and checkpoints/step-<n>/ (train). Refused with UnsupportedOutput "
             "before the run starts when it can never be written: a bucket that is an IP "
             "address or holds '..', '.-' or '-.', a '.' or '..' path segment."
         ),
@@ -179,6 +181,41 @@ ProgressUnit = Literal["steps", "tokens", "stages"]
 LOADING_MODEL_STAGE = "LoadingModel"
 
 
+class Artifact(CamelModel):
+    name: str = Field(description="File name, for example image-0.png.")
+    url: str = Field(description="Where it was written: s3://bucket/key or file:///path.")
+    media_type: str = Field(description="For example image/png.")
+    size_bytes: int = Field(ge=0)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="Hex SHA-256 of the bytes written.")
+
+
+class Checkpoint(CamelModel):
+    """A complete training checkpoint: LoRA weights, optimizer, scheduler and RNG state."""
+
+    step: int = Field(ge=0, description="Optimizer steps done when it was written.")
+    url: str = Field(description="Its folder, <outputUri>checkpoints/step-<step>/.")
+    sha256: str = Field(
+        pattern=r"^[0-9a-f]{64}$",
+        description="SHA-256 of its checkpoint.json, which lists every file's SHA-256.",
+    )
+
+
+class TrainingProgress(CamelModel):
+    """Where a training run stands (task train); steps are optimizer steps."""
+
+    epoch: int = Field(ge=0, description="Passes over the dataset begun, from 1.")
+    loss: float | None = Field(default=None, description="The last step's loss.")
+    smoothed_loss: float | None = Field(default=None, description="Exponential moving average of the loss.")
+    learning_rate: float = Field(ge=0)
+    steps_per_second: float | None = Field(default=None, ge=0, description="Over this attempt so far.")
+    eta_seconds: float | None = Field(default=None, ge=0, description="Left at steps_per_second.")
+    resumed_from_step: int | None = Field(
+        default=None, ge=0, description="The checkpoint this attempt resumed from; None when from scratch."
+    )
+    checkpoints: list[Checkpoint] = Field(default_factory=list, description="Written so far, oldest first.")
+    samples: list[Artifact] = Field(default_factory=list, description="Sample images written so far.")
+
+
 class Progress(CamelModel):
     step: int = Field(ge=0, description="Units done, counted in unit.")
     total_steps: int = Field(ge=0)
@@ -188,6 +225,7 @@ class Progress(CamelModel):
         description="steps: denoising steps; tokens: tokens generated of the most asked; stages: stages.",
     )
     stage: str | None = Field(default=None, description="The stage just finished, where the task has stages.")
+    training: TrainingProgress | None = Field(default=None, description="Set by train runs.")
 
 
 ModelLoadSource = Literal["resident", "disk", "remote"]
@@ -218,14 +256,6 @@ class RunResult(CamelModel):
         description="A text task's answer, cut to the bound; the whole text is the text/plain artifact.",
     )
     truncated: bool = False
-
-
-class Artifact(CamelModel):
-    name: str = Field(description="File name, for example image-0.png.")
-    url: str = Field(description="Where it was written: s3://bucket/key or file:///path.")
-    media_type: str = Field(description="For example image/png.")
-    size_bytes: int = Field(ge=0)
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="Hex SHA-256 of the bytes written.")
 
 
 class JobStatus(CamelModel):

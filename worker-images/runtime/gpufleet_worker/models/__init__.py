@@ -1,5 +1,6 @@
 """Models a worker serves, one pipeline class per kind: the built-in smoke-test model and
-vectorizer, diffusers pipelines, SAM mask generation and vision-language generation."""
+vectorizer, diffusers pipelines (and LoRA training on them), SAM mask generation and
+vision-language generation."""
 
 from __future__ import annotations
 
@@ -14,13 +15,15 @@ from PIL import Image
 from gpufleet.api.inputs import JobInput, Task, progress_total
 from gpufleet.api.servedmodels import BUILTIN_SCHEME, FILE_SCHEME
 
+from ..artifacts import ArtifactStore
 from ..config import ModelSpec
-from ..protocol import ProgressUnit
+from ..protocol import Artifact, ProgressUnit, TrainingProgress
 
 PNG = "image/png"
 SVG = "image/svg+xml"
 JSON = "application/json"
 TEXT = "text/plain"
+SAFETENSORS = "application/vnd.safetensors"
 
 # transformers model types served as mask generators (segment); other config.json
 # directories are vision-language models (caption).
@@ -32,11 +35,26 @@ class StepHook(Protocol):
     units done and the total; ``stage`` names the stage where a task has stages. It raises
     Cancelled to stop the run there."""
 
-    def __call__(self, step: int, total: int, stage: str | None = None) -> None: ...
+    def __call__(
+        self, step: int, total: int, stage: str | None = None, training: TrainingProgress | None = None
+    ) -> None: ...
 
 
 class Cancelled(Exception):
     """Raised from a step hook to stop a run between steps."""
+
+
+class TrainingDiverged(Exception):
+    """A training loss became NaN or infinite: more steps cannot recover it."""
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """Where a long run (train) writes as it goes: checkpoints and samples under the job's
+    output prefix, the same for every attempt of a job."""
+
+    output_uri: str
+    store: ArtifactStore
 
 
 @dataclass(frozen=True)
@@ -49,6 +67,7 @@ class Generation:
     image: Image.Image | None = None
     mask: Image.Image | None = None
     extra_images: tuple[Image.Image, ...] = ()
+    workspace: Workspace | None = None
 
 
 @dataclass(frozen=True)
@@ -67,6 +86,7 @@ class Outputs:
     files: list[OutputFile] = field(default_factory=list)
     text: str | None = None  # the answer of a text task, also among files as text/plain
     summary: str = ""  # what was made, for the run's message ("2 images", "3 masks")
+    written: list[Artifact] = field(default_factory=list)  # artifacts the run wrote as it went
 
 
 class Pipeline(Protocol):
@@ -137,6 +157,11 @@ def load_pipeline(spec: ModelSpec, device: str) -> Pipeline:
                 f"built-in: {', '.join(sorted(BUILTIN_MODELS))}"
             )
         return BUILTIN_MODELS[name](device)
+    if spec.base is not None:
+        from .diffusers_pipeline import DiffusersPipeline
+
+        lora = Path(spec.source[len(FILE_SCHEME) :])
+        return DiffusersPipeline(spec.base[len(FILE_SCHEME) :], device, lora=lora)
     if spec.source.startswith(FILE_SCHEME):
         directory = spec.source[len(FILE_SCHEME) :]
         kind = model_kind(Path(directory))

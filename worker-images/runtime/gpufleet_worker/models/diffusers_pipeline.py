@@ -2,7 +2,8 @@
 
 Nothing is downloaded: the directory must hold a pipeline saved with ``save_pretrained``
 (model_index.json and its components). Text-to-image runs the pipeline itself;
-image-to-image and inpaint run the matching pipelines over the same loaded weights.
+image-to-image and inpaint run the matching pipelines over the same loaded weights; train
+fits a LoRA on fresh copies of the directory's weights (train_lora.py).
 """
 
 from __future__ import annotations
@@ -16,13 +17,17 @@ from PIL import Image
 
 from gpufleet.api.inputs import Task
 
-from . import Generation, ImagePipeline, StepHook, total_steps
+from . import Generation, ImagePipeline, Outputs, StepHook, total_steps
+
+LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
 
 
 class DiffusersPipeline(ImagePipeline):
-    tasks = frozenset({Task.TEXT_TO_IMAGE, Task.IMAGE_TO_IMAGE, Task.INPAINT})
+    tasks = frozenset({Task.TEXT_TO_IMAGE, Task.IMAGE_TO_IMAGE, Task.INPAINT, Task.TRAIN})
 
-    def __init__(self, directory: str, device: str) -> None:
+    def __init__(self, directory: str, device: str, lora: Path | None = None) -> None:
+        """``lora``: trained LoRA weights (a .safetensors file, or a folder holding
+        pytorch_lora_weights.safetensors) attached to the pipeline; such a model does not train."""
         try:
             from diffusers import DiffusionPipeline
         except ImportError as error:
@@ -37,6 +42,20 @@ class DiffusersPipeline(ImagePipeline):
         ).to(device)
         self.pipeline.set_progress_bar_config(disable=True)
         self.device = device
+        self.directory = directory
+        if lora is not None:
+            folder, weights = (lora.parent, lora.name) if lora.is_file() else (lora, LORA_WEIGHTS)
+            if not (folder / weights).is_file():
+                raise FileNotFoundError(f"{lora} holds no LoRA weights ({LORA_WEIGHTS})")
+            self.pipeline.load_lora_weights(str(folder), weight_name=weights, local_files_only=True)
+            self.tasks = DiffusersPipeline.tasks - {Task.TRAIN}
+
+    def run(self, job: Generation, on_step: StepHook) -> Outputs:
+        if job.task is Task.TRAIN:
+            from .train_lora import train_lora
+
+            return train_lora(self.directory, self.device, job, on_step)
+        return super().run(job, on_step)
 
     def _for_run(self, task: Task) -> Any:
         """A pipeline over the loaded weights with its own scheduler: schedulers keep

@@ -1,0 +1,101 @@
+"""Train, then serve, on the local control plane: a LoRA train job through the operator (its
+loss, checkpoints and weights in the job's status), then the trained LoRA declared as a model
+of a pool on top of its base, drawing a text-to-image job."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from tests.operator.conftest import BUCKET
+from tests.operator.test_tasks_end_to_end import artifact_bytes, code_under_test
+from tests.worker.tinymodels import save_tiny_pipeline
+
+pytest.importorskip("peft", reason="the diffusers extra is not installed")
+
+pytestmark = [pytest.mark.cluster, pytest.mark.localkubelet, pytest.mark.s3, pytest.mark.slow]
+
+STEPS, CHECKPOINT_EVERY = 6, 3
+
+
+def put_dataset(s3_server: Any, prefix: str) -> None:
+    client = s3_server.client()
+    for name, colour in {"red": (220, 30, 30), "blue": (30, 30, 220)}.items():
+        image = io.BytesIO()
+        Image.new("RGB", (64, 64), colour).save(image, "PNG")
+        client.put_object(Bucket=BUCKET, Key=f"{prefix}{name}.png", Body=image.getvalue())
+        client.put_object(Bucket=BUCKET, Key=f"{prefix}{name}.txt", Body=f"a {name} square".encode())
+
+
+def test_a_lora_trains_through_the_operator_then_a_pool_serves_it(
+    fleet: Any, s3_server: Any, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    base = save_tiny_pipeline(tmp_path_factory.mktemp("models"))
+    fleet.pool(
+        "trainer",
+        runtime="diffusers",
+        models=[{"name": "sd", "source": f"file://{base}", "vram": "256Mi"}],
+        tasks=["train", "text-to-image"],
+        max_jobs_per_gpu=1,
+        **code_under_test(),
+    )
+    put_dataset(s3_server, f"{fleet.namespace}/data/")
+    training = {
+        "dataset": {"prefix": f"s3://{BUCKET}/{fleet.namespace}/data/"},
+        "maxSteps": STEPS,
+        "checkpointEverySteps": CHECKPOINT_EVERY,
+        "resolution": 64,
+        "rank": 4,
+        "learningRate": 0.01,
+    }
+    fleet.job("lora", pool="trainer", task="train", model="sd", input={"seed": 5, "training": training})
+    fleet.job(
+        "empty",
+        pool="trainer",
+        task="train",
+        model="sd",
+        input={"seed": 5, "training": training | {"dataset": {"prefix": f"s3://{BUCKET}/nothing/"}}},
+    )
+
+    job = fleet.wait_phase("lora", "Succeeded", "Failed", timeout=600)
+    status = job["status"]
+    assert status["phase"] == "Succeeded", status.get("message")
+    assert status["progress"]["step"] == STEPS and status["progress"]["totalSteps"] == STEPS
+    trained = status["training"]
+    assert trained["epoch"] == STEPS // 2 and trained["smoothedLoss"] > 0 and trained["learningRate"] > 0
+    assert [c["step"] for c in trained["checkpoints"]] == [3, 6]
+    prefix = f"s3://{BUCKET}/{fleet.namespace}/lora/"
+    for checkpoint in trained["checkpoints"]:
+        assert checkpoint["url"] == f"{prefix}checkpoints/step-{checkpoint['step']}/"
+        bucket, key = (checkpoint["url"] + "checkpoint.json").removeprefix("s3://").split("/", 1)
+        data = s3_server.client().get_object(Bucket=bucket, Key=key)["Body"].read()
+        assert hashlib.sha256(data).hexdigest() == checkpoint["sha256"]
+    weights = trained["weights"]
+    assert weights["url"] == prefix + "pytorch_lora_weights.safetensors"
+    assert [a["name"] for a in status["artifacts"]] == ["pytorch_lora_weights.safetensors"]
+    lora_file = tmp_path_factory.mktemp("loras") / "colours.safetensors"
+    lora_file.write_bytes(artifact_bytes(s3_server, weights))
+
+    empty = fleet.wait_phase("empty", "Succeeded", "Failed", timeout=300)["status"]
+    assert (empty["phase"], empty["reason"]) == ("Failed", "InvalidInput")
+    assert "training.dataset" in empty["message"] and "no images with captions" in empty["message"]
+
+    fleet.pool(
+        "served",
+        runtime="diffusers",
+        models=[
+            {"name": "sd", "source": f"file://{base}", "vram": "256Mi"},
+            {"name": "sd-colours", "source": f"file://{lora_file}", "vram": "256Mi", "base": "sd"},
+        ],
+        tasks=["text-to-image"],
+        **code_under_test(),
+    )
+    fleet.job("draw", pool="served", model="sd-colours", size=64, steps=3, seed=9)
+    drawn = fleet.wait_phase("draw", "Succeeded", "Failed", timeout=600)["status"]
+    assert drawn["phase"] == "Succeeded", drawn.get("message")
+    (image,) = drawn["artifacts"]
+    assert Image.open(io.BytesIO(artifact_bytes(s3_server, image))).size == (64, 64)
