@@ -137,8 +137,43 @@ def pool_status(
         "queueDepth": queue_depth,
         "runningJobs": sum(len(v) for v in running.values()),
         "workers": workers,
+        "models": model_status(pool, inventories),
         "conditions": rendered,
     }
+
+
+def model_status(pool: WorkerPool, inventories: dict[str, protocol.Inventory]) -> list[dict[str, Any]]:
+    """Per model of the pool's spec (so the list stays bounded): its copies and counters summed
+    over the workers' inventories, and the first failure message (by pod name). A worker that
+    reports no GPUs per model holds a loaded model on all its GPUs."""
+    sums = {
+        m.name: {
+            "name": m.name,
+            "resident": 0,
+            "loading": 0,
+            "loads": 0,
+            "evictions": 0,
+            "warmHits": 0,
+            "failed": 0,
+            "message": "",
+        }
+        for m in pool.spec.models
+    }
+    for _, inventory in sorted(inventories.items()):
+        for m in inventory.models:
+            entry = sums.get(m.name)
+            if entry is None:
+                continue
+            legacy = m.state == protocol.ModelState.LOADED and not m.resident_gpus
+            entry["resident"] += len(inventory.gpus) if legacy else len(m.resident_gpus)
+            entry["loading"] += len(m.loading_gpus)
+            entry["loads"] += m.loads
+            entry["evictions"] += m.evictions
+            entry["warmHits"] += m.warm_hits
+            if m.state == protocol.ModelState.FAILED:
+                entry["failed"] += 1
+                entry["message"] = entry["message"] or m.message[:1024]
+    return [{k: v for k, v in entry.items() if v or k == "name"} for entry in sums.values()]
 
 
 CRASH_LOOP_RESTARTS = 3  # restarts after which a worker container counts as crash-looping
