@@ -121,6 +121,15 @@ class ServedModel(CamelModel):
         ),
     )
     vram: VramQuantity = Field(description="GPU memory one loaded copy needs, e.g. 2Gi.")
+    min_warm: int = Field(
+        default=0,
+        ge=0,
+        le=MAX_REPLICAS,
+        description=(
+            "Copies to keep resident, each on its own GPU: autoscaling keeps enough workers to hold "
+            "them, and drains a worker holding one of the last ones last."
+        ),
+    )
     tasks: Annotated[list[Task], UniqueItems()] | None = Field(
         default=None,
         min_length=1,

@@ -559,7 +559,9 @@ def size_pool(
                 draining=bool(pod["metadata"].get("labels", {}).get(DRAINING)),
                 busy_jobs=busy.get(name, 0),
                 gpu_vram_total=tuple(g.memory_total_bytes for g in inventory.gpus) if inventory else (),
-                loaded_models=frozenset(m.name for m in inventory.models) if inventory else frozenset(),
+                loaded_models=frozenset().union(*gpu_models(inventory)[0].values())
+                if inventory
+                else frozenset(),
                 started_at=created.timestamp(),
             )
         )
@@ -587,6 +589,7 @@ def size_pool(
         workers=views,
         state=memory.sizing,
         now=time.time(),
+        models=[sizing.Model(m.name, model_vram[m.name], m.min_warm) for m in pool.spec.models],
     )
     memory.sizing = decision.state
     return decision
