@@ -176,6 +176,7 @@ class Sim:
         copy.last_used = now
         gpu.jobs += 1
         gpu.jobs_vram += JOB_VRAM
+        assert gpu.free() >= 0 and gpu.jobs <= gpu.max_jobs, f"GPU {gpu.index} over-committed"
         self.waits.append(begins - job.arrival)
         self.at(begins + job.work_s, "finish", (gpu.index, job.model))
 
