@@ -24,10 +24,15 @@ HEADER = (
 )
 
 
-def replay(trace: Trace, fleet: Fleet, seed: int) -> list[tuple[Result, float]]:
-    """The three policies on the same trace, fleet and load-time draws (the same seed)."""
+def replay(
+    trace: Trace, fleet: Fleet, seed: int, per_copy: tuple[int, ...] = ()
+) -> list[tuple[Result, float]]:
+    """The three policies on the same trace, fleet and load-time draws (the same seed); gpufleet
+    again for each extra `per_copy` (its placer's ``warm_queue_per_copy``)."""
     out = []
-    for make in (lambda sim: Gpufleet(), lambda sim: LeastLoaded(), Preload):
+    makers = [lambda sim: Gpufleet(), lambda sim: LeastLoaded(), Preload]
+    makers += [lambda sim, n=n: Gpufleet(n) for n in per_copy]
+    for make in makers:
         sim = Sim(trace, fleet, seed)
         policy = make(sim)
         began = time.perf_counter()
@@ -54,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=1.2, help="jobs/s outside bursts")
     parser.add_argument("--models", type=int, default=MODELS)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--warm-queue-per-copy", default="", help="also run gpufleet with these allowances (comma-separated)"
+    )
     args = parser.parse_args(argv)
     trace = generate(args.seed, args.hours * 3600, args.rate, args.models)
     print(
@@ -63,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     print(HEADER)
     for gpus in (int(n) for n in args.gpus.split(",")):
         fleet = Fleet(gpus, args.gpu_gib * GiB, args.max_jobs_per_gpu)
-        results = replay(trace, fleet, args.seed)
+        extra = tuple(int(n) for n in args.warm_queue_per_copy.split(",") if n)
+        results = replay(trace, fleet, args.seed, extra)
         for result, seconds in results:
             print(row(result, seconds), flush=True)
         ours, oblivious = results[0][0], results[1][0]

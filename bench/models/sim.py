@@ -33,7 +33,7 @@ import numpy as np
 
 from bench.models.trace import DOWNLOAD_BYTES_PER_S, JOB_VRAM, Trace, TraceJob, load_time
 from gpufleet.core import dispatch
-from gpufleet.core.placement import Demand, DemandMix, Gpu, Worker, observe
+from gpufleet.core.placement import WARM_QUEUE_PER_COPY, Demand, DemandMix, Gpu, Worker, observe
 from gpufleet_worker.modelcache import CachedModel, choose_evictions
 
 PRODUCT = "NVIDIA-L4"
@@ -200,9 +200,11 @@ WINDOW_PER_SLOT, QUEUE_WINDOW = 8, 64
 class Gpufleet:
     """The operator's dispatch round, on the fleet as the workers' inventories report it."""
 
-    name = "gpufleet"
-
-    def __init__(self) -> None:
+    def __init__(self, warm_queue_per_copy: int = WARM_QUEUE_PER_COPY) -> None:
+        self.warm_queue_per_copy = warm_queue_per_copy
+        self.name = (
+            "gpufleet" if warm_queue_per_copy == WARM_QUEUE_PER_COPY else f"gpufleet/{warm_queue_per_copy}"
+        )
         self.mix = DemandMix()
         self.seen: set[int] = set()
 
@@ -217,7 +219,7 @@ class Gpufleet:
             dispatch.QueuedJob(str(job.id), job.model, JOB_VRAM, model_vram=sim.trace.model(job.model).vram)
             for job in window
         ]
-        plan = dispatch.plan(queued, workers, self.mix)
+        plan = dispatch.plan(queued, workers, self.mix, warm_queue_per_copy=self.warm_queue_per_copy)
         by_id = {str(job.id): job for job in window}
         for a in plan.assignments:
             sim.start(now, by_id[a.key], sim.gpus[a.placement.worker_index])

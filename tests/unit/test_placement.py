@@ -349,7 +349,16 @@ def test_the_choice_is_the_rules_best_and_never_over_commits(workers, demand, mi
         if aware and t == 0 and w.ready and not w.draining
         if not demand.products or g.product in demand.products
     ]
-    if best_tier > 0 and warm:
+    warm_room = any(
+        tiers[wi][i] == 0 and fits(demand, g, g.vram_free, g.jobs)
+        for wi, w in enumerate(seen)
+        if w.ready
+        and not w.draining
+        and (w.cpu_free is None or w.cpu_free >= demand.cpu)
+        and (w.memory_free is None or w.memory_free >= demand.memory)
+        for i, g in enumerate(w.gpus)
+    )
+    if best_tier > 0 and warm and not warm_room:
         assert isinstance(result, NoFit) and result.waits_for_warm == tuple(warm)
         return
     candidates = list(oracle_candidates(seen, demand, within(best_tier)))

@@ -49,10 +49,17 @@ class Plan:
     waiting: dict[str, NoFit]  # jobs that fit nowhere this round, and why
 
 
-def plan(ordered: Sequence[QueuedJob], workers: Iterable[Worker], mix: DemandMix | None = None) -> Plan:
+def plan(
+    ordered: Sequence[QueuedJob],
+    workers: Iterable[Worker],
+    mix: DemandMix | None = None,
+    *,
+    warm_queue_per_copy: int = placement.WARM_QUEUE_PER_COPY,
+) -> Plan:
     """Places ``ordered`` (already in queue order) onto ``workers``, first come first placed.
 
-    ``mix`` is the pool's recent job mix (updated by the caller as jobs arrive).
+    ``mix`` is the pool's recent job mix (updated by the caller as jobs arrive);
+    ``warm_queue_per_copy`` is the placer's (`placement.place`).
     """
     fleet = Fleet.of(workers)
     assignments: list[Assignment] = []
@@ -70,7 +77,10 @@ def plan(ordered: Sequence[QueuedJob], workers: Iterable[Worker], mix: DemandMix
             continue
         view, avoided = _without_avoided(fleet, job, demand)
         result = placement.place(
-            view, Job(demand, job.model, job.model_vram, queue_ahead=waiting_for[job.model]), mix
+            view,
+            Job(demand, job.model, job.model_vram, queue_ahead=waiting_for[job.model]),
+            mix,
+            warm_queue_per_copy=warm_queue_per_copy,
         )
         if isinstance(result, NoFit):
             if avoided:

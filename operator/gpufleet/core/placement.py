@@ -602,7 +602,8 @@ def place(
             warm = np.flatnonzero(
                 (tier == 0) & fleet.eligible[fleet.gpu_worker] & fleet.allowed(demand.products)
             )
-            if best_tier > 0 and len(warm) and job.queue_ahead < warm_queue_per_copy * len(warm):
+            busy = not (room & (tier == 0)).any()  # no warm GPU could be one of the job's now
+            if best_tier > 0 and len(warm) and busy and job.queue_ahead < warm_queue_per_copy * len(warm):
                 return _waits_for_warm(fleet, job, need, warm, warm_queue_per_copy)
         fleet = _evolve(fleet, worker_state=_refined_states(fleet, room, tier))
 
