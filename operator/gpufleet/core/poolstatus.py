@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections import Counter
 from typing import Any
 
 import gpufleet_worker.protocol as protocol
@@ -146,34 +147,30 @@ def model_status(pool: WorkerPool, inventories: dict[str, protocol.Inventory]) -
     """Per model of the pool's spec (so the list stays bounded): its copies and counters summed
     over the workers' inventories, and the first failure message (by pod name). A worker that
     reports no GPUs per model holds a loaded model on all its GPUs."""
-    sums = {
-        m.name: {
-            "name": m.name,
-            "resident": 0,
-            "loading": 0,
-            "loads": 0,
-            "evictions": 0,
-            "warmHits": 0,
-            "failed": 0,
-            "message": "",
-        }
-        for m in pool.spec.models
-    }
+    counts: dict[str, Counter[str]] = {m.name: Counter() for m in pool.spec.models}
+    messages: dict[str, str] = {}
     for _, inventory in sorted(inventories.items()):
         for m in inventory.models:
-            entry = sums.get(m.name)
-            if entry is None:
+            count = counts.get(m.name)
+            if count is None:
                 continue
             legacy = m.state == protocol.ModelState.LOADED and not m.resident_gpus
-            entry["resident"] += len(inventory.gpus) if legacy else len(m.resident_gpus)
-            entry["loading"] += len(m.loading_gpus)
-            entry["loads"] += m.loads
-            entry["evictions"] += m.evictions
-            entry["warmHits"] += m.warm_hits
+            count["resident"] += len(inventory.gpus) if legacy else len(m.resident_gpus)
+            count["loading"] += len(m.loading_gpus)
+            count["loads"] += m.loads
+            count["evictions"] += m.evictions
+            count["warmHits"] += m.warm_hits
             if m.state == protocol.ModelState.FAILED:
-                entry["failed"] += 1
-                entry["message"] = entry["message"] or m.message[:1024]
-    return [{k: v for k, v in entry.items() if v or k == "name"} for entry in sums.values()]
+                count["failed"] += 1
+                messages.setdefault(m.name, m.message[:1024])
+    return [
+        {
+            "name": name,
+            **{key: value for key, value in count.items() if value},
+            **({"message": messages[name]} if messages.get(name) else {}),
+        }
+        for name, count in counts.items()
+    ]
 
 
 CRASH_LOOP_RESTARTS = 3  # restarts after which a worker container counts as crash-looping
