@@ -809,7 +809,7 @@ def test_a_job_for_an_idle_resident_model_makes_it_unevictable():
     assert isinstance(place(fleet, model_job(1, model="xl", model_gib=2)), NoFit)
 
 
-@pytest.mark.parametrize(("ahead", "waits"), [(0, True), (1, True), (2, False), (5, False)])
+@pytest.mark.parametrize(("ahead", "waits"), [(0, True), (3, True), (4, False), (9, False)])
 def test_a_second_warm_copy_is_loaded_only_when_the_queue_needs_it(ahead, waits):
     # The warm GPU is full (one job slot, taken); the cold one has room.
     warm = gpu("w0", free=8, jobs=1, max_jobs=1, models=frozenset({"sd"}))

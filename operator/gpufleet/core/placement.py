@@ -62,7 +62,9 @@ DEFAULT_MAX_KINDS = 64  # distinct demands the mix keeps (the lightest are dropp
 STRANDED_TIE = 0.04  # scores (in GPUs) closer than this are ties
 FILL_WEIGHT = 1.0  # weight of the change in expected never-filled VRAM next to stranded VRAM
 SCARCE_WEIGHT = 1.0  # weight of contested VRAM taken next to stranded VRAM
-WARM_QUEUE_PER_COPY = 2  # jobs queued for a model per busy warm copy before another is loaded
+# Jobs queued for a model per busy warm copy before another copy is loaded: a load (tens of
+# seconds for a diffusion checkpoint) costs about as much as four typical jobs (bench/models).
+WARM_QUEUE_PER_COPY = 4
 # Model locality tiers, best first: resident on the GPU, files on the worker's disk, downloaded.
 MODEL_SOURCES: tuple[ModelLoadSource, ...] = get_args(ModelLoadSource)
 _NOISE = 1e-9  # differences below this (in GPUs) are float noise
