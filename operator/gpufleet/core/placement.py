@@ -1281,23 +1281,27 @@ def commit(fleet: Fleet, placement: Placement) -> Fleet:
         raise ValueError(f"placement on {placement.worker}: its GPUs no longer have the room")
     if fleet.cpu_free[w] < placement.cpu or fleet.memory_free[w] < placement.memory:
         raise ValueError(f"placement on {placement.worker}: its host no longer has the room")
-    vram_free, jobs, evictable = fleet.vram_free.copy(), fleet.jobs.copy(), fleet.evictable.copy()
-    gpu_models, gpu_idle = list(fleet.gpu_models), list(fleet.gpu_idle)
+    vram_free, jobs = fleet.vram_free.copy(), fleet.jobs.copy()
     for g, vram, load in zip(placement.gpu_indices, placement.vram, loads, strict=True):
-        # A load takes free VRAM first, then evicts idle models as the worker's cache does;
-        # the job's model is in use now.
-        idle = dict(gpu_idle[g])
-        cached = [CachedModel(name, size, order) for order, (name, size) in enumerate(gpu_idle[g])]
-        for name in choose_evictions(cached, vram + load, int(vram_free[g])) or () if load else ():
-            vram_free[g] += idle.pop(name)
-            gpu_models[g] -= {name}
         vram_free[g] -= vram + load
         jobs[g] += 1
-        if placement.model is not None:
-            gpu_models[g] |= {placement.model}
+    evictable, gpu_models, gpu_idle = fleet.evictable, fleet.gpu_models, fleet.gpu_idle
+    if placement.model is not None and placement.gpu_indices:  # only then copied: fleets are large
+        evictable, models, idles = evictable.copy(), list(gpu_models), list(gpu_idle)
+        for g, vram, load in zip(placement.gpu_indices, placement.vram, loads, strict=True):
+            # A load takes free VRAM first, then evicts idle models as the worker's cache
+            # does; the job's model is in use now.
+            idle = dict(idles[g])
+            cached = [CachedModel(name, size, order) for order, (name, size) in enumerate(idles[g])]
+            free = int(vram_free[g]) + vram + load
+            for name in choose_evictions(cached, vram + load, free) or () if load else ():
+                vram_free[g] += idle.pop(name)
+                models[g] -= {name}
+            models[g] |= {placement.model}
             idle.pop(placement.model, None)
-        gpu_idle[g] = tuple(idle.items())
-        evictable[g] = sum(idle.values())
+            idles[g] = tuple(idle.items())
+            evictable[g] = sum(idle.values())
+        gpu_models, gpu_idle = tuple(models), tuple(idles)
     cpu_free, memory_free = fleet.cpu_free.copy(), fleet.memory_free.copy()
     cpu_free[w] -= placement.cpu
     memory_free[w] -= placement.memory
@@ -1315,7 +1319,7 @@ def commit(fleet: Fleet, placement: Placement) -> Fleet:
         vram_free=vram_free,
         jobs=jobs,
         evictable=evictable,
-        gpu_models=tuple(gpu_models),
-        gpu_idle=tuple(gpu_idle),
+        gpu_models=gpu_models,
+        gpu_idle=gpu_idle,
         worker_state=worker_state,
     )
