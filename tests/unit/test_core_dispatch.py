@@ -23,10 +23,15 @@ SIZES_GIB = (16, 24, 80)
 
 
 def gpu(
-    uuid: str, total_gib: int = 24, free_gib: float | None = None, jobs: int = 0, max_jobs: int = 4
+    uuid: str,
+    total_gib: int = 24,
+    free_gib: float | None = None,
+    jobs: int = 0,
+    max_jobs: int = 4,
+    **kwargs: object,
 ) -> Gpu:
     free = total_gib if free_gib is None else free_gib
-    return Gpu(uuid, "NVIDIA-L4", total_gib * GiB, int(free * GiB), jobs, max_jobs)
+    return Gpu(uuid, "NVIDIA-L4", total_gib * GiB, int(free * GiB), jobs, max_jobs, **kwargs)  # type: ignore[arg-type]
 
 
 def worker(name: str, *gpus: Gpu, **kwargs: object) -> Worker:
@@ -68,7 +73,7 @@ def fleets(draw: st.DrawFn, max_workers: int = 4) -> list[Worker]:
             Worker(
                 name,
                 draw(gpus_of(name, max_jobs)),
-                models=frozenset(draw(st.sets(st.sampled_from(["tiny-sd", "sdxl"]), max_size=2))),
+                on_disk=frozenset(draw(st.sets(st.sampled_from(["tiny-sd", "sdxl"]), max_size=2))),
                 ready=draw(st.booleans()) or draw(st.booleans()),  # mostly ready
                 draining=draw(st.integers(0, 4)) == 0,
             )
@@ -195,11 +200,13 @@ def test_no_job_is_placed_while_a_higher_one_that_fit_at_its_turn_waits(
     drawn: tuple[list[Worker], list[QueuedJob], DemandMix | None],
 ) -> None:
     """Backfill only ever uses capacity the jobs ahead could not use: a waiting job did not fit on
-    any worker it may use, given what the jobs placed ahead of it had taken."""
+    any worker it may use, given what the jobs placed ahead of it had taken, or it waits for a
+    busy GPU holding its model (one a job ahead took for it)."""
     workers, jobs, mix = drawn
     result = plan(jobs, workers, mix)
     free = {g.uuid: g.vram_free for w in workers for g in w.gpus}
     running = {g.uuid: g.jobs for w in workers for g in w.gpus}
+    holding: dict[str, set[str]] = defaultdict(set)
     assignments = {a.key: a.placement for a in result.assignments}
     for job in jobs:
         if job.key in assignments:
@@ -207,6 +214,10 @@ def test_no_job_is_placed_while_a_higher_one_that_fit_at_its_turn_waits(
             for uuid, reserved in zip(p.gpus, p.vram, strict=True):
                 free[uuid] -= reserved
                 running[uuid] += 1
+                holding[job.model].add(uuid)
+            continue
+        if result.waiting[job.key].waits_for_warm:
+            assert set(result.waiting[job.key].waits_for_warm) <= holding[job.model]
             continue
         skip = avoided_for(job, workers)
         usable = [w for w in workers if eligible(w) and w.name not in skip]
@@ -221,7 +232,8 @@ def test_single_worker_plan_is_exactly_greedy_in_queue_order(
     drawn: tuple[list[Worker], list[QueuedJob], DemandMix | None], one_gpu: bool
 ) -> None:
     """On one worker (with one GPU, where the placer has no choice) the round is exactly: walk
-    the queue, place each job that fits what is left, skip the others."""
+    the queue, place each job that fits what is left, skip the others; with several GPUs, a
+    job may also wait for the busy GPU that a job ahead loaded its model on."""
     workers, jobs, mix = drawn
     if one_gpu:
         workers = [Worker(workers[0].name, workers[0].gpus[:1], ready=True)]
@@ -233,6 +245,9 @@ def test_single_worker_plan_is_exactly_greedy_in_queue_order(
     assignments = {a.key: a.placement for a in result.assignments}
     for job in jobs:
         if eligible(w) and fits(job, w.gpus, free, running):
+            if job.key in result.waiting and result.waiting[job.key].waits_for_warm:
+                assert not one_gpu
+                continue
             expected.append(job.key)
             if one_gpu:
                 assert assignments[job.key].gpus == (w.gpus[0].uuid,)
@@ -280,7 +295,7 @@ def test_empty_queue_plans_nothing() -> None:
 
 
 def test_a_worker_holding_the_model_is_preferred() -> None:
-    workers = [worker("cold"), worker("warm", models=frozenset({"tiny-sd"}))]
+    workers = [worker("cold"), worker("warm", gpu("warm-g0", models=frozenset({"tiny-sd"})))]
     assert placed(plan([queued("a", 2)], workers)) == {"a": "warm"}
 
 

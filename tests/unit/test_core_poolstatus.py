@@ -134,7 +134,7 @@ def test_counts_selector_and_generation() -> None:
         job("new", None),
     ]
     status = status_of(active=3, ready=2, desired=3, jobs=jobs, queue_depth=7)
-    assert {k: v for k, v in status.items() if k not in ("workers", "conditions")} == {
+    assert {k: v for k, v in status.items() if k not in ("workers", "models", "conditions")} == {
         "observedGeneration": 4,
         "replicas": 3,
         "desiredReplicas": 3,
@@ -379,3 +379,57 @@ def test_s3_models_without_s3_credentials_make_the_pool_degraded_naming_them():
     assert found[ConditionType.READY]["status"] == "True"  # its other models are served
     healthy = pool_status(wp, pods, pods, invs, [], 1, 0, SELECTOR, T0, False)
     assert conditions_of(healthy)[ConditionType.DEGRADED]["status"] == "False"
+
+
+# --- per model ---------------------------------------------------------------------------------
+
+
+def model_info(name: str, state: protocol.ModelState, **kw: Any) -> protocol.ModelInfo:
+    return protocol.ModelInfo(
+        name=name,
+        source=f"s3://models/{name}",
+        vram_bytes=2 * GiB,
+        tasks=[protocol.Task.TEXT_TO_IMAGE],
+        state=state,
+        **kw,
+    )
+
+
+def test_each_served_model_sums_its_copies_loads_evictions_warm_hits_and_failures() -> None:
+    wp = pool()
+    wp.spec.models = [
+        wp.spec.models[0].model_copy(update={"name": name}) for name in ("hot", "cold", "broken", "idle")
+    ]
+    a, b = inventory("sd15-0"), inventory("sd15-1")
+    a.models = [
+        model_info(
+            "hot",
+            protocol.ModelState.LOADED,
+            resident_gpus=["GPU-sd15-0"],
+            loads=3,
+            evictions=1,
+            warm_hits=40,
+        ),
+        model_info("cold", protocol.ModelState.LOADING, loading_gpus=["GPU-sd15-0"], loads=1),
+        model_info("broken", protocol.ModelState.FAILED, message="s3://models/broken: NoSuchKey"),
+        model_info("not-served", protocol.ModelState.LOADED, resident_gpus=["GPU-sd15-0"]),
+    ]
+    b.models = [
+        model_info("hot", protocol.ModelState.LOADED, resident_gpus=["GPU-sd15-1"], loads=1, warm_hits=9),
+        model_info("cold", protocol.ModelState.AVAILABLE, evictions=2),
+        model_info("broken", protocol.ModelState.FAILED, message="digest mismatch"),
+    ]
+    pods = [pod("sd15-0"), pod("sd15-1")]
+    status = pool_status(wp, pods, pods, {"sd15-1": b, "sd15-0": a}, [], 2, 0, SELECTOR, T0, False)
+    assert status["models"] == [
+        {"name": "hot", "resident": 2, "loads": 4, "evictions": 1, "warmHits": 49},
+        {"name": "cold", "loading": 1, "loads": 1, "evictions": 2},
+        {"name": "broken", "failed": 2, "message": "s3://models/broken: NoSuchKey"},
+        {"name": "idle"},
+    ]
+    WorkerPoolStatus.model_validate(status)  # the CRD's schema takes it
+
+
+def test_a_worker_that_reports_no_gpus_per_model_holds_a_loaded_one_on_each_gpu() -> None:
+    status = status_of(active=2, ready=2)
+    assert status["models"] == [{"name": "tiny-sd", "resident": 2}]

@@ -6,6 +6,7 @@ the fast array implementation on random fleets.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from functools import cache
 
@@ -17,6 +18,7 @@ from hypothesis import strategies as st
 from gpufleet.core.fill import FILL_SHARE_DECIMALS, SHARE_SCALE
 from gpufleet.core.placement import (
     FILL_WEIGHT,
+    MODEL_SOURCES,
     SCARCE_WEIGHT,
     Demand,
     DemandMix,
@@ -186,8 +188,9 @@ def oracle_score(workers: list[Worker], w: Worker, chosen: tuple[int, ...], dema
     )
 
 
-def oracle_candidates(workers: list[Worker], demand: Demand):
-    """Every feasible (worker, GPU positions) for a job, GPU choice as the rule makes it."""
+def oracle_candidates(workers: list[Worker], demand: Demand, usable=lambda wi, i: True):
+    """Every feasible (worker, GPU positions) for a job, GPU choice as the rule makes it, on
+    the GPUs `usable` allows."""
     for wi, w in enumerate(workers):
         if not w.ready or w.draining:
             continue
@@ -195,7 +198,7 @@ def oracle_candidates(workers: list[Worker], demand: Demand):
             w.memory_free is not None and w.memory_free < demand.memory
         ):
             continue
-        room = [i for i, g in enumerate(w.gpus) if fits(demand, g, g.vram_free, g.jobs)]
+        room = [i for i, g in enumerate(w.gpus) if fits(demand, g, g.vram_free, g.jobs) and usable(wi, i)]
         if demand.gpus == 0:
             yield wi, ()
         elif demand.gpus == 1:
@@ -208,6 +211,34 @@ def oracle_candidates(workers: list[Worker], demand: Demand):
             yield wi, tuple(sorted(room, key=lambda i: (left[i], i))[: demand.gpus])
 
 
+def as_seen(workers: list[Worker], model: str, model_vram: int) -> list[Worker]:
+    """The fleet as a job for `model` sees it: where the model is not resident, its VRAM is
+    taken from free VRAM and the idle models' VRAM."""
+    return [
+        dataclasses.replace(
+            w,
+            gpus=tuple(
+                dataclasses.replace(
+                    g,
+                    vram_free=g.vram_free if model in g.models else g.vram_free + g.evictable - model_vram,
+                    models=frozenset(),
+                    idle_models=(),
+                )
+                for g in w.gpus
+            ),
+        )
+        for w in workers
+    ]
+
+
+def oracle_tier(w: Worker, g: Gpu, demand: Demand, model: str, model_vram: int) -> int:
+    """0 resident; 1 on the worker's disk; 3 cold; plus 1 where the load must evict."""
+    if model in g.models:
+        return 0
+    base = 1 if model in w.on_disk else 3
+    return base + (model_vram > 0 and g.vram_free - model_vram < need_on(demand, g))
+
+
 # --- strategies -------------------------------------------------------------------------------
 
 products = st.sampled_from(["A10", "L4", "H100"])
@@ -218,8 +249,16 @@ def gpus_st(draw, name: str) -> Gpu:
     total = draw(st.sampled_from([8, 16, 24, 80]))
     free_q = draw(st.integers(0, 8))  # eighths of the GPU free
     max_jobs = draw(st.integers(1, 4))
+    models = frozenset(draw(st.sets(st.sampled_from(["sd", "llm"]), max_size=2)))
+    idle = tuple(
+        (m, total * GiB * draw(st.integers(0, 8 - free_q)) // 16)
+        for m in sorted(models)
+        if draw(st.booleans())
+    )
     return Gpu(
         uuid=name,
+        models=models,
+        idle_models=idle,
         product=draw(products),
         vram_total=total * GiB,
         vram_free=total * GiB * free_q // 8,
@@ -238,7 +277,7 @@ def workers_st(draw) -> list[Worker]:
             Worker(
                 name=f"w{i}",
                 gpus=tuple(draw(gpus_st(f"w{i}-g{j}")) for j in range(n)),
-                models=frozenset(draw(st.sets(st.sampled_from(["sd", "llm"]), max_size=1))),
+                on_disk=frozenset(draw(st.sets(st.sampled_from(["sd", "llm"]), max_size=1))),
                 ready=draw(st.booleans() | st.just(True)),
                 draining=draw(st.booleans() | st.just(False)) and draw(st.booleans()),
                 cpu_free=draw(st.none() | st.integers(0, 16).map(lambda c: c * 1000)),
@@ -279,16 +318,52 @@ PROPERTY = settings(max_examples=300, deadline=None, suppress_health_check=[Heal
 
 
 @PROPERTY
-@given(workers=workers_st(), demand=demands_st(), mix=mixes_st(), model=st.sampled_from([None, "sd"]))
-def test_the_choice_is_the_rules_best_and_never_over_commits(workers, demand, mix, model):
+@given(
+    workers=workers_st(),
+    demand=demands_st(),
+    mix=mixes_st(),
+    model=st.sampled_from([None, "sd"]),
+    model_gib=st.sampled_from([0, 2, 6]),
+)
+def test_the_choice_is_the_rules_best_and_never_over_commits(workers, demand, mix, model, model_gib):
+    model_vram = model_gib * GiB if model is not None else 0
     fleet = Fleet.of(workers)
-    result = place(fleet, Job(demand, model), mix)
-    candidates = list(oracle_candidates(workers, demand))
+    result = place(fleet, Job(demand, model, model_vram), mix)
+    aware = model is not None and demand.gpus > 0
+    seen = as_seen(workers, model, model_vram) if aware else workers
+    tiers = [[oracle_tier(w, g, demand, model, model_vram) if aware else 0 for g in w.gpus] for w in workers]
+    candidates = list(oracle_candidates(seen, demand))
     if not candidates:
         assert isinstance(result, NoFit)
         return
+
+    # Model locality: the best tier at which a candidate exists.
+    def within(tier: int):
+        return lambda wi, i: tiers[wi][i] <= tier
+
+    best_tier = min(t for t in range(5) if any(oracle_candidates(seen, demand, within(t))))
+    warm = [
+        g.uuid
+        for w, row in zip(workers, tiers, strict=True)
+        for g, t in zip(w.gpus, row, strict=True)
+        if aware and t == 0 and w.ready and not w.draining
+        if not demand.products or g.product in demand.products
+    ]
+    warm_room = any(
+        tiers[wi][i] == 0 and fits(demand, g, g.vram_free, g.jobs)
+        for wi, w in enumerate(seen)
+        if w.ready
+        and not w.draining
+        and (w.cpu_free is None or w.cpu_free >= demand.cpu)
+        and (w.memory_free is None or w.memory_free >= demand.memory)
+        for i, g in enumerate(w.gpus)
+    )
+    if best_tier > 0 and warm and not warm_room:
+        assert isinstance(result, NoFit) and result.waits_for_warm == tuple(warm)
+        return
+    candidates = list(oracle_candidates(seen, demand, within(best_tier)))
     assert isinstance(result, Placement)
-    w = workers[result.worker_index]
+    w = seen[result.worker_index]
     assert result.worker == w.name and w.ready and not w.draining
     positions = tuple(fleet.gpu_uuids.index(u) - fleet.gpu_uuids.index(w.gpus[0].uuid) for u in result.gpus)
     assert len(set(result.gpus)) == demand.gpus == len(result.vram)
@@ -299,17 +374,18 @@ def test_the_choice_is_the_rules_best_and_never_over_commits(workers, demand, mi
         assert not demand.products or g.product in demand.products
     assert w.cpu_free is None or w.cpu_free >= demand.cpu
     assert w.memory_free is None or w.memory_free >= demand.memory
-    # Model locality first, then the least increase of stranded plus never-filled VRAM (up to
-    # the tie width).
-    holders = [c for c in candidates if model in workers[c[0]].models]
-    pool = holders or candidates
-    assert result.holds_model == bool(holders)
+    # Then the least increase of stranded plus never-filled VRAM (up to the tie width).
+    assert result.holds_model == (aware and best_tier == 0)
+    chosen_tier = max((tiers[result.worker_index][i] for i in positions), default=0)
+    assert result.model_source == (MODEL_SOURCES[(chosen_tier + 1) // 2] if aware else None)
+    loads = tuple(0 if tiers[result.worker_index][i] == 0 else model_vram for i in positions)
+    assert result.model_vram == (loads if aware else ())
     best = min(
-        score_bin(np.array(oracle_score(workers, workers[wi], chosen, demand, mix))) for wi, chosen in pool
+        score_bin(np.array(oracle_score(seen, seen[wi], chosen, demand, mix))) for wi, chosen in candidates
     )
     assert result.stranded_increase == pytest.approx(oracle_increase(w, positions, demand, mix), abs=1e-7)
     assert result.fill_increase == pytest.approx(oracle_fill(w, positions, demand, mix), abs=1e-7)
-    assert result.scarce_use == pytest.approx(oracle_scarce(workers, w, positions, demand, mix), abs=1e-7)
+    assert result.scarce_use == pytest.approx(oracle_scarce(seen, w, positions, demand, mix), abs=1e-7)
     score = result.stranded_increase + FILL_WEIGHT * result.fill_increase + SCARCE_WEIGHT * result.scarce_use
     assert score_bin(np.array(score)) == best
 
@@ -362,7 +438,7 @@ def test_a_worker_holding_the_model_wins_even_if_fragmentation_prefers_another()
     fleet = Fleet.of(
         [
             worker("cold", gpu("c0", free=4)),  # a perfect fit: 4 GiB job leaves nothing
-            worker("warm", gpu("w0", free=16), models=frozenset({"sd"})),
+            worker("warm", gpu("w0", free=16, models=frozenset({"sd"}))),
         ]
     )
     mix = mix_of(Demand(vram=4 * GiB), Demand(vram=12 * GiB))
@@ -650,3 +726,116 @@ def test_many_identical_workers_with_one_different_at_random(seed):
     workers[odd] = worker(f"w{odd}", gpu(f"g{odd}a", free=16), gpu(f"g{odd}b", free=6))
     mix = mix_of(Demand(vram=6 * GiB), Demand(vram=10 * GiB))
     assert place(Fleet.of(workers), job(6), mix).worker == f"w{odd}"
+
+
+# --- models: resident, on disk, cold; eviction; warm copies ------------------------------------
+
+
+def model_job(vram: float, model: str = "sd", model_gib: float = 6, ahead: int = 0) -> Job:
+    return Job(Demand(vram=int(vram * GiB)), model, int(model_gib * GiB), queue_ahead=ahead)
+
+
+@pytest.mark.parametrize(
+    ("present", "expected", "source"),
+    [
+        (("warm", "disk", "cold"), "warm", "resident"),
+        (("disk", "cold"), "disk", "disk"),
+        (("cold",), "cold", "remote"),
+    ],
+)
+def test_resident_beats_disk_beats_cold(present, expected, source):
+    # The cold worker is the best fit by VRAM; locality still decides first.
+    workers = {
+        "warm": worker("warm", gpu("w0", total=24, free=18, models=frozenset({"sd"}))),
+        "disk": worker("disk", gpu("d0", total=24, free=20), on_disk=frozenset({"sd"})),
+        "cold": worker("cold", gpu("c0", total=24, free=8)),
+    }
+    result = place(Fleet.of([workers[name] for name in present]), model_job(2), mix_of(Demand(vram=8 * GiB)))
+    assert isinstance(result, Placement)
+    assert (result.worker, result.model_source) == (expected, source)
+    assert result.holds_model == (source == "resident")
+    assert result.model_vram == ((0,) if source == "resident" else (6 * GiB,))
+    assert result.vram == (2 * GiB,)
+
+
+@pytest.mark.parametrize(
+    ("idle", "fits"),
+    [
+        ((("old", 6 * GiB),), True),  # 2 free + 6 idle = 8 = 6 model + 2 job
+        ((("old", 5 * GiB),), False),  # 1 short
+        ((), False),  # the busy model's VRAM is not evictable
+    ],
+)
+def test_a_load_may_evict_only_idle_models(idle, fits):
+    # 16 GiB: 2 free, 6 held by "old", 8 by "busy" (running a job, so never idle).
+    g = gpu("g0", free=2, models=frozenset({"old", "busy"}), idle_models=idle)
+    result = place(Fleet.of([worker("w", g)]), model_job(2))
+    assert isinstance(result, Placement) == fits
+    if not fits:
+        assert "model sd" in result.reason and "6.00 GiB" in result.reason
+
+
+def test_a_load_that_needs_no_eviction_beats_one_that_does():
+    evicting = gpu("e0", total=24, free=4, models=frozenset({"old"}), idle_models=(("old", 20 * GiB),))
+    spare = gpu("s0", total=24, free=20)
+    result = place(Fleet.of([worker("a", evicting), worker("b", spare)]), model_job(2))
+    assert result.worker == "b"
+
+
+def test_loads_and_evictions_never_over_commit_a_gpu():
+    # 16 GiB GPU: 4 free, "old" idle with 8. Loading "sd" (6) for a 2 GiB job evicts "old".
+    g = gpu("g0", free=4, models=frozenset({"old", "pinned"}), idle_models=(("old", 8 * GiB),))
+    fleet = Fleet.of([worker("w", g)])
+    first = place(fleet, model_job(2))
+    assert first.model_vram == (6 * GiB,)
+    fleet = commit(fleet, first)
+    assert fleet.vram_free[0] + fleet.evictable[0] == 4 * GiB  # 4 + 8 - 6 - 2
+    assert "sd" in fleet.gpu_models[0]
+    # The same model again needs only the job's VRAM; another model no longer fits.
+    second = place(fleet, model_job(2))
+    assert second.holds_model and second.model_vram == (0,)
+    assert isinstance(place(fleet, model_job(2, model="xl", model_gib=4)), NoFit)
+    fleet = commit(fleet, second)
+    assert isinstance(place(fleet, model_job(2, model="xl", model_gib=1)), NoFit)
+    with pytest.raises(ValueError, match="no longer have the room"):
+        commit(fleet, first)
+
+
+def test_a_job_for_an_idle_resident_model_makes_it_unevictable():
+    # "sd" is resident and idle (8 GiB). Its job uses it, so a load of "xl" cannot evict it.
+    g = gpu("g0", free=4, models=frozenset({"sd"}), idle_models=(("sd", 8 * GiB),))
+    fleet = commit(Fleet.of([worker("w", g)]), place(Fleet.of([worker("w", g)]), model_job(2)))
+    assert fleet.evictable[0] == 0 and fleet.gpu_idle[0] == ()
+    assert isinstance(place(fleet, model_job(1, model="xl", model_gib=2)), NoFit)
+
+
+@pytest.mark.parametrize(("ahead", "waits"), [(0, True), (3, True), (4, False), (9, False)])
+def test_a_second_warm_copy_is_loaded_only_when_the_queue_needs_it(ahead, waits):
+    # The warm GPU is full (one job slot, taken); the cold one has room.
+    warm = gpu("w0", free=8, jobs=1, max_jobs=1, models=frozenset({"sd"}))
+    fleet = Fleet.of([worker("warm", warm), worker("cold", gpu("c0"))])
+    result = place(fleet, model_job(2, ahead=ahead))
+    if waits:
+        assert isinstance(result, NoFit) and result.waits_for_warm == ("w0",)
+        assert "warm copy of model sd" in result.reason
+    else:
+        assert result.worker == "cold" and result.model_source == "remote"
+    # A larger allowance per copy keeps the job waiting longer.
+    assert isinstance(place(fleet, model_job(2, ahead=ahead), warm_queue_per_copy=10), NoFit)
+
+
+def test_no_warm_copy_is_waited_for_on_a_worker_that_takes_no_jobs():
+    warm = gpu("w0", free=8, jobs=1, max_jobs=1, models=frozenset({"sd"}))
+    fleet = Fleet.of([worker("warm", warm, draining=True), worker("cold", gpu("c0"))])
+    assert place(fleet, model_job(2)).worker == "cold"
+
+
+def test_bad_model_inputs_are_refused_naming_the_field():
+    with pytest.raises(ValueError, match="idle_models"):
+        gpu("g0", free=4, idle_models=(("sd", GiB),))  # not resident
+    with pytest.raises(ValueError, match="must not exceed vram_total"):
+        gpu("g0", free=12, models=frozenset({"sd"}), idle_models=(("sd", 8 * GiB),))
+    with pytest.raises(ValueError, match="model_vram"):
+        Job(Demand(vram=GiB), "sd", -1)
+    with pytest.raises(ValueError, match="model_vram needs a model"):
+        Job(Demand(vram=GiB), None, GiB)

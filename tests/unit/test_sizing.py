@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from gpufleet.core.sizing import (
     Decision,
     Job,
+    Model,
     Policy,
     Reason,
     SizingState,
@@ -18,6 +19,7 @@ from gpufleet.core.sizing import (
     WorkerView,
     decide,
     demand,
+    warm_floor,
     worker_shape,
 )
 
@@ -540,3 +542,82 @@ def test_bad_policy_values_name_the_field(kwargs: dict, field: str) -> None:
 def test_bad_inputs_name_the_field(make, field: str) -> None:
     with pytest.raises(ValueError, match=field):
         make()
+
+
+# --- models: cold loads and minWarm -----------------------------------------------------------
+
+
+def model_run(models: tuple[Model, ...], **kwargs: object) -> Decision:
+    return decide(
+        fast(target_jobs_per_worker=1),
+        replicas=0,
+        shape=SHAPE,
+        queued=kwargs.pop("queued", ()),  # type: ignore[arg-type]
+        running=(),
+        workers=kwargs.pop("workers", ()),  # type: ignore[arg-type]
+        state=SizingState(),
+        now=1000.0,
+        models=models,
+    )
+
+
+SERVED = (Model("sdxl", 7 * GiB), Model("sd15", 3 * GiB))
+
+
+@pytest.mark.parametrize(
+    ("queued", "holding", "desired", "cold"),
+    [
+        # Two sdxl jobs, one worker each; sdxl resident nowhere: its load holds one more slot.
+        (jobs(2), (), 3, 1),
+        (jobs(2), ("sdxl",), 2, 0),  # warm on a ready worker: no load to wait for
+        (jobs(2) + jobs(1, model="sd15", prefix="s"), (), 5, 2),  # two cold models
+        (jobs(2, model="unknown"), (), 2, 0),  # not a served model: nothing known to load
+    ],
+)
+def test_a_queued_model_resident_nowhere_counts_its_load(queued, holding, desired, cold) -> None:
+    workers = (WorkerView("w0", ready=True, gpu_vram_total=(24 * GiB,), loaded_models=frozenset(holding)),)
+    decision = model_run(SERVED, queued=queued, workers=workers)
+    assert (decision.desired_replicas, decision.inputs.cold_models) == (desired, cold)
+    if cold:
+        assert f"{cold} queued models to load" in decision.message()
+
+
+@pytest.mark.parametrize(
+    ("models", "floor"),
+    [
+        ((Model("a", 7 * GiB, min_warm=2),), 2),  # two copies, each on its own GPU
+        ((Model("a", 7 * GiB, min_warm=1), Model("b", 7 * GiB, min_warm=1)), 1),  # 14 GiB fit one GPU
+        ((Model("a", 16 * GiB, min_warm=1), Model("b", 16 * GiB, min_warm=1)), 2),  # 32 GiB do not
+        ((Model("a", 7 * GiB),), 0),
+    ],
+)
+def test_min_warm_keeps_enough_workers_for_its_copies_even_when_idle(models, floor) -> None:
+    decision = model_run(models)
+    assert decision.desired_replicas == floor == decision.inputs.warm_floor
+    assert warm_floor(models, WorkerShape(24 * GiB, gpus_per_worker=2)) == math.ceil(floor / 2) or floor == 0
+
+
+def test_a_worker_holding_one_of_the_last_min_warm_copies_is_drained_last() -> None:
+    workers = (
+        WorkerView("keeps-a", ready=True, loaded_models=frozenset({"a"})),
+        WorkerView("holds-b", ready=True, loaded_models=frozenset({"b"})),
+        WorkerView("holds-nothing", ready=True),
+    )
+    decision = decide(
+        fast(),
+        replicas=0,
+        shape=SHAPE,
+        queued=(),
+        running=(),
+        workers=workers,
+        state=SizingState(idle_since=0.0),
+        now=1000.0,
+        models=(Model("a", 7 * GiB, min_warm=1), Model("b", 7 * GiB)),
+    )
+    assert decision.desired_replicas == 1
+    assert set(decision.drain) == {"holds-b", "holds-nothing"}
+
+
+def test_bad_models_are_refused_naming_the_field() -> None:
+    with pytest.raises(ValueError, match="minWarm must be >= 0"):
+        Model("a", GiB, min_warm=-1)

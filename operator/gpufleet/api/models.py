@@ -153,6 +153,15 @@ class ServedModel(CamelModel):
         ),
     )
     vram: VramQuantity = Field(description="GPU memory one loaded copy needs, e.g. 2Gi.")
+    min_warm: int = Field(
+        default=0,
+        ge=0,
+        le=MAX_REPLICAS,
+        description=(
+            "Copies to keep resident, each on its own GPU: autoscaling keeps enough workers to hold "
+            "them, and drains a worker holding one of the last ones last."
+        ),
+    )
     tasks: Annotated[list[Task], UniqueItems()] | None = Field(
         default=None,
         min_length=1,
@@ -653,6 +662,19 @@ class WorkerStatus(CamelModel):
     )
 
 
+class ModelStatus(CamelModel):
+    """One served model across the pool's ready workers, summed from their reports."""
+
+    name: str = Field(max_length=MAX_MODEL_NAME_CHARS)
+    resident: int = Field(default=0, ge=0, description="GPUs holding a copy now.")
+    loading: int = Field(default=0, ge=0, description="GPUs loading a copy now.")
+    loads: int = Field(default=0, ge=0, description="Loads onto a GPU since each worker started.")
+    evictions: int = Field(default=0, ge=0, description="Copies evicted since each worker started.")
+    warm_hits: int = Field(default=0, ge=0, description="Runs that found it resident on their GPU.")
+    failed: int = Field(default=0, ge=0, description="Workers that cannot use its source.")
+    message: str = Field(default="", max_length=1024, description="Why it failed, on the first such worker.")
+
+
 class WorkerPoolStatus(CamelModel):
     """What the operator observed and decided about the pool."""
 
@@ -673,6 +695,11 @@ class WorkerPoolStatus(CamelModel):
     running_jobs: int = Field(default=0, ge=0, description="Jobs running on this pool's workers.")
     workers: Annotated[list[WorkerStatus], UniqueItems("pod")] = Field(
         default_factory=list, max_length=MAX_WORKERS_IN_STATUS
+    )
+    models: Annotated[list[ModelStatus], UniqueItems("name")] = Field(
+        default_factory=list,
+        max_length=MAX_MODELS,
+        description="Each served model's copies, loads, evictions and warm hits on the ready workers.",
     )
     conditions: Annotated[list[Condition], UniqueItems("type")] = Field(
         default_factory=list, max_length=MAX_CONDITIONS

@@ -36,6 +36,7 @@ from gpufleet.core.workerpod import (
     token_secret_name,
     worker_pod,
 )
+from gpufleet_worker.modelcache import CachedModel
 
 from . import follow, metrics
 from .jobstatus import body_of, now_utc, set_phase, stamp
@@ -186,12 +187,14 @@ async def reconcile_pool(op: Operator, namespace: str, name: str) -> None:
         if breaker.takes_jobs(memory.workers.get(w.name, breaker.WorkerHealth()), clock, op.breaker)
     ]
     failed = failed_models(inventories)
+    model_vram = {m.name: parse_quantity(m.vram).value() for m in pool.spec.models}
     plan = dispatch.plan(
         [
             dispatch.QueuedJob(
                 w.key,
                 by_key[w.key].spec.model,
                 jobrules.working_vram(by_key[w.key].spec),
+                model_vram=model_vram.get(by_key[w.key].spec.model, 0),
                 gpus=pool.spec.gpu.count,
                 avoid=frozenset(op.job(*w.key.split("/")).avoid)
                 | failed.get(by_key[w.key].spec.model, set()),
@@ -455,7 +458,8 @@ def fleet_workers(
 
     A dispatched job that its worker's inventory does not list holds its VRAM only until its
     worker has been seen running it: after that, absent from the inventory means ended, so a
-    reservation never outlives its run.
+    reservation never outlives its run. Until then its model counts as resident and in use on
+    its GPU, and a model it loads holds its VRAM.
     """
     pending: dict[str, list[tuple[str, str | None, GenerationJob]]] = {}
     for body, job in jobs:
@@ -470,13 +474,20 @@ def fleet_workers(
         if inventory is None or not inventory.ready:
             continue
         known = {run.job_id for run in inventory.jobs}
-        # Idle models are evicted to make room for a job: their VRAM is free to place on.
-        free = {g.uuid: g.admittable_bytes + g.evictable_bytes for g in inventory.gpus}
+        # Idle models' VRAM is not free here: placement counts it through idle_models, which
+        # it may evict (by the worker's own rule) to fit a job.
+        free = {g.uuid: g.admittable_bytes for g in inventory.gpus}
         counts = {g.uuid: g.running_jobs for g in inventory.gpus}
+        resident, idle = gpu_models(inventory)
+        model_vram = {m.name: m.vram_bytes for m in inventory.models}
         for key, gpu, job in pending.get(name, []):
             if key not in known and gpu in free:
+                model = job.spec.model
                 free[gpu] -= jobrules.working_vram(job.spec)
+                free[gpu] -= 0 if model in resident[gpu] else model_vram.get(model, 0)
                 counts[gpu] += 1
+                resident[gpu] |= {model}
+                idle[gpu].pop(model, None)
         workers.append(
             Worker(
                 name=name,
@@ -488,13 +499,57 @@ def fleet_workers(
                         vram_free=max(0, min(free[g.uuid], g.memory_total_bytes)),
                         jobs=counts[g.uuid],
                         max_jobs=inventory.max_jobs_per_gpu,
+                        models=frozenset(resident[g.uuid]),
+                        # Only what the VRAM reported free leaves room for (a stale report).
+                        idle_models=_within(idle[g.uuid], g.memory_total_bytes - max(0, free[g.uuid])),
                     )
                     for g in inventory.gpus
                 ),
-                models=frozenset(m.name for m in inventory.models if m.state == protocol.ModelState.LOADED),
+                on_disk=frozenset(m.name for m in inventory.models if m.on_disk),
             )
         )
     return workers
+
+
+def gpu_models(inventory: protocol.Inventory) -> tuple[dict[str, set[str]], dict[str, dict[str, int]]]:
+    """Per GPU of the inventory: the models resident or loading on it, and its idle ones (that
+    a load may evict, by the worker's cache rule) with their VRAM. A worker that reports no
+    model per GPU holds each loaded model on all its GPUs."""
+    resident: dict[str, set[str]] = {g.uuid: {m.name for m in g.models} for g in inventory.gpus}
+    idle = {
+        g.uuid: {
+            m.name: m.vram_bytes
+            for m in sorted(g.models, key=_last_used)
+            if CachedModel(
+                m.name,
+                m.vram_bytes,
+                0.0,
+                in_use=m.running_jobs + (m.state == protocol.ModelState.LOADING),
+                pinned=m.pinned,
+            ).evictable
+        }
+        for g in inventory.gpus
+    }
+    for m in inventory.models:
+        if m.state == protocol.ModelState.LOADED and not m.resident_gpus:
+            for models in resident.values():
+                models.add(m.name)
+    return resident, idle
+
+
+def _last_used(model: protocol.ResidentModel) -> tuple[float, str]:
+    return (model.last_used_at.timestamp() if model.last_used_at else 0.0, model.name)
+
+
+def _within(idle: dict[str, int], room: int) -> tuple[tuple[str, int], ...]:
+    """The idle models (least recently used first) whose VRAM fits within `room` bytes together:
+    an inventory whose numbers disagree never shows more VRAM than the GPU has."""
+    kept: list[tuple[str, int]] = []
+    for model, size in idle.items():
+        if size <= room:
+            kept.append((model, size))
+            room -= size
+    return tuple(kept)
 
 
 def size_pool(
@@ -535,7 +590,9 @@ def size_pool(
                 draining=bool(pod["metadata"].get("labels", {}).get(DRAINING)),
                 busy_jobs=busy.get(name, 0),
                 gpu_vram_total=tuple(g.memory_total_bytes for g in inventory.gpus) if inventory else (),
-                loaded_models=frozenset(m.name for m in inventory.models) if inventory else frozenset(),
+                loaded_models=frozenset().union(*gpu_models(inventory)[0].values())
+                if inventory
+                else frozenset(),
                 started_at=created.timestamp(),
             )
         )
@@ -563,6 +620,7 @@ def size_pool(
         workers=views,
         state=memory.sizing,
         now=time.time(),
+        models=[sizing.Model(m.name, model_vram[m.name], m.min_warm) for m in pool.spec.models],
     )
     memory.sizing = decision.state
     return decision

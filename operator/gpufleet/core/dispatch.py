@@ -3,7 +3,9 @@
 The workers' view is what their inventories reported, less what this round (and any
 dispatch not yet visible in an inventory) has already reserved, so a round can never
 over-commit a GPU. A job that does not fit now is skipped and smaller ones behind it may
-go (backfill); aging in the queue order keeps skipped jobs from waiting forever.
+go (backfill); aging in the queue order keeps skipped jobs from waiting forever. Each job
+tells the placer how many jobs for its model still wait ahead of it this round, so a job
+waits for a busy warm copy of its model until the queue for it needs another copy.
 
 A job keeps away from the workers that lost an earlier attempt of it while another ready
 worker could take it, even if that worker is busy now; when none could (a one-worker pool,
@@ -14,6 +16,7 @@ are used rather than leaving the job queued for ever.
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -28,6 +31,7 @@ class QueuedJob:
     key: str  # namespace/name
     model: str
     vram: int  # working VRAM per GPU, bytes
+    model_vram: int = 0  # VRAM one resident copy of the model holds, per GPU
     gpus: int = 1
     products: frozenset[str] = frozenset()
     avoid: frozenset[str] = frozenset()  # workers that lost an earlier attempt of this job
@@ -45,10 +49,17 @@ class Plan:
     waiting: dict[str, NoFit]  # jobs that fit nowhere this round, and why
 
 
-def plan(ordered: Sequence[QueuedJob], workers: Iterable[Worker], mix: DemandMix | None = None) -> Plan:
+def plan(
+    ordered: Sequence[QueuedJob],
+    workers: Iterable[Worker],
+    mix: DemandMix | None = None,
+    *,
+    warm_queue_per_copy: int = placement.WARM_QUEUE_PER_COPY,
+) -> Plan:
     """Places ``ordered`` (already in queue order) onto ``workers``, first come first placed.
 
-    ``mix`` is the pool's recent job mix (updated by the caller as jobs arrive).
+    ``mix`` is the pool's recent job mix (updated by the caller as jobs arrive);
+    ``warm_queue_per_copy`` is the placer's (`placement.place`).
     """
     fleet = Fleet.of(workers)
     assignments: list[Assignment] = []
@@ -56,14 +67,21 @@ def plan(ordered: Sequence[QueuedJob], workers: Iterable[Worker], mix: DemandMix
     # A job that found no fit is the same as any later one with the same needs until the fleet
     # changes: remembered, so a queue of thousands behind a full fleet costs one try per shape.
     no_fit: dict[tuple, NoFit] = {}
+    waiting_for: Counter[str] = Counter()  # per model, jobs ahead that were not placed
     for job in ordered:
         demand = Demand(gpus=job.gpus, vram=job.vram, products=job.products)
         shape = (demand, job.model, job.avoid)
         if shape in no_fit:
             waiting[job.key] = no_fit[shape]
+            waiting_for[job.model] += 1
             continue
         view, avoided = _without_avoided(fleet, job, demand)
-        result = placement.place(view, Job(demand, job.model), mix)
+        result = placement.place(
+            view,
+            Job(demand, job.model, job.model_vram, queue_ahead=waiting_for[job.model]),
+            mix,
+            warm_queue_per_copy=warm_queue_per_copy,
+        )
         if isinstance(result, NoFit):
             if avoided:
                 result = dataclasses.replace(
@@ -71,7 +89,10 @@ def plan(ordered: Sequence[QueuedJob], workers: Iterable[Worker], mix: DemandMix
                     reason=f"{result.reason}; not on {', '.join(avoided)}, which lost an earlier attempt "
                     "of this job, while another worker could take it",
                 )
-            waiting[job.key] = no_fit[shape] = result
+            waiting[job.key] = result
+            waiting_for[job.model] += 1
+            if not result.waits_for_warm:  # the next job for the model may load another copy
+                no_fit[shape] = result
             continue
         fleet = placement.commit(fleet, result)
         no_fit.clear()

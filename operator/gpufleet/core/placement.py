@@ -5,8 +5,15 @@ The rule, applied in this order (docs/placement.md says it for users):
 1. **Fit.** Only workers that are ready and not draining, whose host has the CPU and memory the
    job asks for (where the worker reports them), and that have ``gpus`` GPUs each with an
    allowed product, the job's VRAM free for admission and fewer jobs than ``max_jobs``.
-2. **Model locality** (``prefer_model``): if any fitting worker already holds the job's model,
-   only those workers are considered.
+2. **Model locality** (``prefer_model``). A GPU where the job's model is not resident (nor
+   loading) must also hold the model's VRAM (``Job.model_vram``), and may count the VRAM of
+   its idle models for it (``Gpu.idle_models``: the ones the worker's cache would evict); the
+   fit above is checked that way. Of the GPUs that fit, only those of the best tier are
+   considered: the model resident on the GPU, then its files on the worker's disk, then cold
+   (downloaded, then loaded). When no GPU holding the model has room now but some hold it,
+   the job waits for one of those warm copies unless the model's queue is longer than they
+   take soon (``warm_queue_per_copy`` jobs queued ahead per warm copy, ``Job.queue_ahead``):
+   a second warm copy is loaded only when the queue needs it.
 3. **Fragmentation.** The choice that least increases the fleet's *stranded* VRAM: free VRAM
    that the jobs which typically arrive could not use. The typical jobs are a decayed
    histogram of recent demands (`DemandMix`) that the caller updates with `observe`. For one
@@ -40,12 +47,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import NamedTuple, TypeVar
+from typing import NamedTuple, TypeVar, get_args
 
 import numpy as np
 
 from gpufleet.core.compiled import compiled
 from gpufleet.core.fill import SHARE_SCALE, Size, room_shares, tables_for
+from gpufleet_worker.modelcache import CachedModel, choose_evictions
+from gpufleet_worker.protocol import ModelLoadSource
 
 UNTRACKED = 2**62  # host CPU / memory of a worker that does not report them: never short
 DEFAULT_HALF_LIFE = 1000.0  # jobs after which a demand weighs half as much in the mix
@@ -53,6 +62,11 @@ DEFAULT_MAX_KINDS = 64  # distinct demands the mix keeps (the lightest are dropp
 STRANDED_TIE = 0.04  # scores (in GPUs) closer than this are ties
 FILL_WEIGHT = 1.0  # weight of the change in expected never-filled VRAM next to stranded VRAM
 SCARCE_WEIGHT = 1.0  # weight of contested VRAM taken next to stranded VRAM
+# Jobs queued for a model per busy warm copy before another copy is loaded: a load (tens of
+# seconds for a diffusion checkpoint) costs about as much as four typical jobs (bench/models).
+WARM_QUEUE_PER_COPY = 4
+# Model locality tiers, best first: resident on the GPU, files on the worker's disk, downloaded.
+MODEL_SOURCES: tuple[ModelLoadSource, ...] = get_args(ModelLoadSource)
 _NOISE = 1e-9  # differences below this (in GPUs) are float noise
 _NOISE_PER_TIE = round(STRANDED_TIE / _NOISE)
 
@@ -67,6 +81,10 @@ class Gpu:
     vram_free: int  # bytes free for admission: total minus reservations of jobs running here
     jobs: int = 0  # jobs running on it now
     max_jobs: int = 1  # the pool's maxJobsPerGPU
+    models: frozenset[str] = frozenset()  # models resident (or loading) on it
+    # Resident models the worker may evict for a load (idle, not pinned) and their VRAM bytes,
+    # least recently used first: the order the worker's cache evicts them in.
+    idle_models: tuple[tuple[str, int], ...] = ()
 
     def __post_init__(self) -> None:
         if self.vram_total <= 0:
@@ -80,6 +98,22 @@ class Gpu:
             raise ValueError(f"gpu {self.uuid}: jobs must be >= 0, got {self.jobs}")
         if self.max_jobs < 1:
             raise ValueError(f"gpu {self.uuid}: max_jobs must be >= 1, got {self.max_jobs}")
+        for model, size in self.idle_models:
+            if model not in self.models or size < 0:
+                raise ValueError(
+                    f"gpu {self.uuid}: idle_models must be resident models with sizes >= 0, "
+                    f"got {model}={size}"
+                )
+        if self.vram_free + self.evictable > self.vram_total:
+            raise ValueError(
+                f"gpu {self.uuid}: vram_free plus idle models' VRAM ({self.vram_free + self.evictable}) "
+                f"must not exceed vram_total ({self.vram_total})"
+            )
+
+    @property
+    def evictable(self) -> int:
+        """Bytes a load may free by evicting idle models."""
+        return sum(size for _, size in self.idle_models)
 
 
 @dataclass(frozen=True)
@@ -88,7 +122,7 @@ class Worker:
 
     name: str
     gpus: tuple[Gpu, ...]
-    models: frozenset[str] = frozenset()  # models loaded on the worker
+    on_disk: frozenset[str] = frozenset()  # models whose files are local: loading needs no download
     ready: bool = True
     draining: bool = False
     cpu_free: int | None = None  # milli-CPU left on the host; None: not tracked
@@ -139,10 +173,21 @@ class Demand:
 
 @dataclass(frozen=True)
 class Job:
-    """A job to place: its demand and the model it runs (for model locality)."""
+    """A job to place: its demand, the model it runs and the VRAM (per GPU) one resident copy
+    of the model holds, and how many jobs for the same model wait ahead of it."""
 
     demand: Demand
     model: str | None = None
+    model_vram: int = 0
+    queue_ahead: int = 0
+
+    def __post_init__(self) -> None:
+        if self.model_vram < 0 or self.queue_ahead < 0:
+            raise ValueError(
+                f"job: model_vram and queue_ahead must be >= 0, got {self.model_vram}, {self.queue_ahead}"
+            )
+        if self.model_vram and self.model is None:
+            raise ValueError("job: model_vram needs a model")
 
 
 # --- the typical job mix -------------------------------------------------------------------
@@ -356,8 +401,10 @@ class Fleet:
     """
 
     worker_names: tuple[str, ...]
-    worker_models: tuple[frozenset[str], ...]
+    worker_disk: tuple[frozenset[str], ...]  # per worker: models whose files are local
     gpu_uuids: tuple[str, ...]
+    gpu_models: tuple[frozenset[str], ...]  # per GPU: models resident or loading
+    gpu_idle: tuple[tuple[tuple[str, int], ...], ...]  # per GPU: `Gpu.idle_models`
     products: tuple[str, ...]  # distinct GPU products, sorted
     eligible: np.ndarray  # bool[W]: ready and not draining
     cpu_free: np.ndarray  # int64[W] milli-CPU (UNTRACKED if not reported)
@@ -369,6 +416,7 @@ class Fleet:
     vram_free: np.ndarray  # int64[G] bytes
     jobs: np.ndarray  # int64[G]
     max_jobs: np.ndarray  # int64[G]
+    evictable: np.ndarray  # int64[G] bytes: VRAM of the GPU's idle models
     ready: np.ndarray = field(repr=False)  # bool[W]
     draining: np.ndarray = field(repr=False)  # bool[W]
     gpu_start: np.ndarray = field(repr=False)  # int64[W]: index of each worker's first GPU
@@ -422,8 +470,10 @@ class Fleet:
         ]
         return cls(
             worker_names=tuple(names),
-            worker_models=tuple(w.models for w in workers),
+            worker_disk=tuple(w.on_disk for w in workers),
             gpu_uuids=tuple(uuids),
+            gpu_models=tuple(g.models for g in gpus),
+            gpu_idle=tuple(g.idle_models for g in gpus),
             products=products,
             eligible=_readonly(ready & ~draining, np.bool_),
             cpu_free=cpu_free,
@@ -435,6 +485,7 @@ class Fleet:
             vram_free=vram_free,
             jobs=jobs,
             max_jobs=_readonly([g.max_jobs for g in gpus], np.int64),
+            evictable=_readonly([g.evictable for g in gpus], np.int64),
             ready=ready,
             draining=draining,
             gpu_start=_readonly(start, np.int64),
@@ -474,12 +525,16 @@ class Placement:
     vram: tuple[int, ...]  # bytes reserved on each of `gpus`
     cpu: int  # milli-CPU taken on the host
     memory: int  # bytes taken on the host
-    holds_model: bool  # the worker already has the job's model loaded
+    holds_model: bool  # the job's model is resident (or loading) on the chosen GPUs
     stranded_increase: float  # GPUs' worth of VRAM the typical jobs can no longer use
     fill_increase: float  # GPUs' worth of VRAM more expected never to be filled (one-GPU jobs)
     scarce_use: float  # VRAM taken (in GPUs) weighted by how contested its GPU's product is
     worker_index: int  # position of the worker in the fleet
     gpu_indices: tuple[int, ...]  # positions of the GPUs in the fleet
+    model: str | None = None
+    # Where the model comes from (the worker protocol's ModelLoad.source); None: no model.
+    model_source: ModelLoadSource | None = None
+    model_vram: tuple[int, ...] = ()  # bytes the model's load takes on each of `gpus` (0: resident)
 
 
 @dataclass(frozen=True)
@@ -489,13 +544,20 @@ class NoFit:
     reason: str
     needed_vram: int  # bytes per GPU (the largest, for a share of differently sized GPUs)
     largest_free_vram: int  # the most VRAM free on any GPU of a ready, non-draining worker
+    # GPUs (uuids) holding the job's model that it waits for, though a cold GPU has room.
+    waits_for_warm: tuple[str, ...] = ()
 
 
 # --- placing -------------------------------------------------------------------------------
 
 
 def place(
-    fleet: Fleet, job: Job, mix: DemandMix | None = None, *, prefer_model: bool = True
+    fleet: Fleet,
+    job: Job,
+    mix: DemandMix | None = None,
+    *,
+    prefer_model: bool = True,
+    warm_queue_per_copy: int = WARM_QUEUE_PER_COPY,
 ) -> Placement | NoFit:
     """The best placement for `job` by the module's rule, or why there is none.
 
@@ -503,6 +565,17 @@ def place(
     where it takes the largest fraction of a GPU, then by best fit and packing.
     """
     demand = job.demand
+    tier = None
+    if job.model is not None and demand.gpus:
+        # The fleet as this job sees it: where its model is not resident, the model's VRAM is
+        # taken first, from free VRAM and then from idle models.
+        resident = np.fromiter((job.model in m for m in fleet.gpu_models), bool, len(fleet.gpu_models))
+        on_disk = np.fromiter((job.model in m for m in fleet.worker_disk), bool, len(fleet.worker_disk))
+        # Tiers (`_TIERS`): 0 resident; 1-2 files on disk; 3-4 cold; the even ones evict.
+        tier = np.where(resident, 0, np.where(on_disk[fleet.gpu_worker], 1, 3)).astype(np.int64)
+        if job.model_vram:
+            loaded = fleet.vram_free + fleet.evictable - job.model_vram
+            fleet = _evolve(fleet, vram_free=_readonly(np.where(resident, fleet.vram_free, loaded), np.int64))
     need, room, feasible = _scan(
         fleet.vram_total,
         fleet.vram_free,
@@ -521,13 +594,20 @@ def place(
         demand.gpus,
     )
     if not feasible.any():
-        return _no_fit(fleet, demand, need)
-
-    holders = np.zeros(len(fleet.worker_names), dtype=bool)
-    if prefer_model and job.model is not None:
-        holders = np.fromiter((job.model in m for m in fleet.worker_models), bool, len(holders))
-        if (holders & feasible).any():
-            feasible &= holders
+        return _no_fit(fleet, demand, need, job)
+    if tier is not None:
+        # A cold GPU that must evict idle models ranks after one that need not (the next tier).
+        if job.model_vram:
+            tier = tier + ((tier > 0) & (fleet.vram_free - fleet.evictable < need))
+        if prefer_model:
+            best_tier, room, feasible = _best_tier(fleet, tier, room, feasible, demand.gpus)
+            warm = np.flatnonzero(
+                (tier == 0) & fleet.eligible[fleet.gpu_worker] & fleet.allowed(demand.products)
+            )
+            busy = not (room & (tier == 0)).any()  # no warm GPU could be one of the job's now
+            if best_tier > 0 and len(warm) and busy and job.queue_ahead < warm_queue_per_copy * len(warm):
+                return _waits_for_warm(fleet, job, need, warm, warm_queue_per_copy)
+        fleet = _evolve(fleet, worker_state=_refined_states(fleet, room, tier))
 
     kinds = mix._arrays if mix is not None else _MixArrays.of(())
     workers, picked, increase, leftover, idle = _candidates(
@@ -564,19 +644,68 @@ def place(
     best = _best(increase + FILL_WEIGHT * fill + SCARCE_WEIGHT * scarce, leftover, idle)
     worker = int(workers[best])
     chosen = tuple(int(g) for g in picked[best])
+    tiers = [0] * len(chosen) if tier is None else [int(tier[g]) for g in chosen]
     return Placement(
         worker=fleet.worker_names[worker],
         gpus=tuple(fleet.gpu_uuids[g] for g in chosen),
         vram=tuple(int(need[g]) for g in chosen),
         cpu=demand.cpu,
         memory=demand.memory,
-        holds_model=bool(holders[worker]),
+        holds_model=tier is not None and not any(tiers),
         stranded_increase=float(increase[best]),
         fill_increase=float(fill[best]),
         scarce_use=float(scarce[best]),
         worker_index=worker,
         gpu_indices=chosen,
+        model=job.model,
+        model_source=None if tier is None else MODEL_SOURCES[(max(tiers, default=0) + 1) // 2],
+        model_vram=tuple(job.model_vram if t else 0 for t in tiers) if tier is not None else (),
     )
+
+
+def _best_tier(
+    fleet: Fleet, tier: np.ndarray, room: np.ndarray, feasible: np.ndarray, gpus: int
+) -> tuple[int, np.ndarray, np.ndarray]:
+    """Rule 2: the best model tier at which some feasible worker has `gpus` GPUs with room,
+    and the room and feasible workers restricted to GPUs of that tier or better."""
+    for best in range(int(tier[room].max(initial=0)) + 1):
+        within = room & (tier <= best)
+        hosts = feasible & (np.bincount(fleet.gpu_worker[within], minlength=len(feasible)) >= gpus)
+        if hosts.any():
+            return best, within, hosts
+    raise AssertionError("a feasible worker has room at its worst tier")
+
+
+def _waits_for_warm(fleet: Fleet, job: Job, need: np.ndarray, warm: np.ndarray, per_copy: int) -> NoFit:
+    copies = len(warm)
+    return NoFit(
+        f"waiting for a warm copy of model {job.model}: resident on {copies} GPU(s) with no room now "
+        f"and {job.queue_ahead} job(s) for it queued ahead; another copy is loaded once "
+        f"{per_copy * copies} wait",
+        int(need.max(initial=0)),
+        int(fleet.vram_free[fleet.eligible[fleet.gpu_worker]].max(initial=0)),
+        waits_for_warm=tuple(fleet.gpu_uuids[g] for g in warm),
+    )
+
+
+def _refined_states(fleet: Fleet, room: np.ndarray, tier: np.ndarray) -> np.ndarray:
+    """`Fleet.worker_state` for one model's job: workers are interchangeable only if their GPUs
+    also have the same VRAM free for it (`place` counts the model's), room and tier."""
+    width = int(fleet.gpu_count.max(initial=0))
+    columns = np.arange(width)
+    present = columns[None, :] < fleet.gpu_count[:, None]
+    index = np.where(present, fleet.gpu_start[:, None] + columns[None, :], 0)
+    rows = np.concatenate(
+        [
+            fleet.worker_state[:, None],
+            np.where(present, fleet.vram_free[index], -1),
+            np.where(present, room[index], -1),
+            np.where(present, tier[index], -1),
+        ],
+        axis=1,
+    )
+    _, states = np.unique(rows, axis=0, return_inverse=True)
+    return _readonly(states.reshape(-1), np.int64)
 
 
 @compiled
@@ -1028,7 +1157,7 @@ def _fill_points(vram_total, vram_free, jobs, max_jobs, gpu_class, gpus, need, r
     return which, points_class, free, full
 
 
-def _no_fit(fleet: Fleet, demand: Demand, need: np.ndarray) -> NoFit:
+def _no_fit(fleet: Fleet, demand: Demand, need: np.ndarray, job: Job) -> NoFit:
     workers = len(fleet.worker_names)
     largest, not_ready, draining, short_host, few, wrong_product, short_gpu = _shortfalls(
         fleet.ready,
@@ -1059,9 +1188,15 @@ def _no_fit(fleet: Fleet, demand: Demand, need: np.ndarray) -> NoFit:
     ):
         if number:
             counts.append(f"{number} {label}")
+    model = (
+        f" (where model {job.model} is not resident, after loading its {_gib(job.model_vram)} "
+        "in free VRAM or in place of idle models)"
+        if job.model_vram and demand.gpus
+        else ""
+    )
     return NoFit(
         f"no worker can take {what}: of {workers} workers, {', '.join(counts)}; "
-        f"the most VRAM free on a GPU of a ready worker is {_gib(largest)}",
+        f"the most VRAM free on a GPU of a ready worker is {_gib(largest)}{model}",
         needed,
         largest,
     )
@@ -1136,17 +1271,37 @@ def commit(fleet: Fleet, placement: Placement) -> Fleet:
         fleet.gpu_worker[g] != w for g in placement.gpu_indices
     ):
         raise ValueError(f"placement on {placement.worker}: not a worker of this fleet")
+    loads = placement.model_vram or (0,) * len(placement.gpu_indices)
     if any(
-        fleet.vram_free[g] < vram or fleet.jobs[g] >= fleet.max_jobs[g]
-        for g, vram in zip(placement.gpu_indices, placement.vram, strict=True)
+        fleet.vram_free[g] + (fleet.evictable[g] if load else 0) < vram + load
+        or fleet.jobs[g] >= fleet.max_jobs[g]
+        or (placement.model_source == MODEL_SOURCES[0] and placement.model not in fleet.gpu_models[g])
+        for g, vram, load in zip(placement.gpu_indices, placement.vram, loads, strict=True)
     ):
         raise ValueError(f"placement on {placement.worker}: its GPUs no longer have the room")
     if fleet.cpu_free[w] < placement.cpu or fleet.memory_free[w] < placement.memory:
         raise ValueError(f"placement on {placement.worker}: its host no longer has the room")
     vram_free, jobs = fleet.vram_free.copy(), fleet.jobs.copy()
-    for g, vram in zip(placement.gpu_indices, placement.vram, strict=True):
-        vram_free[g] -= vram
+    for g, vram, load in zip(placement.gpu_indices, placement.vram, loads, strict=True):
+        vram_free[g] -= vram + load
         jobs[g] += 1
+    evictable, gpu_models, gpu_idle = fleet.evictable, fleet.gpu_models, fleet.gpu_idle
+    if placement.model is not None and placement.gpu_indices:  # only then copied: fleets are large
+        evictable, models, idles = evictable.copy(), list(gpu_models), list(gpu_idle)
+        for g, vram, load in zip(placement.gpu_indices, placement.vram, loads, strict=True):
+            # A load takes free VRAM first, then evicts idle models as the worker's cache
+            # does; the job's model is in use now.
+            idle = dict(idles[g])
+            cached = [CachedModel(name, size, order) for order, (name, size) in enumerate(idles[g])]
+            free = int(vram_free[g]) + vram + load
+            for name in choose_evictions(cached, vram + load, free) or () if load else ():
+                vram_free[g] += idle.pop(name)
+                models[g] -= {name}
+            models[g] |= {placement.model}
+            idle.pop(placement.model, None)
+            idles[g] = tuple(idle.items())
+            evictable[g] = sum(idle.values())
+        gpu_models, gpu_idle = tuple(models), tuple(idles)
     cpu_free, memory_free = fleet.cpu_free.copy(), fleet.memory_free.copy()
     cpu_free[w] -= placement.cpu
     memory_free[w] -= placement.memory
@@ -1155,7 +1310,7 @@ def commit(fleet: Fleet, placement: Placement) -> Fleet:
     worker_state[w] = fleet.states.state(
         int(fleet.worker_shape[w]), int(cpu_free[w]), int(memory_free[w]), vram_free[own], jobs[own]
     )
-    for array in (vram_free, jobs, cpu_free, memory_free, worker_state):
+    for array in (vram_free, jobs, evictable, cpu_free, memory_free, worker_state):
         array.flags.writeable = False
     return _evolve(
         fleet,
@@ -1163,5 +1318,8 @@ def commit(fleet: Fleet, placement: Placement) -> Fleet:
         memory_free=memory_free,
         vram_free=vram_free,
         jobs=jobs,
+        evictable=evictable,
+        gpu_models=gpu_models,
+        gpu_idle=gpu_idle,
         worker_state=worker_state,
     )

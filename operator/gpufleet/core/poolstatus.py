@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections import Counter
 from typing import Any
 
 import gpufleet_worker.protocol as protocol
@@ -161,8 +162,39 @@ def pool_status(
         "queueDepth": queue_depth,
         "runningJobs": sum(len(v) for v in running.values()),
         "workers": workers,
+        "models": model_status(pool, inventories),
         "conditions": rendered,
     }
+
+
+def model_status(pool: WorkerPool, inventories: dict[str, protocol.Inventory]) -> list[dict[str, Any]]:
+    """Per model of the pool's spec (so the list stays bounded): its copies and counters summed
+    over the workers' inventories, and the first failure message (by pod name). A worker that
+    reports no GPUs per model holds a loaded model on all its GPUs."""
+    counts: dict[str, Counter[str]] = {m.name: Counter() for m in pool.spec.models}
+    messages: dict[str, str] = {}
+    for _, inventory in sorted(inventories.items()):
+        for m in inventory.models:
+            count = counts.get(m.name)
+            if count is None:
+                continue
+            legacy = m.state == protocol.ModelState.LOADED and not m.resident_gpus
+            count["resident"] += len(inventory.gpus) if legacy else len(m.resident_gpus)
+            count["loading"] += len(m.loading_gpus)
+            count["loads"] += m.loads
+            count["evictions"] += m.evictions
+            count["warmHits"] += m.warm_hits
+            if m.state == protocol.ModelState.FAILED:
+                count["failed"] += 1
+                messages.setdefault(m.name, m.message[:1024])
+    return [
+        {
+            "name": name,
+            **{key: value for key, value in count.items() if value},
+            **({"message": messages[name]} if messages.get(name) else {}),
+        }
+        for name, count in counts.items()
+    ]
 
 
 CRASH_LOOP_RESTARTS = 3  # restarts after which a worker container counts as crash-looping

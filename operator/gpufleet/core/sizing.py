@@ -20,6 +20,15 @@ of 1 gives 1. The recommendation is the sum of shares rounded up, within
 [minReplicas, maxReplicas]. Jobs too big for one GPU of the pool count for nothing (more
 workers would not run them; the operator reports them Unschedulable).
 
+Models (the pool's, given as `Model`s). Workers load models on demand, and a new worker
+starts with none. A served model the queue needs that is resident on no serving, ready worker
+must be loaded first, and its load holds a job slot for as long as a load takes (often longer
+than the jobs themselves): each such *cold* model adds the share of one more of its jobs. A
+model's ``minWarm`` keeps enough workers to hold that many copies on separate GPUs, with their
+VRAM: the size never falls below
+``max(ceil(minWarm / gpus), ceil(sum(minWarm * vram) / (gpus * gpu_vram)))``, even when
+idle, and a worker holding one of a model's last ``minWarm`` copies is drained last.
+
 Scale to zero. While the pool has had no queued or running job it can run for less than
 idleSecondsBeforeZero, a pool that has workers keeps one warm (it rides out a short lull).
 Once idle that long, and minReplicas is 0, the pool goes to zero at once: the idle time is
@@ -33,7 +42,8 @@ current recommendation). `SizingState.recommendations` keeps those recent recomm
 
 Removal. `desired_replicas` counts workers that serve (not draining). When more serve, idle
 ones are drained: first pods the cluster cannot schedule, then pods not ready yet, then ready
-workers whose loaded models the queue wants least (fewest queued jobs for them, then longest
+workers holding none of a model's last ``minWarm`` copies, then those whose loaded models the
+queue wants least (fewest queued jobs for them, then longest
 since a job last wanted them), then those with fewer models loaded, then the newest. A busy
 worker is never chosen; it is drained on a later call once idle, if still in excess. When more
 workers are wanted than serve, draining workers go back to service (warm) before new pods are
@@ -142,6 +152,29 @@ class Job:
 
 
 @dataclass(frozen=True)
+class Model:
+    """A model the pool serves, as sizing sees it."""
+
+    name: str
+    vram: int  # bytes one resident copy holds
+    min_warm: int = 0  # copies to keep resident
+
+    def __post_init__(self) -> None:
+        _require(self.vram >= 0, f"model {self.name}: vram", "must be >= 0 bytes", self.vram)
+        _require(self.min_warm >= 0, f"model {self.name}: minWarm", "must be >= 0", self.min_warm)
+
+
+def warm_floor(models: Iterable[Model], shape: WorkerShape) -> int:
+    """Workers that hold every model's ``minWarm`` copies, each copy on its own GPU."""
+    wanted = [m for m in models if m.min_warm]
+    if not wanted:
+        return 0
+    per_gpu = math.ceil(max(m.min_warm for m in wanted) / shape.gpus_per_worker)
+    vram = sum(m.min_warm * m.vram for m in wanted)
+    return max(per_gpu, math.ceil(vram / (shape.gpus_per_worker * shape.gpu_vram)))
+
+
+@dataclass(frozen=True)
 class WorkerView:
     """A worker pod of the pool."""
 
@@ -151,7 +184,7 @@ class WorkerView:
     draining: bool = False
     busy_jobs: int = 0  # jobs placed on it and not finished
     gpu_vram_total: tuple[int, ...] = ()  # bytes, per GPU, as the worker reports them
-    loaded_models: frozenset[str] = frozenset()
+    loaded_models: frozenset[str] = frozenset()  # resident (or loading) on its GPUs
     started_at: float | None = None  # seconds; pod creation
 
     def __post_init__(self) -> None:
@@ -214,6 +247,8 @@ class SizingInputs:
     starting: int  # scheduled, not ready yet
     unschedulable: int
     draining: int
+    cold_models: int = 0  # models the queue needs that no serving, ready worker holds
+    warm_floor: int = 0  # workers the models' minWarm copies need
 
 
 @dataclass(frozen=True)
@@ -236,6 +271,10 @@ class Decision:
         ]
         if i.unfittable:
             parts.append(f"{i.unfittable} jobs fit no GPU of the pool")
+        if i.cold_models:
+            parts.append(f"{i.cold_models} queued models to load")
+        if i.warm_floor:
+            parts.append(f"minWarm copies need {i.warm_floor} workers")
         if i.min_replicas is not None:
             parts.append(f"recommended {i.recommended}{bounds}")
         if i.idle_seconds is not None:
@@ -292,6 +331,7 @@ def decide(
     workers: Iterable[WorkerView],
     state: SizingState,
     now: float,
+    models: Iterable[Model] = (),
 ) -> Decision:
     """The pool's size and the workers to drain or resume.
 
@@ -300,7 +340,7 @@ def decide(
     """
     _require(replicas >= 0, "replicas", "must be >= 0", replicas)
     _require(math.isfinite(now), "now", "must be a finite time in seconds", now)
-    queued, running, workers = tuple(queued), tuple(running), tuple(workers)
+    queued, running, workers, models = tuple(queued), tuple(running), tuple(workers), tuple(models)
     serving = [w for w in workers if not w.draining]
     previous = state.desired_replicas if state.desired_replicas is not None else len(serving)
 
@@ -312,6 +352,12 @@ def decide(
     )
     needed, unfittable = demand((*queued, *running), shape, target)
     busy = needed > 0
+    # Each cold model's load holds a slot as one more of its jobs would.
+    warm = {m for w in serving if w.ready for m in w.loaded_models}
+    served = {m.name for m in models}
+    loads = {job.model: job for job in queued if job.model in served and job.model not in warm}
+    needed += demand(loads.values(), shape, target)[0]
+    floor = warm_floor(models, shape)
     idle_since = None if busy else (state.idle_since if state.idle_since is not None else now)
     idle_seconds = None if idle_since is None else now - idle_since
     wanted_at = dict(state.model_last_wanted)
@@ -328,6 +374,7 @@ def decide(
         unbounded = math.ceil(needed)
         if not busy and idle_seconds is not None and idle_seconds < policy.idle_seconds_before_zero:
             unbounded = min(previous, 1)  # a warm worker rides out a short lull
+        unbounded = max(unbounded, floor)
         recommended = min(max(unbounded, policy.min_replicas), policy.max_replicas)
         if recommended == 0:
             desired = 0  # only a pool idle for idleSecondsBeforeZero gets here: that was the stabilization
@@ -339,7 +386,7 @@ def decide(
         history = (*((t, r) for t, r in state.recommendations if t > now - window), (now, recommended))
         reason = _reason(previous, desired, unbounded, policy)
 
-    drain, resume = _removals(workers, desired, queued, wanted_at)
+    drain, resume = _removals(workers, desired, queued, wanted_at, models)
     inputs = SizingInputs(
         queued=len(queued),
         running=len(running),
@@ -355,6 +402,8 @@ def decide(
         starting=sum(1 for w in serving if w.schedulable and not w.ready),
         unschedulable=sum(1 for w in serving if not w.schedulable),
         draining=len(workers) - len(serving),
+        cold_models=len(loads),
+        warm_floor=floor,
     )
     return Decision(
         desired_replicas=desired,
@@ -390,16 +439,23 @@ def _jobs_per_worker(jobs: tuple[Job, ...], shape: WorkerShape, target: int) -> 
 
 
 def _removals(
-    workers: tuple[WorkerView, ...], desired: int, queued: tuple[Job, ...], wanted_at: dict[str, float]
+    workers: tuple[WorkerView, ...],
+    desired: int,
+    queued: tuple[Job, ...],
+    wanted_at: dict[str, float],
+    models: tuple[Model, ...] = (),
 ) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(idle workers to drain, draining workers to resume) so that `desired` workers serve."""
     queued_for = Counter(job.model for job in queued)
+    copies = Counter(m for w in workers if not w.draining and w.ready for m in w.loaded_models)
+    last_copies = {m.name for m in models if 0 < copies[m.name] <= m.min_warm}
 
-    def keep_value(w: WorkerView) -> tuple[int, int, int, float, int, float, str]:
+    def keep_value(w: WorkerView) -> tuple[int, int, bool, int, float, int, float, str]:
         # Ascending: the first is the cheapest to lose.
         return (
             w.schedulable,
             w.ready,
+            bool(w.loaded_models & last_copies),
             sum(queued_for[m] for m in w.loaded_models),
             max((wanted_at.get(m, -math.inf) for m in w.loaded_models), default=-math.inf),
             len(w.loaded_models),
