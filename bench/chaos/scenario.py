@@ -71,7 +71,10 @@ class ChaosReport:
     writes: int = 0
     runs_started: Counter = field(default_factory=Counter)  # run id -> admissions seen in logs
     reversals: list[str] = field(default_factory=list)
-    interleavings: list[str] = field(default_factory=list)
+    interleavings: list[str] = field(default_factory=list)  # a deposed replica's write applied
+    # A write that passed the replica's fence an instant before it froze reaches the API server
+    # after it resumes; refused there (409 AlreadyExists/Conflict, 404), it changed nothing.
+    stale_refused: list[str] = field(default_factory=list)
     wrong_status: list[str] = field(default_factory=list)
     sigterm_exit_codes: list[int | None] = field(default_factory=list)
     frozen_exit_codes: list[int | None] = field(default_factory=list)
@@ -108,6 +111,7 @@ class ChaosReport:
             "duplicated_attempts": len(self.duplicated),
             "terminal_reversals": len(self.reversals),
             "replica_interleavings": len(self.interleavings),
+            "stale_writes_refused": len(self.stale_refused),
             "failover_s": [(fault, round(s, 1)) for fault, s in self.failover_seconds],
             "retried_jobs": sum(1 for r in self.runs_started if not r.endswith("_1")),
         }
@@ -507,9 +511,10 @@ class Chaos:
             if before.replica != after.replica:
                 finished.add(before.replica)
                 if after.replica in finished:
-                    report.interleavings.append(
-                        f"{after.replica} wrote {after.method} {after.path} at {after.at:.2f} "
-                        f"after {before.replica} wrote at {before.at:.2f}"
+                    found = report.stale_refused if after.status >= 400 else report.interleavings
+                    found.append(
+                        f"{after.replica} wrote {after.method} {after.path} ({after.status}) at "
+                        f"{after.at:.2f} after {before.replica} wrote at {before.at:.2f}"
                     )
         report.runs_started = self._runs_started()
         for name, phase in report.phases.items():
