@@ -18,8 +18,9 @@ from gpufleet.localcluster import binaries
 from gpufleet.localcluster.fleet import OPERATOR_NAMESPACE, OperatorProcess
 from gpufleet.localcluster.prometheus import PrometheusServer, service_monitor_scrape
 from gpufleet.localcluster.waiting import wait_for
+from tests.conftest import S3_SECRET
 
-from .conftest import S3_SECRET, Fleet
+from .conftest import Fleet
 
 pytestmark = [pytest.mark.cluster, pytest.mark.localkubelet, pytest.mark.s3]
 
