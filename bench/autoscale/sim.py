@@ -118,6 +118,7 @@ class Result:
     waits: np.ndarray  # seconds from arrival to the final placement on a worker, per finished job
     start_delays: np.ndarray  # seconds from arrival to the start of the final inference
     cold_starts: int
+    warm_hit_rate: float  # placements on a worker that already held the job's model
     gpu_s: float
     idle_gpu_s: float
     interrupted: int  # job attempts killed with their pod
@@ -149,6 +150,7 @@ class Sim:
         self._seq = itertools.count()
         self._names = itertools.count()
         self.cold_starts = 0
+        self.placements = self.warm_placements = 0
         self.interrupted = 0
         self.gpu_s = 0.0
         self.idle_gpu_s = 0.0
@@ -225,6 +227,7 @@ class Sim:
             waits=np.array([(j.placed or 0.0) - j.spec.arrival for j in done]),
             start_delays=np.array([(j.start or 0.0) - j.spec.arrival for j in done]),
             cold_starts=self.cold_starts,
+            warm_hit_rate=self.warm_placements / self.placements if self.placements else 0.0,
             gpu_s=self.gpu_s,
             idle_gpu_s=self.idle_gpu_s,
             interrupted=self.interrupted,
@@ -271,7 +274,9 @@ class Sim:
         w.jobs.append(job)
         w.vram_used += job.spec.vram
         model = job.spec.model
+        self.placements += 1
         if model in w.models:
+            self.warm_placements += 1
             self._start(w, job)
         elif model not in w.loading:
             self.load(w, model)

@@ -97,3 +97,12 @@ def test_pool_limits_bind_the_simulated_fleet() -> None:
     result = Sim(trace, pool, FIXED, seed=0, tail_s=600).run("gpufleet", Gpufleet(pool).loops())
     assert result.peak_workers == 3
     assert result.unfinished == 0
+
+
+def test_the_warm_hit_rate_counts_placements_on_a_worker_holding_the_model() -> None:
+    # Two jobs of one model, the second after the first ended: the second finds it loaded.
+    trace = trace_of((2.0, "a", 6, 10.0), (60.0, "a", 6, 10.0))
+    pool = Pool()
+    result = Sim(trace, pool, FIXED, seed=0, tail_s=600).run("gpufleet", Gpufleet(pool).loops())
+    assert result.cold_starts == 1
+    assert result.warm_hit_rate == pytest.approx(0.5)
