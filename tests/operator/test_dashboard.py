@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -119,7 +120,7 @@ def test_a_person_sees_pools_vram_bars_the_queue_and_a_job_progressing(
         )
         assert browser.evaluate("document.getElementById('connection').dataset.state") == "live"
         browser.evaluate("window.openedOnce = true")  # gone if the page were reloaded
-        fleet.job("sunrise", steps=160, size=256)
+        fleet.job("sunrise", steps=250, size=320)
         fleet.job("later", steps=4)  # one job per GPU: this one waits in the queue
         fleet.job("orphan", pool="nowhere")  # cannot run: its pool does not exist
 
@@ -217,6 +218,18 @@ def test_a_user_without_rbac_reads_why_on_the_page(
         browser.screenshot(tmp_path / "dashboard-forbidden.png")
 
 
+def port_below_ephemeral_range() -> int:
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for port in random.Random().sample(range(10000, low), 500):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port below the ephemeral range")
+
+
 class Proxy:
     """A TCP relay to the API server that can be cut and restored on the same port."""
 
@@ -227,6 +240,9 @@ class Proxy:
         self.listener: socket.socket | None = None
 
     def start(self) -> None:
+        if not self.port:
+            # Below the ephemeral range: no outgoing connection takes the port while it is cut.
+            self.port = port_below_ephemeral_range()
         listener = socket.socket()
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind(("127.0.0.1", self.port))

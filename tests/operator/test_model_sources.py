@@ -104,9 +104,16 @@ def test_a_model_whose_s3_prefix_does_not_exist_fails_naming_the_model_and_the_c
                     return model
         return None
 
-    failed = wait_for(lambda: ghost(fleet.inventories("ghosts")), bool, 120, what="model ghost Failed")
-    assert failed is not None
-    assert failed.message == (
+    cause = (
         f"model ghost: s3://{MODELS_BUCKET}/no/such/prefix: no objects under "
         f"s3://{MODELS_BUCKET}/no/such/prefix/ (the prefix is empty or does not exist)"
     )
+    # Models load when a job first needs them: the job finds the source missing and fails
+    # with the cause, not retried.
+    fleet.job("haunted", pool="ghosts", model="ghost")
+    done = fleet.wait_phase("haunted", "Failed", "Succeeded", timeout=180)
+    assert (done["status"]["phase"], done["status"]["reason"]) == ("Failed", "ModelFailed"), done["status"]
+    assert cause in done["status"]["message"]
+    assert done["status"]["attempts"] == 1
+    failed = wait_for(lambda: ghost(fleet.inventories("ghosts")), bool, 60, what="model ghost Failed")
+    assert failed is not None and failed.message == cause

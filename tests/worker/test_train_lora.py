@@ -63,7 +63,8 @@ def launch(s3_server: S3Server, start_worker: Any, models: dict[str, Path]) -> A
                 "name": "trainer",
                 "maxJobsPerGpu": 2,
                 "models": [
-                    {"name": name, "source": f"file://{path}", "vram": "512Mi"}
+                    # Preloaded: a run's progress starts at its first step, not at a model load.
+                    {"name": name, "source": f"file://{path}", "vram": "512Mi", "preload": True}
                     for name, path in models.items()
                 ],
                 "simulatedGpu": {"product": "Simulated-A100", "memory": "8Gi"},
@@ -296,8 +297,14 @@ def test_the_trained_lora_is_served_on_its_base_and_changes_what_it_draws(
         {
             "name": "server",
             "models": [
-                {"name": "tiny-sd", "source": base, "vram": "512Mi"},
-                {"name": "tiny-colours", "source": f"file://{weights}", "vram": "512Mi", "base": base},
+                {"name": "tiny-sd", "source": base, "vram": "512Mi", "preload": True},
+                {
+                    "name": "tiny-colours",
+                    "source": f"file://{weights}",
+                    "vram": "512Mi",
+                    "base": base,
+                    "preload": True,
+                },
             ],
             "simulatedGpu": {"product": "Simulated-A100", "memory": "8Gi"},
         },

@@ -350,9 +350,7 @@ def test_a_cold_model_loads_for_its_first_job_and_a_broken_one_fails_with_its_ca
     run_id = worker.client.post(p.JOBS, json=submit_body("broken-1") | {"model": "broken"}).json()["runId"]
     failed = wait_until_done(worker.client, run_id)
     assert (failed["phase"], failed["reason"]) == ("Failed", "ModelFailed")
-    assert failed["message"].startswith(
-        "model broken: FileNotFoundError: /nonexistent/model holds no saved model"
-    )
+    assert failed["message"] == "model broken: file:///nonexistent/model: nothing at /nonexistent/model"
     refused = worker.client.post(p.JOBS, json=submit_body("broken-2") | {"model": "broken"})
     assert refused.status_code == 422 and refused.json()["reason"] == "ModelFailed"
     models = {m["name"]: m for m in worker.client.get(p.INVENTORY).json()["models"]}

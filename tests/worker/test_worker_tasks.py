@@ -96,7 +96,7 @@ def test_the_inventory_lists_each_models_tasks(worker: Any) -> None:
     assert models == {
         "sam": ["segment"],
         "llava": ["caption"],
-        "sd": ["image-to-image", "inpaint", "text-to-image"],
+        "sd": ["image-to-image", "inpaint", "text-to-image", "train"],
         "vtracer": ["vectorize"],
     }
 

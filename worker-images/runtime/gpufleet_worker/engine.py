@@ -235,7 +235,9 @@ class Engine:
 
     def _fail(self, model: Model, cause: str) -> None:
         """Marks the model Failed (lock held): requests for it are refused from now on."""
-        model.failure = f"model {model.spec.name}: {cause}"
+        prefix = f"model {model.spec.name}: "
+        # A ModelSourceError names the model already.
+        model.failure = cause if cause.startswith(prefix) else prefix + cause
         log.error("%s", model.failure)
 
     def _downloaded(self, load: Load, done: int, total: int | None) -> None:

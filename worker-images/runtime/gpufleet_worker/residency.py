@@ -98,7 +98,7 @@ def model_info(model: Model, budgets: Iterable[GpuBudget], disk_bytes: int | Non
         resident_gpus=resident,
         loading_gpus=loading,
         on_disk=disk_bytes is not None,
-        disk_bytes=disk_bytes,
+        disk_bytes=disk_bytes or None,  # None: no files in the disk cache (image, volume, built in)
         preload=model.spec.preload,
         loads=model.loads,
         evictions=model.evictions,
