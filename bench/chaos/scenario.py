@@ -52,7 +52,10 @@ class ChaosPlan:
     submit_interval: float = 0.4
     faults: tuple[str, ...] = FAULTS
     conflict_rate: float = 0.2
-    steps: int = 30  # denoising steps per job: long enough that faults land mid-run
+    # Denoising steps and image side per job: long enough that a job is seen Running and a
+    # fault lands mid-run even on a quiet machine.
+    steps: int = 40
+    size: int = 256
     lease_seconds: int = 4
     renew_deadline_seconds: float = 3
     retry_seconds: float = 1
@@ -381,7 +384,12 @@ class Chaos:
                 "poolRef": {"name": pool},
                 "task": "text-to-image",
                 "model": "tiny-sd",
-                "input": {"prompt": f"chaos {name}", "width": 64, "height": 64, "steps": self.plan.steps},
+                "input": {
+                    "prompt": f"chaos {name}",
+                    "width": self.plan.size,
+                    "height": self.plan.size,
+                    "steps": self.plan.steps,
+                },
                 "vram": "1Gi",
                 "output": {"uri": f"s3://{self.bucket}/{self.namespace}/"},
                 "retry": {"maxAttempts": 10, "backoffSeconds": 1},

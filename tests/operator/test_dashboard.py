@@ -120,7 +120,7 @@ def test_a_person_sees_pools_vram_bars_the_queue_and_a_job_progressing(
         )
         assert browser.evaluate("document.getElementById('connection').dataset.state") == "live"
         browser.evaluate("window.openedOnce = true")  # gone if the page were reloaded
-        fleet.job("sunrise", steps=250, size=320)
+        fleet.job("sunrise", steps=250, size=256)
         fleet.job("later", steps=4)  # one job per GPU: this one waits in the queue
         fleet.job("orphan", pool="nowhere")  # cannot run: its pool does not exist
 
@@ -149,8 +149,13 @@ def test_a_person_sees_pools_vram_bars_the_queue_and_a_job_progressing(
         assert len({p for p in seen if 0 < p < 100}) >= 3, f"the bar did not move: {seen}"
         assert seen == sorted(seen) and seen[-1] == 100, seen
         # While it ran, the GPU's bar held the resident model (1Gi) and the job's reservation (1Gi).
-        split = [["model", "tiny-sd", 2**30], ["jobs", "jobs", 2**30], ["free", "free", 14 * 2**30]]
-        drawn = [s for s in bars_while_running if [seg[:3] for seg in s] == split]
+        # The rest is free; how much depends on the node the scheduler chose (16 or 24 GiB GPUs).
+        split = [["model", "tiny-sd", 2**30], ["jobs", "jobs", 2**30]]
+        drawn = [
+            s
+            for s in bars_while_running
+            if [seg[:3] for seg in s[:2]] == split and len(s) == 3 and s[2][:2] == ["free", "free"]
+        ]
         assert drawn, bars_while_running[-1:]
         assert all(width > 0 for *_, width in drawn[-1]), drawn[-1]
         assert shot.exists(), f"no screenshot of the job at 30-70% with its reservation; seen {seen}"
@@ -274,6 +279,9 @@ class Proxy:
 
     def cut(self) -> None:
         assert self.listener is not None
+        # shutdown() wakes the thread blocked in accept(); close() alone leaves the port listening.
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)
         self.listener.close()
         for connection in self.connections:
             with contextlib.suppress(OSError):
