@@ -295,7 +295,6 @@ async def test_a_train_runs_progress_reaches_the_job_status_and_gauges(fleet):
     worker.hold = True
     fleet.job("lora")
     await fleet.round()
-    await asyncio.sleep(0)
     job = GenerationJob.model_validate(fleet.kube.objects[("generationjobs", NAMESPACE, "lora")])
     sha = "cd" * 32
     prefix = f"s3://artifacts/{NAMESPACE}/lora/"
