@@ -161,6 +161,10 @@ class Quantity:
     @classmethod
     def parse(cls, text: str) -> Quantity:
         """Parse quantity text as ``resource.ParseQuantity`` does; ``QuantityError`` if invalid."""
+        return _parse_text(text)
+
+    @classmethod
+    def _parse(cls, text: str) -> Quantity:
         if not text:
             raise QuantityError("quantity must not be empty")
         if text == "0":
@@ -308,6 +312,13 @@ class Quantity:
 
     def __repr__(self) -> str:
         return f"Quantity({str(self)!r})"
+
+
+# A round reads the same few spellings ("24Gi", "512Mi") thousands of times; a Quantity never
+# changes once made, so one parse per spelling serves them all.
+@functools.lru_cache(maxsize=4096)
+def _parse_text(text: str) -> Quantity:
+    return Quantity._parse(text)
 
 
 def parse_quantity(value: str | int) -> Quantity:

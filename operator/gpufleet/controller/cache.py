@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from gpufleet import labels
-from gpufleet.api.models import GenerationJob
+from gpufleet.api.models import GenerationJob, GenerationJobStatus
 from gpufleet.core.jobs import GpuClass
 
 log = logging.getLogger("gpufleet.cache")
@@ -42,6 +42,16 @@ def pool_of(job: dict[str, Any]) -> str | None:
     return ((job.get("spec") or {}).get("poolRef") or {}).get("name")
 
 
+@dataclass(frozen=True)
+class Parsed:
+    """A job body's typed form, and what it was parsed from."""
+
+    uid: str
+    version: int
+    spec: Any  # the body's spec as parsed: while it is unchanged, only status needs parsing
+    job: GenerationJob | None
+
+
 @dataclass
 class Cache:
     pools: dict[Key, dict[str, Any]] = field(default_factory=dict)
@@ -51,7 +61,7 @@ class Cache:
     # Set once kopf has delivered its first listing of every watched kind (see handlers).
     synced: asyncio.Event = field(default_factory=asyncio.Event)
     _jobs_by_pool: dict[Key, set[str]] = field(default_factory=dict)
-    _parsed: dict[Key, tuple[str, int, GenerationJob | None]] = field(default_factory=dict)
+    _parsed: dict[Key, Parsed] = field(default_factory=dict)
     _wakeups: dict[Key, asyncio.Event] = field(default_factory=dict)
 
     # -- jobs ----------------------------------------------------------------------------------
@@ -81,19 +91,27 @@ class Cache:
         return [self.jobs[(namespace, n)] for n in sorted(names) if (namespace, n) in self.jobs]
 
     def parsed(self, body: dict[str, Any]) -> GenerationJob | None:
-        """The typed job of ``body``, parsed once per resourceVersion; None when it does not parse."""
+        """The typed job of ``body``, parsed once per resourceVersion; None when it does not parse.
+
+        Most new versions are the operator's own status writes: while the spec is the one parsed
+        before, only the status is parsed again (the spec's validation is most of the cost)."""
         meta = body["metadata"]
         key = (meta["namespace"], meta["name"])
-        uid, version = meta.get("uid", ""), resource_version(body)
+        uid, version, spec = meta.get("uid", ""), resource_version(body), body.get("spec")
         held = self._parsed.get(key)
-        if held is not None and held[0] == uid and held[1] == version and version:
-            return held[2]
+        if held is not None and held.uid == uid and held.version == version and version:
+            return held.job
+        job: GenerationJob | None
         try:
-            job: GenerationJob | None = GenerationJob.model_validate(body)
+            if held is not None and held.job is not None and held.uid == uid and held.spec == spec:
+                status = GenerationJobStatus.model_validate(body.get("status") or {})
+                job = held.job.model_copy(update={"metadata": meta, "status": status})
+            else:
+                job = GenerationJob.model_validate(body)
         except ValidationError as error:
             log.warning("job %s/%s does not parse: %s", key[0], key[1], error)
             job = None
-        self._parsed[key] = (uid, version, job)
+        self._parsed[key] = Parsed(uid, version, spec, job)
         return job
 
     def current(self, job: GenerationJob) -> GenerationJob | None:
