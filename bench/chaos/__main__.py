@@ -52,7 +52,7 @@ def main() -> int:
         seed=args.seed,
         timeout=3600,
     )
-    with LocalCluster(workdir / "cluster", simnodes.DEFAULT_FLEET).start() as cluster, S3Server() as s3:
+    with LocalCluster(workdir / "cluster", simnodes.DEFAULT_FLEET) as cluster, S3Server() as s3:
         api = cluster.api_client()
         apply_crds(api)
         install_operator_identity(api)

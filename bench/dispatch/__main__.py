@@ -364,7 +364,7 @@ def main() -> int:
         ),
     )
     rows = []
-    with LocalCluster(workdir / "cluster", fleet).start() as cluster:
+    with LocalCluster(workdir / "cluster", fleet) as cluster:
         api = cluster.api_client()
         apply_crds(api)
         install_operator_identity(api)

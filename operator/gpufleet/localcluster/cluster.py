@@ -73,6 +73,9 @@ class LocalCluster(ClusterAccess):
         return self.control_plane.server
 
     def start(self) -> LocalCluster:
+        if self.kubelet is not None:
+            # `with LocalCluster(...).start()` would start a second control plane and leak the first.
+            raise RuntimeError(f"the local cluster in {self.workdir} is already running")
         started = time.monotonic()
         binaries.ensure("kubectl")
         self.control_plane.start()
