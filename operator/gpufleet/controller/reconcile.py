@@ -39,7 +39,7 @@ from gpufleet.core.workerpod import (
 from gpufleet_worker.modelcache import CachedModel
 
 from . import follow, metrics
-from .jobstatus import body_of, now_utc, set_phase, stamp
+from .jobstatus import now_utc, set_phase, stamp
 from .kube import JOBS, POOLS, PodRefused
 from .state import Operator, PoolMemory
 from .workers import WorkerError
@@ -276,16 +276,16 @@ def queued_writes(
         message = f"position {position} in pool {pool}'s queue"
         if w.key in waiting:
             message += f"; waiting for VRAM: {waiting[w.key].reason}"
-        yield queue_job(op, job, message, position, announce=job.status.phase in (None, JobPhase.PENDING))
+        yield queue_job(op, job, message, position)
 
 
-async def queue_job(op: Operator, job: GenerationJob, message: str, position: int, announce: bool) -> None:
+async def queue_job(op: Operator, job: GenerationJob, message: str, position: int) -> None:
+    """Queued is said in status only: an Event per queued job would double the writes a burst
+    of thousands costs (Dispatched and the outcome have theirs)."""
     current = op.cache.current(job)
     if current is None or current.status.phase not in (None, JobPhase.PENDING, JobPhase.QUEUED):
         return  # it moved on while the round ran
-    job = await set_phase(op, current, JobPhase.QUEUED, Reason.QUEUED, message, queue_position=position)
-    if announce:
-        op.spawn(op.kube.event(body_of(job), Reason.QUEUED, message), "event")
+    await set_phase(op, current, JobPhase.QUEUED, Reason.QUEUED, message, queue_position=position)
 
 
 async def replace_pods(
