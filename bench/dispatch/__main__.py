@@ -5,9 +5,12 @@ batch/v1 Job + pod path measured in the same run.
     python -m bench.dispatch --jobs 500 2000     # other sizes
 
 The pool's workers run bench/dispatch/fastworker.py (the worker protocol, runs end after
-0.1 s, nothing computed), 4 workers x 32 slots, so the workers are never the limit. For each
-size it prints the dispatch rate (jobs that reached Dispatched per second, from the first to
-the last), create -> dispatched p50/p95/p99, create -> first status p50, API requests per job
+0.1 s, nothing computed), 4 workers x 32 slots, so the workers are never the limit. By default
+the whole queue is created while the pool has no workers, every job has its first status, and
+then the workers start: the rate is the drain of N queued jobs. With --arriving, jobs are
+created while the workers run. For each size it prints the dispatch rate (jobs that reached
+Dispatched per second, from the first to the last), the wait for dispatch p50/p95/p99 (from
+creation, or from the workers' start if later), create -> first status p50/p95, API requests per job
 by verb and resource (the API server's own counters), the operator's CPU seconds and peak RSS.
 The baseline: N batch/v1 Jobs whose pods land on simulated nodes (no process runs), timed
 from create to pod Running, with the same counters.
@@ -64,10 +67,11 @@ def request_counts(api: client.ApiClient) -> dict[str, float]:
     return counts
 
 
-def timings(created: dict[str, float], started: dict[str, float]) -> dict[str, float]:
-    """Rate from the first start to the last, the client's create rate, create -> start percentiles."""
+def timings(created: dict[str, float], started: dict[str, float], released: float = 0.0) -> dict[str, float]:
+    """Rate from the first start to the last, the client's create rate, and percentiles of the
+    wait from creation (or from ``released``, when workers were let in, if later) to start."""
     times = sorted(started.values())
-    waits = [started[n] - created[n] for n in created]
+    waits = [started[n] - max(created[n], released) for n in created]
     return {
         "jobs": len(created),
         "rate": (len(times) - 1) / (times[-1] - times[0]) if times[-1] > times[0] else float("inf"),
@@ -150,7 +154,22 @@ def create_all(count: int, create: Any) -> dict[str, float]:
     return created
 
 
-def run_gpufleet(cluster: LocalCluster, operator: OperatorProcess, count: int, tag: str) -> dict:
+def set_workers(custom: client.CustomObjectsApi, replicas: int) -> None:
+    custom.patch_namespaced_custom_object(
+        GROUP, VERSION, NAMESPACE, "workerpools", "fast", {"spec": {"replicas": replicas}}
+    )
+    wait_for(
+        lambda: custom.get_namespaced_custom_object(GROUP, VERSION, NAMESPACE, "workerpools", "fast"),
+        lambda pool: (pool.get("status") or {}).get("readyReplicas", 0) == replicas,
+        300,
+        interval=0.5,
+        what=f"{replicas} fast workers ready",
+    )
+
+
+def run_gpufleet(
+    cluster: LocalCluster, operator: OperatorProcess, count: int, tag: str, prequeue: bool
+) -> dict:
     api = cluster.api_client()
     custom = client.CustomObjectsApi(api)
     first_status: dict[str, float] = {}
@@ -184,18 +203,29 @@ def run_gpufleet(cluster: LocalCluster, operator: OperatorProcess, count: int, t
         )
         return name
 
-    started = time.monotonic()
+    if prequeue:
+        set_workers(custom, 0)
+    started = released = time.monotonic()
     created = create_all(count, create)
+    if prequeue:
+        # The whole queue is in (and has said so) before any worker takes a job.
+        wait_for(lambda: len(first_status), lambda n: n >= count, 3600, interval=1, what="first statuses")
+        released = time.monotonic()
+        custom.patch_namespaced_custom_object(
+            GROUP, VERSION, NAMESPACE, "workerpools", "fast", {"spec": {"replicas": WORKERS}}
+        )
     wait_for(lambda: len(succeeded), lambda n: n >= count, 3600, interval=1, what=f"{count} jobs succeeded")
     elapsed = time.monotonic() - started
     cpu, peak = sampler.finish()
     after = request_counts(api)
     stop.set()
     watcher.join(35)
+    first_waits = [first_status[n] - created[n] for n in created]
     return {
-        "system": "gpufleet",
-        **timings(created, dispatched),
-        "first_status_p50": percentile([first_status[n] - created[n] for n in created], 0.5),
+        "system": "gpufleet, queued first" if prequeue else "gpufleet",
+        **timings(created, dispatched, released),
+        "first_status_p50": percentile(first_waits, 0.5),
+        "first_status_p95": percentile(first_waits, 0.95),
         "seconds": elapsed,
         "writes": per_job(before, after, count, ("generationjobs", "events", "pods")),
         "cpu": cpu,
@@ -251,6 +281,7 @@ def run_batch(cluster: LocalCluster, count: int, tag: str) -> dict:
         "system": "batch/v1 Job",
         **timings(created, running),
         "first_status_p50": float("nan"),
+        "first_status_p95": float("nan"),
         "seconds": elapsed,
         "writes": per_job(before, after, count, ("jobs", "pods", "events")),
         "cpu": float("nan"),
@@ -333,14 +364,15 @@ def write_shim(directory: Path) -> Path:
 def print_table(rows: list[dict]) -> None:
     print()
     print(
-        "| system | jobs | dispatched/s | create/s | create->dispatched p50 / p95 / p99 (s) "
-        "| first status p50 (s) | operator CPU s | operator peak RSS MB |"
+        "| system | jobs | dispatched/s | create/s | wait for dispatch p50 / p95 / p99 (s) "
+        "| first status p50 / p95 (s) | operator CPU s | operator peak RSS MB |"
     )
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
         print(
             f"| {r['system']} | {r['jobs']:,} | {r['rate']:.1f} | {r['create_rate']:.1f} | "
-            f"{r['p50']:.1f} / {r['p95']:.1f} / {r['p99']:.1f} | {r['first_status_p50']:.2f} | "
+            f"{r['p50']:.1f} / {r['p95']:.1f} / {r['p99']:.1f} | "
+            f"{r['first_status_p50']:.2f} / {r['first_status_p95']:.2f} | "
             f"{r['cpu']:.0f} | {r['peak_rss_mb']:.0f} |"
         )
     print()
@@ -353,6 +385,11 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, nargs="+", default=[1000, 10000])
     parser.add_argument(
         "--baseline-jobs", type=int, default=500, help="batch/v1 Jobs (pods on simulated nodes)"
+    )
+    parser.add_argument(
+        "--arriving",
+        action="store_true",
+        help="jobs arrive while workers run (default: the whole queue is in before workers start)",
     )
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="gpufleet-bench-dispatch-"))
@@ -381,7 +418,7 @@ def main() -> int:
             start_pool(cluster, write_shim(REPO / "_out" / "bench-dispatch-bin"))
             rows.append(run_batch(cluster, args.baseline_jobs, "batch"))
             for index, count in enumerate(args.jobs):
-                rows.append(run_gpufleet(cluster, operator, count, f"gj{index}"))
+                rows.append(run_gpufleet(cluster, operator, count, f"gj{index}", not args.arriving))
                 print_table(rows)
         finally:
             operator.stop()

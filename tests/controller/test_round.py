@@ -327,3 +327,50 @@ async def test_a_train_runs_progress_reaches_the_job_status_and_gauges(fleet):
     metrics.forget_training(NAMESPACE, "lora")
     worker.released.set()
     await fleet.settle()
+
+
+@in_loop
+async def test_an_unchanged_queue_is_not_decided_again_until_the_pool_changes(fleet):
+    from unittest import mock
+
+    from gpufleet.core import jobs as jobrules
+
+    fleet.pool(workers=0)
+    for index in range(50):
+        fleet.job(f"q{index:02d}")
+    with mock.patch.object(jobrules, "refusal", wraps=jobrules.refusal) as refusal:
+        await rounds(fleet, 2)  # each job decided, then again as its Queued write changed it
+        assert fleet.status("q00")["phase"] == "Queued"
+        decided = refusal.call_count
+        await rounds(fleet, 3)  # nothing changed: every job's decision stands
+        assert refusal.call_count == decided
+        fleet.job("late")
+        await rounds(fleet, 1)
+        assert refusal.call_count == decided + 1  # only the new job is decided
+        pool = fleet.kube.objects[("workerpools", NAMESPACE, "sd")]
+        pool["spec"]["models"][0]["name"] = "other-model"
+        fleet.op.cache.remember_pool(fleet.kube.store("workerpools", pool))
+        await rounds(fleet, 1)
+        assert refusal.call_count == decided + 1 + 51  # the pool changed: all decided again
+    status = fleet.status("q07")
+    assert (status["phase"], status["reason"]) == ("Pending", "ModelNotServed"), status
+
+
+@in_loop
+async def test_a_round_offers_placement_the_head_of_the_queue_only(fleet):
+    from unittest import mock
+
+    from gpufleet.controller import reconcile
+    from gpufleet.core import dispatch
+
+    fleet.pool(workers=1)
+    for index in range(12):
+        fleet.job(f"w{index:02d}")
+    with (
+        mock.patch.object(reconcile, "PLACEMENT_WINDOW", 5),
+        mock.patch.object(dispatch, "plan", wraps=dispatch.plan) as plan,
+    ):
+        await fleet.round()
+    offered = [job.key for job in plan.call_args.args[0]]
+    assert offered == [f"{NAMESPACE}/w{index:02d}" for index in range(5)]
+    assert fleet.status("w11")["phase"] == "Queued"  # behind the window: still told where it is

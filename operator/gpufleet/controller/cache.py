@@ -46,6 +46,7 @@ def pool_of(job: dict[str, Any]) -> str | None:
 class Parsed:
     """A job body's typed form, and what it was parsed from."""
 
+    body: dict[str, Any]
     uid: str
     version: int
     spec: Any  # the body's spec as parsed: while it is unchanged, only status needs parsing
@@ -97,8 +98,10 @@ class Cache:
         before, only the status is parsed again (the spec's validation is most of the cost)."""
         meta = body["metadata"]
         key = (meta["namespace"], meta["name"])
-        uid, version, spec = meta.get("uid", ""), resource_version(body), body.get("spec")
         held = self._parsed.get(key)
+        if held is not None and held.body is body:
+            return held.job
+        uid, version, spec = meta.get("uid", ""), resource_version(body), body.get("spec")
         if held is not None and held.uid == uid and held.version == version and version:
             return held.job
         job: GenerationJob | None
@@ -111,7 +114,7 @@ class Cache:
         except ValidationError as error:
             log.warning("job %s/%s does not parse: %s", key[0], key[1], error)
             job = None
-        self._parsed[key] = Parsed(uid, version, spec, job)
+        self._parsed[key] = Parsed(body, uid, version, spec, job)
         return job
 
     def current(self, job: GenerationJob) -> GenerationJob | None:

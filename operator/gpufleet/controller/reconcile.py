@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime as dt
+import itertools
 import logging
 import time
 from collections.abc import Awaitable, Iterable, Iterator
@@ -41,13 +42,17 @@ from gpufleet_worker.modelcache import CachedModel
 from . import follow, metrics
 from .jobstatus import now_utc, set_phase, stamp
 from .kube import JOBS, POOLS, PodRefused
-from .state import Operator, PoolMemory
+from .state import JobDecision, Operator, PoolMemory
 from .workers import WorkerError
 
 log = logging.getLogger("gpufleet.pools")
 DRAINING = f"{labels.GROUP}/draining"
 ACTIVE = (JobPhase.DISPATCHED, JobPhase.RUNNING)
 POSITION_WRITES_PER_ROUND = 32  # queue positions refreshed per round (new jobs' first status: all)
+# Jobs a round offers to placement, from the head of the queue: the ones behind wait their turn
+# without a placement try each round (Kueue's scheduling cycle likewise takes queue heads only).
+# Deep enough for smaller jobs to fill GPUs around a large one at the head.
+PLACEMENT_WINDOW = 1024
 
 
 def pod_ready(pod: dict[str, Any]) -> bool:
@@ -160,11 +165,23 @@ async def reconcile_pool(op: Operator, namespace: str, name: str) -> None:
     classes = jobrules.pool_gpu_classes(pool.spec, gpu_classes, min_memory_bytes(pool))
     waiting: list[tuple[queue.WaitingJob, GenerationJob]] = []
     writes: list[Awaitable[Any]] = []
+    basis = (body["metadata"].get("resourceVersion"), tuple(classes))
+    last, memory.decisions = memory.decisions, {}
     for job_body, job in jobs:
-        action = job_step(op, pool, job, job_body, now, classes, token, writes)
+        key = job_key(job_body)
+        held = last.get(key)
+        if held is not None and held.job is job and held.basis == basis:
+            memory.decisions[key] = held
+            if held.queued is not None:  # still waiting, as it was
+                waiting.append((held.queued, job))
+                continue
+            refused = held.refused
+        else:
+            refused = jobrules.refusal(job.spec, pool.spec, classes)
+        action = job_step(op, job, job_body, refused, now, token, writes)
+        memory.decisions[key] = JobDecision(job, basis, refused, action if not job.status.attempts else None)
         if action is not None:
             waiting.append((action, job))
-            key = job_key(job_body)
             if key not in memory.observed:
                 memory.observed.add(key)
                 memory.mix = observe(
@@ -180,7 +197,11 @@ async def reconcile_pool(op: Operator, namespace: str, name: str) -> None:
     ordered = queue.order([w for w, _ in waiting], time.time())
     by_key = {w.key: job for w, job in waiting}
     clock = op.clock()
-    dispatchable = [w for w in ordered if op.job(*w.key.split("/")).not_before <= clock]
+    dispatchable = list(
+        itertools.islice(
+            (w for w in ordered if op.job(*w.key.split("/")).not_before <= clock), PLACEMENT_WINDOW
+        )
+    )
     workers = [
         w
         for w in fleet_workers(op, ready, inventories, jobs)
@@ -321,19 +342,18 @@ async def replace_pod(op: Operator, body: dict, namespace: str, pod: dict, why: 
 
 def job_step(
     op: Operator,
-    pool: WorkerPool,
     job: GenerationJob,
     body: dict,
+    refused: jobrules.Refusal | None,
     now: dt.datetime,
-    classes: list[jobrules.GpuClass],
     token: str,
     writes: list[Awaitable[Any]],
 ) -> queue.WaitingJob | None:
-    """Decides one job (core.jobs.next_step), adds its writes; returns it when it waits in the queue."""
+    """Decides one job (core.jobs.next_step), adds its writes; returns it when it waits in the
+    queue. ``refused``: why its pool cannot take it (core.jobs.refusal), or None."""
     meta, status, spec = job.metadata, job.status, job.spec
     namespace, name = meta["namespace"], meta["name"]
     memory = op.job(namespace, name)
-    refused = jobrules.refusal(spec, pool.spec, classes)
     step = jobrules.next_step(
         jobrules.JobView(
             phase=status.phase,

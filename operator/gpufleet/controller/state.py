@@ -19,7 +19,9 @@ import httpx
 from gpufleet.api.conditions import Reason
 from gpufleet.core.breaker import BreakerPolicy, WorkerHealth
 from gpufleet.core.fleetmetrics import PoolSeen
+from gpufleet.core.jobs import Refusal
 from gpufleet.core.placement import DemandMix
+from gpufleet.core.queue import WaitingJob
 from gpufleet.core.sizing import SizingState
 from gpufleet.core.workerpod import WorkerEnv
 
@@ -27,6 +29,18 @@ from .cache import Cache, Key
 from .kube import Kube
 
 log = logging.getLogger("gpufleet.operator")
+
+
+@dataclass(frozen=True)
+class JobDecision:
+    """What a round decided for one job, and from what: the parsed job (the cache keeps one
+    object while the job is unchanged) and ``basis``, the pool's version and GPU classes. While
+    both are the same the decision stands, so a queue of thousands is not re-decided every round."""
+
+    job: object
+    basis: tuple
+    refused: Refusal | None
+    queued: WaitingJob | None  # it waits in the queue, and no clock can change that (no attempt yet)
 
 
 @dataclass
@@ -41,6 +55,7 @@ class PoolMemory:
     # (reason, message) of models the workers can never serve; each announced once by an Event
     model_problems: list[tuple[Reason, str]] = field(default_factory=list)
     seen: PoolSeen | None = None  # the last round's sizes, queue and inventories, for /metrics
+    decisions: dict[str, JobDecision] = field(default_factory=dict)  # by job key, from the last round
 
 
 @dataclass
