@@ -96,3 +96,28 @@ def test_a_released_lease_is_taken_at_once_and_the_releaser_writes_no_more(clust
         "gpufleet-operator", namespace
     )
     assert lease.spec.holder_identity == "second"
+
+
+def test_a_renewal_is_one_write_and_a_stale_one_reads_the_lease_again(cluster, namespace):
+    from unittest import mock
+
+    first, second = elector(cluster, namespace, "first"), elector(cluster, namespace, "second")
+    assert first._try_acquire()
+    with (
+        mock.patch.object(first.api, "read_namespaced_lease", wraps=first.api.read_namespaced_lease) as reads,
+        mock.patch.object(
+            first.api, "replace_namespaced_lease", wraps=first.api.replace_namespaced_lease
+        ) as writes,
+    ):
+        assert first._try_acquire() and first._try_acquire()
+        assert (reads.call_count, writes.call_count) == (0, 2)
+        # The first replica stalls past its Lease; the second takes it over.
+        wait_for(lambda: second._try_acquire(), bool, 30, interval=0.1, what="the second takes the Lease")
+        # The first one's renewal from its stale copy is refused (409): it reads the Lease,
+        # finds it held by another, and does not take it back.
+        assert not first._try_acquire()
+        assert (reads.call_count, writes.call_count) == (1, 3)
+    lease = client.CoordinationV1Api(cluster.api_client()).read_namespaced_lease(
+        "gpufleet-operator", namespace
+    )
+    assert lease.spec.holder_identity == "second"
