@@ -1,9 +1,11 @@
-"""Mask generation with a transformers SAM model saved in a local directory.
+"""Mask generation with a transformers SAM or SAM 2 model saved in a local directory.
 
-The directory holds ``SamModel`` weights and a ``SamProcessor`` (``save_pretrained``
-layout). Boxes give one object each; points without a box give one object; points with one
-box refine it. Every mask is written as a PNG of the input's size (white is the object), and
-masks.json gives each mask's score, bounding box, area and run-length encoding.
+The directory holds ``SamModel`` weights and a ``SamProcessor``, or ``Sam2Model`` weights
+and a ``Sam2Processor`` (``save_pretrained`` layout); the saved config's model_type says
+which, and transformers' auto classes load the matching ones. Boxes give one object each;
+points without a box give one object; points with one box refine it. Every mask is written
+as a PNG of the input's size (white is the object), and masks.json gives each mask's score,
+bounding box, area and run-length encoding.
 """
 
 from __future__ import annotations
@@ -101,11 +103,13 @@ class MaskGenerationPipeline:
         on_step(2, len(SEGMENT_STAGES), SEGMENT_STAGES[1])
         prompt_inputs = {k: v for k, v in inputs.items() if k.startswith("input_")}
         result = self.model(image_embeddings=embeddings, multimask_output=prompts.multimask, **prompt_inputs)
-        masks = self.processor.post_process_masks(
-            result.pred_masks.float().cpu(),
-            inputs["original_sizes"].cpu(),
-            inputs["reshaped_input_sizes"].cpu(),
-        )[0].numpy()  # [object, candidate, height, width], boolean
+        # SAM pads its resized image to a square, so its masks are cropped to the resized size
+        # before they are upscaled; SAM 2 resizes to its square and needs the original size only.
+        sizes = [inputs["original_sizes"].cpu()]
+        if "reshaped_input_sizes" in inputs:
+            sizes.append(inputs["reshaped_input_sizes"].cpu())
+        upscaled = self.processor.post_process_masks(result.pred_masks.float().cpu(), *sizes)
+        masks = upscaled[0].numpy()  # [object, candidate, height, width], boolean
         scores = result.iou_scores.float().cpu().numpy()[0]  # [object, candidate]
         on_step(3, len(SEGMENT_STAGES), SEGMENT_STAGES[2])
         files, described = [], []
