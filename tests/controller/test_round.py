@@ -325,3 +325,23 @@ async def test_a_train_runs_progress_reaches_the_job_status_and_gauges(fleet):
     metrics.forget_training(NAMESPACE, "lora")
     worker.released.set()
     await fleet.settle()
+
+
+@in_loop
+async def test_a_caption_runs_text_so_far_reaches_the_job_status_with_its_progress(fleet):
+    from gpufleet.api.models import GenerationJob
+    from gpufleet.controller import follow
+
+    [worker] = fleet.pool()
+    worker.hold = True
+    fleet.job("cap")
+    await fleet.round()
+    job = GenerationJob.model_validate(fleet.kube.objects[("generationjobs", NAMESPACE, "cap")])
+    progress = protocol.Progress(step=3, total_steps=64, percent=4, unit="tokens", text="a cat on")
+    job = await follow.write_progress(fleet.op, job, 1, progress)
+    assert fleet.status("cap")["progress"] == {"percent": 4, "step": 3, "totalSteps": 64, "text": "a cat on"}
+    # A progress without text (another attempt's first, or another task's) leaves none behind.
+    await follow.write_progress(fleet.op, job, 1, protocol.Progress(step=4, total_steps=64, percent=6))
+    assert fleet.status("cap")["progress"] == {"percent": 6, "step": 4, "totalSteps": 64}
+    worker.released.set()
+    await fleet.settle()
