@@ -7,6 +7,8 @@ import io
 import itertools
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree
@@ -290,3 +292,22 @@ def test_a_directory_of_a_model_that_is_not_image_text_to_text_fails_to_load(tmp
     ).save_pretrained(tmp_path / "bert")
     with pytest.raises((ValueError, OSError), match=r"bert|BertConfig|processor|tokenizer"):
         load_pipeline(ModelSpec(name="bert", source=f"file://{tmp_path / 'bert'}", vram="64Mi"), "cpu")
+
+
+def test_a_sam2_model_without_torchvision_fails_to_load_naming_it(tmp_path: Path) -> None:
+    """In a fresh interpreter where torchvision cannot be imported (transformers looks for it
+    once, when it is imported)."""
+    directory = save_tiny_sam2(tmp_path)
+    script = f"""
+import sys
+sys.modules["torchvision"] = None  # imports of it fail, and find_spec says it is not there
+from gpufleet_worker.config import ModelSpec
+from gpufleet_worker.models import load_pipeline
+try:
+    load_pipeline(ModelSpec(name="sam2", source="file://{directory}", vram="64Mi"), "cpu")
+except ValueError as error:
+    print(error)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert str(directory) in done.stdout and "Missing optional dependencies: torchvision" in done.stdout
