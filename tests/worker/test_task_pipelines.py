@@ -26,7 +26,13 @@ from gpufleet_worker.fetch import InputRefused
 from gpufleet_worker.models import Cancelled, Generation, OutputFile, Outputs, load_pipeline, total_steps
 from gpufleet_worker.models.segment import rle
 from gpufleet_worker.outputs import check_output
-from tests.worker.tinymodels import save_tiny_llava, save_tiny_sam, save_tiny_sam2, scene
+from tests.worker.tinymodels import (
+    save_tiny_llava,
+    save_tiny_sam,
+    save_tiny_sam2,
+    save_tiny_sam2_video,
+    scene,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -38,14 +44,14 @@ def one_thread() -> None:
     torch.set_num_threads(1)  # as the worker does on CPU
 
 
-SAM_SAVERS = {"sam": save_tiny_sam, "sam2": save_tiny_sam2}
+SAM_SAVERS = {"sam": save_tiny_sam, "sam2": save_tiny_sam2, "sam2_video": save_tiny_sam2_video}
 # The transformers class each saved config's model_type loads.
-SAM_CLASSES = {"sam": "SamModel", "sam2": "Sam2Model"}
+SAM_CLASSES = {"sam": "SamModel", "sam2": "Sam2Model", "sam2_video": "Sam2Model"}
 
 
 @pytest.fixture(scope="module", params=sorted(SAM_SAVERS))
 def sam(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Any:
-    """Each segment test runs on SAM and on SAM 2."""
+    """Each segment test runs on SAM and on SAM 2 (saved from its image and its video model)."""
     directory = SAM_SAVERS[request.param](tmp_path_factory.mktemp("models"))
     pipeline = load_pipeline(ModelSpec(name="tiny-sam", source=f"file://{directory}", vram="64Mi"), "cpu")
     assert type(pipeline.model).__name__ == SAM_CLASSES[request.param]

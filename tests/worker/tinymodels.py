@@ -170,6 +170,48 @@ def save_tiny_sam2(directory: Path) -> Path:
     return target
 
 
+def save_tiny_sam2_video(directory: Path) -> Path:
+    """SAM 2 saved as SAM 2.1's published directories are: from the video model
+    (model_type sam2_video, with its memory modules) with a Sam2VideoProcessor."""
+    import torch
+    from transformers import (
+        Sam2Config,
+        Sam2ImageProcessor,
+        Sam2VideoConfig,
+        Sam2VideoModel,
+        Sam2VideoProcessor,
+    )
+    from transformers.models.sam2_video.video_processing_sam2_video import Sam2VideoVideoProcessor
+
+    image = save_tiny_sam2(directory / "image-model")
+    base = Sam2Config.from_pretrained(image)
+    torch.manual_seed(0)
+    config = Sam2VideoConfig(
+        vision_config=base.vision_config.to_dict(),
+        prompt_encoder_config=base.prompt_encoder_config.to_dict(),
+        mask_decoder_config=base.mask_decoder_config.to_dict(),
+        image_size=SAM_IMAGE_SIZE,
+        memory_attention_hidden_size=32,  # the FPN's width
+        memory_attention_num_layers=1,
+        memory_attention_feed_forward_hidden_size=64,
+        memory_attention_rope_feat_sizes=[SAM_IMAGE_SIZE // 16] * 2,
+        memory_encoder_hidden_size=32,
+        memory_encoder_output_channels=16,
+        mask_downsampler_embed_dim=32,
+        memory_fuser_embed_dim=32,
+        memory_fuser_intermediate_dim=64,
+        memory_fuser_num_layers=1,
+    )
+    target = directory / "tiny-sam2-video"
+    Sam2VideoModel(config).save_pretrained(target)
+    side = {"height": SAM_IMAGE_SIZE, "width": SAM_IMAGE_SIZE}
+    processor = Sam2ImageProcessor(
+        size=side, mask_size={"height": SAM_IMAGE_SIZE // 4, "width": SAM_IMAGE_SIZE // 4}
+    )
+    Sam2VideoProcessor(processor, Sam2VideoVideoProcessor(size=side)).save_pretrained(target)
+    return target
+
+
 def save_tiny_llava(directory: Path) -> Path:
     """A LLaVA model (CLIP vision tower, projector, Llama language model) with its processor,
     a word-level tokenizer and a chat template."""

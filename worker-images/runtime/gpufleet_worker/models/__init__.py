@@ -25,9 +25,11 @@ JSON = "application/json"
 TEXT = "text/plain"
 SAFETENSORS = "application/vnd.safetensors"
 
-# transformers model types served as mask generators (segment: SAM and SAM 2); other
-# config.json directories are vision-language models (caption).
-MASK_GENERATION_TYPES = frozenset({"sam", "sam2"})
+# transformers model types served as mask generators (segment); other config.json
+# directories are vision-language models (caption). SAM 2 comes as Sam2Model's own type and
+# as the video model's, which SAM 2.1's published directories have.
+SAM2_TYPES = frozenset({"sam2", "sam2_video"})
+MASK_GENERATION_TYPES = frozenset({"sam"}) | SAM2_TYPES
 
 
 class StepHook(Protocol):
