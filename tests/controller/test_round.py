@@ -374,3 +374,22 @@ async def test_a_round_offers_placement_the_head_of_the_queue_only(fleet):
     offered = [job.key for job in plan.call_args.args[0]]
     assert offered == [f"{NAMESPACE}/w{index:02d}" for index in range(5)]
     assert fleet.status("w11")["phase"] == "Queued"  # behind the window: still told where it is
+
+
+async def test_a_caption_runs_text_so_far_reaches_the_job_status_with_its_progress(fleet):
+    from gpufleet.api.models import GenerationJob
+    from gpufleet.controller import follow
+
+    [worker] = fleet.pool()
+    worker.hold = True
+    fleet.job("cap")
+    await fleet.round()
+    job = GenerationJob.model_validate(fleet.kube.objects[("generationjobs", NAMESPACE, "cap")])
+    progress = protocol.Progress(step=3, total_steps=64, percent=4, unit="tokens", text="a cat on")
+    job = await follow.write_progress(fleet.op, job, 1, progress)
+    assert fleet.status("cap")["progress"] == {"percent": 4, "step": 3, "totalSteps": 64, "text": "a cat on"}
+    # A progress without text (another attempt's first, or another task's) leaves none behind.
+    await follow.write_progress(fleet.op, job, 1, protocol.Progress(step=4, total_steps=64, percent=6))
+    assert fleet.status("cap")["progress"] == {"percent": 6, "step": 4, "totalSteps": 64}
+    worker.released.set()
+    await fleet.settle()

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from gpufleet.api.inputs import MAX_RESULT_TEXT_CHARS, Task
+from gpufleet.api.inputs import MAX_PROGRESS_TEXT_CHARS, MAX_RESULT_TEXT_CHARS, Task
 from gpufleet.localcluster.waiting import wait_for
 from gpufleet_worker.artifacts import ArtifactStore
 from gpufleet_worker.config import WorkerConfig
@@ -315,4 +315,45 @@ def test_progress_carries_the_unit_and_stage(tmp_path: Path) -> None:
         (0, 3, "steps", "LoadingModel"),  # the model was not resident yet
         (1, 1, "steps", "only"),
     ]
+    engine.shutdown()
+
+
+class TextPipeline:
+    """Reports a growing text with each of its steps, then holds until ``gate`` opens."""
+
+    tasks = frozenset({Task.TEXT_TO_IMAGE})
+
+    def __init__(self, texts: list[str], gate: threading.Event) -> None:
+        self.texts, self.gate = texts, gate
+
+    def run(self, job: Generation, on_step: StepHook) -> Outputs:
+        for step, text in enumerate(self.texts, 1):
+            on_step(step, len(self.texts), text=text)
+        self.gate.wait(5)
+        return Outputs(text=self.texts[-1], summary="text")
+
+
+def test_progress_carries_the_end_of_the_text_so_far_and_an_ended_run_keeps_it_in_its_status(
+    tmp_path: Path,
+) -> None:
+    texts = ["a", "a b", "a b " + "c" * MAX_PROGRESS_TEXT_CHARS]
+    gate = threading.Event()
+    engine = make_engine(tmp_path, TextPipeline(texts, gate))
+    run_id = engine.submit(request(tmp_path))[0].run_id
+
+    def reported() -> list[str | None]:
+        events, _ = engine.events_after(run_id, 0)
+        return [e.progress.text for e in events if e.progress is not None and e.progress.step > 0]
+
+    running = wait_for(reported, lambda seen: len(seen) == len(texts), 10, what="text reports")
+    assert running == [*texts[:2], texts[2][-MAX_PROGRESS_TEXT_CHARS:]]
+    assert engine.get(run_id).progress.text == texts[2][-MAX_PROGRESS_TEXT_CHARS:]
+    gate.set()
+    result = finished(engine, run_id)
+    assert result.phase is Phase.SUCCEEDED, result.message
+    assert result.progress.text == texts[2][-MAX_PROGRESS_TEXT_CHARS:]
+    assert result.result is not None and result.result.text == texts[2]
+    assert reported() == [None, None, None]  # the kept log drops the per-token texts
+    final = engine.events_after(run_id, 0)[0][-1].status
+    assert final is not None and final.progress.text == texts[2][-MAX_PROGRESS_TEXT_CHARS:]
     engine.shutdown()

@@ -1,28 +1,38 @@
 """Segment, caption and vectorize through the worker's real pipeline code: tiny random-weight
-SAM and LLaVA models saved with save_pretrained, and vtracer on a real picture."""
+SAM, SAM 2 and LLaVA models saved with save_pretrained, and vtracer on a real picture."""
 
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 pytest.importorskip("transformers", reason="the diffusers extra is not installed")
 
-from gpufleet.api.inputs import JobInput, Task
+from gpufleet.api.inputs import MAX_PROGRESS_TEXT_CHARS, JobInput, Task
 from gpufleet_worker.config import ModelSpec
 from gpufleet_worker.fetch import InputRefused
 from gpufleet_worker.models import Cancelled, Generation, OutputFile, Outputs, load_pipeline, total_steps
 from gpufleet_worker.models.segment import rle
 from gpufleet_worker.outputs import check_output
-from tests.worker.tinymodels import save_tiny_llava, save_tiny_sam, scene
+from tests.worker.tinymodels import (
+    save_tiny_llava,
+    save_tiny_sam,
+    save_tiny_sam2,
+    save_tiny_sam2_video,
+    scene,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -34,10 +44,18 @@ def one_thread() -> None:
     torch.set_num_threads(1)  # as the worker does on CPU
 
 
-@pytest.fixture(scope="module")
-def sam(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    directory = save_tiny_sam(tmp_path_factory.mktemp("models"))
-    return load_pipeline(ModelSpec(name="tiny-sam", source=f"file://{directory}", vram="64Mi"), "cpu")
+SAM_SAVERS = {"sam": save_tiny_sam, "sam2": save_tiny_sam2, "sam2_video": save_tiny_sam2_video}
+# The transformers class each saved config's model_type loads.
+SAM_CLASSES = {"sam": "SamModel", "sam2": "Sam2Model", "sam2_video": "Sam2Model"}
+
+
+@pytest.fixture(scope="module", params=sorted(SAM_SAVERS))
+def sam(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """Each segment test runs on SAM and on SAM 2 (saved from its image and its video model)."""
+    directory = SAM_SAVERS[request.param](tmp_path_factory.mktemp("models"))
+    pipeline = load_pipeline(ModelSpec(name="tiny-sam", source=f"file://{directory}", vram="64Mi"), "cpu")
+    assert type(pipeline.model).__name__ == SAM_CLASSES[request.param]
+    return pipeline
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +72,7 @@ def vtracer() -> Any:
 def run(pipeline: Any, task: Task, fields: dict[str, Any], image: Image.Image | None = None, **more: Any):
     job = Generation(task, JobInput.model_validate(fields), 7, image or scene(), **more)
     progress: list[tuple[int, int, str | None]] = []
-    outputs = pipeline.run(job, lambda step, total, stage=None: progress.append((step, total, stage)))
+    outputs = pipeline.run(job, lambda step, total, stage=None, **_: progress.append((step, total, stage)))
     for file in outputs.files:
         check_output(file)
     return outputs, progress
@@ -149,6 +167,39 @@ def test_caption_streams_tokens_as_progress_and_answers_in_text(llava: Any) -> N
     assert again.text == outputs.text  # greedy decoding
 
 
+def test_caption_progress_carries_the_text_generated_so_far(llava: Any) -> None:
+    texts: list[str | None] = []
+    fields = {"prompt": "what is this image ?", "caption": {"maxNewTokens": 12}}
+    job = Generation(Task.CAPTION, JobInput.model_validate(fields), 7, scene())
+    outputs = llava.run(job, lambda step, total, stage=None, text=None, **_: texts.append(text))
+    assert len(texts) >= 3 and all(isinstance(text, str) for text in texts)
+    for before, after in itertools.pairwise(texts):
+        assert after.startswith(before)  # type: ignore[union-attr]
+    assert len(set(texts)) >= 3  # it grows as tokens arrive
+    assert texts[-1] == outputs.text  # the last report is the whole (short) answer
+
+
+def test_caption_progress_text_is_decoded_from_the_last_tokens_only() -> None:
+    from gpufleet_worker.models.vision_language import TokenProgress
+
+    decoded: list[list[int]] = []
+    reports: list[tuple[int, str]] = []
+
+    def decode(tokens: list[int]) -> str:
+        decoded.append(tokens)
+        return " " + "".join(chr(ord("a") + t % 26) for t in tokens) + "\ufffd"
+
+    streamer = TokenProgress(lambda step, total, text=None, **_: reports.append((step, text)), 2000, decode)
+    streamer.put(torch.tensor([[5, 6, 7]]))  # the prompt: no report
+    for token in range(MAX_PROGRESS_TEXT_CHARS + 5):
+        streamer.put(torch.tensor([token]))
+    assert len(reports) == MAX_PROGRESS_TEXT_CHARS + 5 and reports[0] == (1, "a")
+    assert max(len(tokens) for tokens in decoded) == MAX_PROGRESS_TEXT_CHARS
+    assert decoded[-1] == list(range(5, MAX_PROGRESS_TEXT_CHARS + 5))
+    # leading spaces and an unfinished multi-byte character are left out
+    assert reports[-1][1] == decode(decoded[-1])[1:-1]
+
+
 def test_sampling_follows_the_seed(llava: Any) -> None:
     fields = {"caption": {"maxNewTokens": 8, "temperature": 1.5, "topP": 0.95}}
     texts = {run(llava, Task.CAPTION, fields)[0].text for _ in range(2)}
@@ -171,7 +222,7 @@ def test_caption_takes_several_images(llava: Any) -> None:
 def test_cancelling_stops_generation_at_the_next_token(llava: Any) -> None:
     seen: list[int] = []
 
-    def stop(step: int, total: int, stage: str | None = None) -> None:
+    def stop(step: int, total: int, stage: str | None = None, **_: Any) -> None:
         seen.append(step)
         if step == 2:
             raise Cancelled()
@@ -230,8 +281,9 @@ def test_vectorize_options_change_the_tracing(vtracer: Any) -> None:
 # --- models that fail to load -----------------------------------------------------------------
 
 
-def test_a_sam_directory_without_weights_fails_to_load(tmp_path: Path) -> None:
-    directory = save_tiny_sam(tmp_path)
+@pytest.mark.parametrize("saver", [save_tiny_sam, save_tiny_sam2])
+def test_a_sam_directory_without_weights_fails_to_load(tmp_path: Path, saver: Any) -> None:
+    directory = saver(tmp_path)
     for weights in directory.glob("*.safetensors"):
         weights.unlink()
     with pytest.raises(OSError, match=r"safetensors|pytorch_model"):
@@ -246,3 +298,22 @@ def test_a_directory_of_a_model_that_is_not_image_text_to_text_fails_to_load(tmp
     ).save_pretrained(tmp_path / "bert")
     with pytest.raises((ValueError, OSError), match=r"bert|BertConfig|processor|tokenizer"):
         load_pipeline(ModelSpec(name="bert", source=f"file://{tmp_path / 'bert'}", vram="64Mi"), "cpu")
+
+
+def test_a_sam2_model_without_torchvision_fails_to_load_naming_it(tmp_path: Path) -> None:
+    """In a fresh interpreter where torchvision cannot be imported (transformers looks for it
+    once, when it is imported)."""
+    directory = save_tiny_sam2(tmp_path)
+    script = f"""
+import sys
+sys.modules["torchvision"] = None  # imports of it fail, and find_spec says it is not there
+from gpufleet_worker.config import ModelSpec
+from gpufleet_worker.models import load_pipeline
+try:
+    load_pipeline(ModelSpec(name="sam2", source="file://{directory}", vram="64Mi"), "cpu")
+except ValueError as error:
+    print(error)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert str(directory) in done.stdout and "Missing optional dependencies: torchvision" in done.stdout

@@ -169,6 +169,7 @@ def test_caption_streams_tokens_and_answers_in_the_result_and_a_text_file(
     assert (artifact["name"], artifact["mediaType"]) == ("answer.txt", "text/plain")
     text = stored(s3_server, artifact).decode("utf-8")
     assert text and status["result"] == {"text": text, "truncated": False}
+    assert status["progress"]["text"] == text  # the text so far, at the end the whole (short) answer
 
 
 def test_vectorize_writes_an_svg_that_parses(worker: Any, s3_server: S3Server) -> None:

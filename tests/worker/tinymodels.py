@@ -123,6 +123,95 @@ def save_tiny_sam(directory: Path) -> Path:
     return target
 
 
+def save_tiny_sam2(directory: Path) -> Path:
+    """A Sam2Model (Hiera image encoder with its FPN neck, prompt encoder, mask decoder with
+    high-resolution features) with a Sam2Processor, which resizes to a square."""
+    import torch
+    from transformers import Sam2Config, Sam2ImageProcessor, Sam2Model, Sam2Processor
+    from transformers.models.sam2.configuration_sam2 import (
+        Sam2HieraDetConfig,
+        Sam2MaskDecoderConfig,
+        Sam2PromptEncoderConfig,
+        Sam2VisionConfig,
+    )
+
+    torch.manual_seed(0)
+    side = SAM_IMAGE_SIZE
+    backbone = Sam2HieraDetConfig(
+        hidden_size=16,
+        image_size=[side, side],
+        blocks_per_stage=[1, 1, 2, 1],
+        embed_dim_per_stage=[16, 32, 64, 128],
+        num_attention_heads_per_stage=[1, 1, 2, 2],
+        window_size_per_stage=[4, 4, 4, 2],
+        global_attention_blocks=[3],  # never a stage's first block, whose window pools by 2
+        window_positional_embedding_background_size=[2, 2],
+    )
+    vision = Sam2VisionConfig(
+        backbone_config=backbone.to_dict(),
+        backbone_channel_list=[128, 64, 32, 16],
+        # the patch embedding strides by 4, each stage after the first halves the map
+        backbone_feature_sizes=[[side // 4] * 2, [side // 8] * 2, [side // 16] * 2],
+        fpn_hidden_size=32,
+    )
+    prompt = Sam2PromptEncoderConfig(hidden_size=32, image_size=side, patch_size=16)
+    decoder = Sam2MaskDecoderConfig(hidden_size=32, mlp_dim=64, num_attention_heads=2, iou_head_hidden_dim=32)
+    config = Sam2Config(
+        vision_config=vision.to_dict(),
+        prompt_encoder_config=prompt.to_dict(),
+        mask_decoder_config=decoder.to_dict(),
+    )
+    target = directory / "tiny-sam2"
+    Sam2Model(config).save_pretrained(target)
+    processor = Sam2ImageProcessor(
+        size={"height": side, "width": side}, mask_size={"height": side // 4, "width": side // 4}
+    )
+    Sam2Processor(processor).save_pretrained(target)
+    return target
+
+
+def save_tiny_sam2_video(directory: Path) -> Path:
+    """SAM 2 saved as SAM 2.1's published directories are: from the video model
+    (model_type sam2_video, with its memory modules) with a Sam2VideoProcessor."""
+    import torch
+    from transformers import (
+        Sam2Config,
+        Sam2ImageProcessor,
+        Sam2VideoConfig,
+        Sam2VideoModel,
+        Sam2VideoProcessor,
+    )
+    from transformers.models.sam2_video.video_processing_sam2_video import Sam2VideoVideoProcessor
+
+    image = save_tiny_sam2(directory / "image-model")
+    base = Sam2Config.from_pretrained(image)
+    torch.manual_seed(0)
+    config = Sam2VideoConfig(
+        vision_config=base.vision_config.to_dict(),
+        prompt_encoder_config=base.prompt_encoder_config.to_dict(),
+        mask_decoder_config=base.mask_decoder_config.to_dict(),
+        image_size=SAM_IMAGE_SIZE,
+        memory_attention_hidden_size=32,  # the FPN's width
+        memory_attention_num_layers=1,
+        memory_attention_feed_forward_hidden_size=64,
+        memory_attention_rope_feat_sizes=[SAM_IMAGE_SIZE // 16] * 2,
+        memory_encoder_hidden_size=32,
+        memory_encoder_output_channels=16,
+        mask_downsampler_embed_dim=32,
+        memory_fuser_embed_dim=32,
+        memory_fuser_intermediate_dim=64,
+        memory_fuser_num_layers=1,
+    )
+    target = directory / "tiny-sam2-video"
+    Sam2VideoModel(config).save_pretrained(target)
+    side = {"height": SAM_IMAGE_SIZE, "width": SAM_IMAGE_SIZE}
+    processor = Sam2ImageProcessor(
+        size=side, mask_size={"height": SAM_IMAGE_SIZE // 4, "width": SAM_IMAGE_SIZE // 4}
+    )
+    Sam2VideoProcessor(processor, Sam2VideoVideoProcessor(size=side)).save_pretrained(target)
+    return target
+
+
 def save_tiny_llava(directory: Path) -> Path:
     """A LLaVA model (CLIP vision tower, projector, Llama language model) with its processor,
     a word-level tokenizer and a chat template."""

@@ -29,6 +29,9 @@ MAX_EXTRA_IMAGES = 7
 MAX_NEW_TOKENS = 2048
 DEFAULT_MAX_NEW_TOKENS = 64
 MAX_RESULT_TEXT_CHARS = 16384  # status.result.text; the full text is always in the text artifact
+# status.progress.text: the end of the text generated so far, small enough to rewrite with
+# every progress write and to carry in every token's progress event.
+MAX_PROGRESS_TEXT_CHARS = 512
 
 
 class Task(StrEnum):

@@ -32,6 +32,7 @@ from gpufleet.api.fields import (
     VramQuantity,
 )
 from gpufleet.api.inputs import (
+    MAX_PROGRESS_TEXT_CHARS,
     MAX_RESULT_TEXT_CHARS,
     SEGMENT_REQUIRED_RULE,
     TASK_SECTIONS,
@@ -904,6 +905,14 @@ class Progress(CamelModel):
     percent: int = Field(default=0, ge=0, le=100)
     step: int = Field(default=0, ge=0)
     total_steps: int = Field(default=0, ge=0)
+    text: str | None = Field(
+        default=None,
+        max_length=MAX_PROGRESS_TEXT_CHARS,
+        description=(
+            f"caption: the last {MAX_PROGRESS_TEXT_CHARS} characters of the text generated so far, "
+            "updated with each progress write; the whole answer is result.text."
+        ),
+    )
 
 
 class ModelLoad(CamelModel):

@@ -111,7 +111,12 @@ async def dispatch(op: Operator, job: GenerationJob, pod: dict, placement: Place
             worker=worker,
             queue_position=None,
             start_time=stamp(job.status.start_time) if job.status.start_time else stamp(),
-            progress={"percent": 0, "step": 0, "totalSteps": progress_total(job.spec.task, job.spec.input)},
+            progress={
+                "percent": 0,
+                "step": 0,
+                "totalSteps": progress_total(job.spec.task, job.spec.input),
+                "text": None,
+            },
             model_load=None,
         )
     ]
@@ -356,7 +361,12 @@ async def write_progress(
         f"loading model {current.spec.model} on {where}"
         if progress.stage == protocol.LOADING_MODEL_STAGE
         else f"step {progress.step}/{progress.total_steps} on {where}",
-        progress={"percent": progress.percent, "step": progress.step, "totalSteps": progress.total_steps},
+        progress={
+            "percent": progress.percent,
+            "step": progress.step,
+            "totalSteps": progress.total_steps,
+            "text": progress.text,  # None removes an earlier attempt's
+        },
         **training,
     )
 
@@ -391,7 +401,12 @@ async def finish(op: Operator, job: GenerationJob, attempt: int, run: protocol.J
             Reason.COMPLETED,
             message,
             completion_time=stamp(),
-            progress={"percent": 100, "step": run.progress.step, "totalSteps": run.progress.total_steps},
+            progress={
+                "percent": 100,
+                "step": run.progress.step,
+                "totalSteps": run.progress.total_steps,
+                "text": run.progress.text,
+            },
             artifacts=bounded_artifacts(run.artifacts),
             **trained,
             **model_load(run),

@@ -24,7 +24,9 @@ BYTES_PER_PIXEL = 2048
 # SAM: the image encoder dominates, whatever the input size (every image is resized to 1024
 # on its long side). ViT-H has 4096 tokens; a global-attention layer's map is 4096 x 4096 x
 # 16 heads x 2 bytes = 512 MiB in fp16, next to 10 MiB per activation of width 1280 (40 MiB in
-# the MLP). Each object adds its mask logits (3 x 256x256 floats) and upscaled masks.
+# the MLP). SAM 2's Hiera-L needs less: global attention only in its third stage (4096 tokens
+# x 8 heads = 256 MiB), 8x8 windows over its first stage's 65536 tokens of width 144. Each
+# object adds its mask logits (3 x 256x256 floats) and upscaled masks.
 SEGMENT_BASE_BYTES = GIB
 SEGMENT_BYTES_PER_OBJECT = 8 * MIB
 # Vision-language generation: the KV cache. A 13B Llama (LLaVA-1.5-13B) keeps 2 x 40 layers x

@@ -28,7 +28,14 @@ from datetime import UTC, datetime
 import torch
 from PIL import Image
 
-from gpufleet.api.inputs import MAX_RESULT_TEXT_CHARS, MAX_SEED, ImageRef, Task, input_problems
+from gpufleet.api.inputs import (
+    MAX_PROGRESS_TEXT_CHARS,
+    MAX_RESULT_TEXT_CHARS,
+    MAX_SEED,
+    ImageRef,
+    Task,
+    input_problems,
+)
 
 from .admission import Admitted, GpuBudget, choose_gpu
 from .artifacts import ArtifactStore, UploadError
@@ -90,6 +97,13 @@ class Run:
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _without_text(event: JobEvent) -> JobEvent:
+    """The event, or a copy without its progress text where it carries one."""
+    if event.progress is None or event.progress.text is None:
+        return event
+    return event.model_copy(update={"progress": event.progress.model_copy(update={"text": None})})
 
 
 class Engine:
@@ -412,14 +426,21 @@ class Engine:
         total: int,
         stage: str | None = None,
         training: TrainingProgress | None = None,
+        text: str | None = None,
     ) -> None:
         if run.cancel_requested.is_set():
             raise Cancelled()
         with self._lock:
-            self._progress_locked(run, step, total, stage, training)
+            self._progress_locked(run, step, total, stage, training, text)
 
     def _progress_locked(
-        self, run: Run, step: int, total: int, stage: str | None, training: TrainingProgress | None = None
+        self,
+        run: Run,
+        step: int,
+        total: int,
+        stage: str | None,
+        training: TrainingProgress | None = None,
+        text: str | None = None,
     ) -> None:
         progress = Progress(
             step=step,
@@ -428,6 +449,7 @@ class Engine:
             unit=run.status.progress.unit,
             stage=stage,
             training=training,
+            text=None if text is None else text[-MAX_PROGRESS_TEXT_CHARS:],
         )
         run.status.progress = progress
         self._append(run, JobEvent(run_id=run.status.run_id, event=EventName.PROGRESS, progress=progress))
@@ -505,9 +527,13 @@ class Engine:
 
     def _generate(self, run: Run, pipeline: Pipeline, job: Generation) -> Outputs:
         def on_step(
-            step: int, total: int, stage: str | None = None, training: TrainingProgress | None = None
+            step: int,
+            total: int,
+            stage: str | None = None,
+            training: TrainingProgress | None = None,
+            text: str | None = None,
         ) -> None:
-            self._progress(run, step, total, stage, training)
+            self._progress(run, step, total, stage, training, text)
 
         if run.device.startswith("cuda"):
             # A stream per run lets concurrent runs on one GPU overlap their kernels.
@@ -558,6 +584,9 @@ class Engine:
             status.result = result
             status.vram_reserved_bytes = 0
             status.finished_at = _now()
+            # An ended run keeps its generated text in its final status only: the text in
+            # every token's progress event would otherwise make its kept log large.
+            run.events = [_without_text(event) for event in run.events]
             self._append(run, JobEvent(run_id=status.run_id, event=EventName.RESULT, status=status))
         seconds = time.monotonic() - run.started
         self.metrics.running_jobs.dec()

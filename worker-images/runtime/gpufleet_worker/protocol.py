@@ -20,7 +20,14 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from gpufleet.api.inputs import MAX_RESULT_TEXT_CHARS, MAX_URL_CHARS, CamelModel, JobInput, Task
+from gpufleet.api.inputs import (
+    MAX_PROGRESS_TEXT_CHARS,
+    MAX_RESULT_TEXT_CHARS,
+    MAX_URL_CHARS,
+    CamelModel,
+    JobInput,
+    Task,
+)
 from gpufleet.api.outputs import S3_BUCKET_PATTERN
 
 # --- auth -----------------------------------------------------------------------------------
@@ -226,6 +233,14 @@ class Progress(CamelModel):
     )
     stage: str | None = Field(default=None, description="The stage just finished, where the task has stages.")
     training: TrainingProgress | None = Field(default=None, description="Set by train runs.")
+    text: str | None = Field(
+        default=None,
+        max_length=MAX_PROGRESS_TEXT_CHARS,
+        description=(
+            f"caption: the last {MAX_PROGRESS_TEXT_CHARS} characters of the text generated so far. "
+            "Once a run has ended only its final status carries it, not its earlier progress events."
+        ),
+    )
 
 
 ModelLoadSource = Literal["resident", "disk", "remote"]

@@ -26,17 +26,25 @@ TEXT = "text/plain"
 SAFETENSORS = "application/vnd.safetensors"
 
 # transformers model types served as mask generators (segment); other config.json
-# directories are vision-language models (caption).
-MASK_GENERATION_TYPES = frozenset({"sam"})
+# directories are vision-language models (caption). SAM 2 comes as Sam2Model's own type and
+# as the video model's, which SAM 2.1's published directories have.
+SAM2_TYPES = frozenset({"sam2", "sam2_video"})
+MASK_GENERATION_TYPES = frozenset({"sam"}) | SAM2_TYPES
 
 
 class StepHook(Protocol):
     """Called after every unit of work (denoising step, generated token, stage) with the
-    units done and the total; ``stage`` names the stage where a task has stages. It raises
-    Cancelled to stop the run there."""
+    units done and the total; ``stage`` names the stage where a task has stages, ``text`` is
+    the text generated so far where a task generates text (the hook keeps its end). It
+    raises Cancelled to stop the run there."""
 
     def __call__(
-        self, step: int, total: int, stage: str | None = None, training: TrainingProgress | None = None
+        self,
+        step: int,
+        total: int,
+        stage: str | None = None,
+        training: TrainingProgress | None = None,
+        text: str | None = None,
     ) -> None: ...
 
 

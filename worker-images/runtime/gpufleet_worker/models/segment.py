@@ -1,9 +1,12 @@
-"""Mask generation with a transformers SAM model saved in a local directory.
+"""Mask generation with a transformers SAM or SAM 2 model saved in a local directory.
 
-The directory holds ``SamModel`` weights and a ``SamProcessor`` (``save_pretrained``
-layout). Boxes give one object each; points without a box give one object; points with one
-box refine it. Every mask is written as a PNG of the input's size (white is the object), and
-masks.json gives each mask's score, bounding box, area and run-length encoding.
+The directory holds ``SamModel`` weights and a ``SamProcessor``, or SAM 2 weights (saved
+from ``Sam2Model`` or from the video model ``Sam2VideoModel``) and a ``Sam2Processor`` or
+``Sam2VideoProcessor`` (``save_pretrained`` layout); the saved config's model_type says
+which. SAM 2 runs as ``Sam2Model`` on single images either way. Boxes give one object each;
+points without a box give one object; points with one box refine it. Every mask is written
+as a PNG of the input's size (white is the object), and masks.json gives each mask's score,
+bounding box, area and run-length encoding.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from PIL import Image
 from gpufleet.api.inputs import SEGMENT_STAGES, PointLabel, SegmentInput, Task
 
 from ..fetch import InputRefused
-from . import JSON, PNG, Generation, OutputFile, Outputs, StepHook, encode_png, plural
+from . import JSON, PNG, SAM2_TYPES, Generation, OutputFile, Outputs, StepHook, encode_png, plural
 
 
 def rle(mask: np.ndarray) -> dict[str, Any]:
@@ -63,12 +66,15 @@ class MaskGenerationPipeline:
     tasks = frozenset({Task.SEGMENT})
 
     def __init__(self, directory: str, device: str) -> None:
-        from transformers import AutoModelForMaskGeneration, AutoProcessor
+        from transformers import AutoConfig, AutoModelForMaskGeneration, AutoProcessor, Sam2Processor
 
         dtype = torch.float16 if device.startswith("cuda") else torch.float32
-        self.processor = AutoProcessor.from_pretrained(directory, local_files_only=True)
+        config = AutoConfig.from_pretrained(directory, local_files_only=True)
+        # A video model's directory names its video processor; images need the image one only.
+        processor_class = Sam2Processor if config.model_type in SAM2_TYPES else AutoProcessor
+        self.processor = processor_class.from_pretrained(directory, local_files_only=True)
         self.model: Any = AutoModelForMaskGeneration.from_pretrained(
-            directory, local_files_only=True, dtype=dtype
+            directory, config=config, local_files_only=True, dtype=dtype
         )
         self.model.to(device).eval().requires_grad_(False)
         self.device, self.dtype = device, dtype
@@ -101,11 +107,13 @@ class MaskGenerationPipeline:
         on_step(2, len(SEGMENT_STAGES), SEGMENT_STAGES[1])
         prompt_inputs = {k: v for k, v in inputs.items() if k.startswith("input_")}
         result = self.model(image_embeddings=embeddings, multimask_output=prompts.multimask, **prompt_inputs)
-        masks = self.processor.post_process_masks(
-            result.pred_masks.float().cpu(),
-            inputs["original_sizes"].cpu(),
-            inputs["reshaped_input_sizes"].cpu(),
-        )[0].numpy()  # [object, candidate, height, width], boolean
+        # SAM pads its resized image to a square, so its masks are cropped to the resized size
+        # before they are upscaled; SAM 2 resizes to its square and needs the original size only.
+        sizes = [inputs["original_sizes"].cpu()]
+        if "reshaped_input_sizes" in inputs:
+            sizes.append(inputs["reshaped_input_sizes"].cpu())
+        upscaled = self.processor.post_process_masks(result.pred_masks.float().cpu(), *sizes)
+        masks = upscaled[0].numpy()  # [object, candidate, height, width], boolean
         scores = result.iou_scores.float().cpu().numpy()[0]  # [object, candidate]
         on_step(3, len(SEGMENT_STAGES), SEGMENT_STAGES[2])
         files, described = [], []

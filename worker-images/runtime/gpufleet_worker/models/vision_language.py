@@ -1,19 +1,20 @@
 """Caption and visual question answering with a transformers image-text-to-text model
 (LLaVA, BLIP-2, Qwen-VL class) saved in a local directory with its processor.
 
-Generated tokens stream out as progress (tokens generated of input.caption.maxNewTokens);
-cancellation takes effect at the next token. The answer is the run's text result and the
-artifact answer.txt.
+Generated tokens stream out as progress (tokens generated of input.caption.maxNewTokens,
+with the end of the text generated so far); cancellation takes effect at the next token.
+The answer is the run's text result and the artifact answer.txt.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any, cast
 
 import torch
 
-from gpufleet.api.inputs import CaptionInput, Task
+from gpufleet.api.inputs import MAX_PROGRESS_TEXT_CHARS, CaptionInput, Task
 
 from . import TEXT, Generation, OutputFile, Outputs, StepHook, plural
 
@@ -24,16 +25,25 @@ _SAMPLING = threading.Lock()
 
 
 class TokenProgress:
-    """A generate() streamer that reports each new token. The first put() is the prompt."""
+    """A generate() streamer that reports each new token with the end of the text so far.
+    The first put() is the prompt. Only the last ``MAX_PROGRESS_TEXT_CHARS`` tokens are
+    decoded per report (a token is at least a character in practice), so a report costs
+    the same at the first token as at the thousandth."""
 
-    def __init__(self, on_step: StepHook, max_new_tokens: int) -> None:
-        self.on_step, self.max_new_tokens = on_step, max_new_tokens
-        self.generated = -1
+    def __init__(self, on_step: StepHook, max_new_tokens: int, decode: Callable[[list[int]], str]) -> None:
+        self.on_step, self.max_new_tokens, self.decode = on_step, max_new_tokens, decode
+        self.tokens: list[int] = []
+        self.prompt_seen = False
 
     def put(self, value: Any) -> None:
-        self.generated += 1
-        if self.generated:
-            self.on_step(min(self.generated, self.max_new_tokens), self.max_new_tokens)
+        if not self.prompt_seen:
+            self.prompt_seen = True
+            return
+        self.tokens.extend(int(token) for token in value.reshape(-1).tolist())
+        # A multi-byte character split across tokens decodes as U+FFFD until it is whole.
+        text = self.decode(self.tokens[-MAX_PROGRESS_TEXT_CHARS:]).strip("\ufffd").lstrip()
+        generated = min(len(self.tokens), self.max_new_tokens)
+        self.on_step(generated, self.max_new_tokens, text=text)
 
     def end(self) -> None:
         pass
@@ -62,6 +72,9 @@ class VisionLanguagePipeline:
             )
         return question  # processors without a chat template (BLIP-2) take the text as it is
 
+    def _decode(self, tokens: list[int]) -> str:
+        return self.processor.decode(tokens, skip_special_tokens=True)
+
     @torch.inference_mode()
     def run(self, job: Generation, on_step: StepHook) -> Outputs:
         if job.image is None:
@@ -79,7 +92,7 @@ class VisionLanguagePipeline:
             "max_new_tokens": settings.max_new_tokens,
             "min_new_tokens": 1,
             "do_sample": sampling,
-            "streamer": TokenProgress(on_step, settings.max_new_tokens),
+            "streamer": TokenProgress(on_step, settings.max_new_tokens, self._decode),
         }
         if sampling:
             arguments |= {"temperature": settings.temperature, "top_p": settings.top_p}
