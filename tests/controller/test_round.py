@@ -376,6 +376,7 @@ async def test_a_round_offers_placement_the_head_of_the_queue_only(fleet):
     assert fleet.status("w11")["phase"] == "Queued"  # behind the window: still told where it is
 
 
+@in_loop
 async def test_a_caption_runs_text_so_far_reaches_the_job_status_with_its_progress(fleet):
     from gpufleet.api.models import GenerationJob
     from gpufleet.controller import follow
