@@ -44,7 +44,7 @@ import numpy as np
 from bench.autoscale.trace import GiB, Trace, TraceJob
 from bench.models.trace import LOAD_MEDIAN_S, LOAD_P90_S
 from gpufleet.core import dispatch
-from gpufleet.core.placement import Demand, DemandMix, Gpu, observe
+from gpufleet.core.placement import WARM_QUEUE_PER_COPY, Demand, DemandMix, Gpu, observe
 from gpufleet.core.placement import Worker as WorkerInventory
 from gpufleet_worker.admission import Admitted, GpuBudget, choose_gpu
 from gpufleet_worker.modelcache import CachedModel
@@ -173,8 +173,18 @@ class Loop:
 
 
 class Sim:
-    def __init__(self, trace: Trace, pool: Pool, timing: Timing, seed: int, tail_s: float = 3600.0) -> None:
+    def __init__(
+        self,
+        trace: Trace,
+        pool: Pool,
+        timing: Timing,
+        seed: int,
+        tail_s: float = 3600.0,
+        warm_queue_per_copy: int = WARM_QUEUE_PER_COPY,
+    ) -> None:
+        """``warm_queue_per_copy`` is the operator's placer's (`placement.place`)."""
         self.trace, self.pool, self.timing = trace, pool, timing
+        self.warm_queue_per_copy = warm_queue_per_copy
         self.rng = np.random.default_rng(seed)
         self.end = trace.horizon + tail_s
         self.now = 0.0
@@ -323,7 +333,12 @@ class Sim:
             dispatch.QueuedJob(str(j.spec.id), j.spec.model, j.spec.vram, model_vram=j.spec.model_vram)
             for j in window
         ]
-        plan = dispatch.plan(queued, [self._inventory(w) for w in accepting], self.mix)
+        plan = dispatch.plan(
+            queued,
+            [self._inventory(w) for w in accepting],
+            self.mix,
+            warm_queue_per_copy=self.warm_queue_per_copy,
+        )
         if not plan.assignments:
             return
         by_id = {str(j.spec.id): j for j in window}
