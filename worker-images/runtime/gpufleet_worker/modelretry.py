@@ -6,10 +6,11 @@ after a growing backoff (`backoff_seconds`): the object store could not be reach
 throttled or answered with a server error; the bucket, the objects under the prefix or one
 object being downloaded are not there (yet: weights are often published after the pool is
 created); an object changed while it was downloaded; the disk cache is full of models in
-use. A *permanent* cause stays until the pool's spec changes the model (which gives its
-workers a new config): a digest mismatch, a local path (``file://``, ``pvc://``) with
-nothing at it, an unsupported source, an object key that would leave the model folder,
-credentials missing or refused, and anything the runtime refused while loading the files.
+use. A *permanent* cause is not tried again by this worker (its models are fixed when it
+starts; workers started with a changed spec get the changed model): a digest mismatch, a
+local path (``file://``, ``pvc://``) with nothing at it, an unsupported source, an object key
+that would leave the model folder, credentials missing or refused, and anything the runtime
+refused while loading the files.
 """
 
 from __future__ import annotations

@@ -360,7 +360,7 @@ class ModelInfo(CamelModel):
     retry_at: datetime | None = Field(
         default=None,
         description="When a model Failed for a transient cause is tried again; absent for a permanent "
-        "cause, which stays until the pool's spec changes the model.",
+        "cause, which this worker does not try again.",
     )
     resident_gpus: list[str] = Field(default_factory=list, description="UUIDs of GPUs holding it.")
     loading_gpus: list[str] = Field(default_factory=list, description="UUIDs of GPUs loading it.")
