@@ -29,7 +29,7 @@ import numpy as np
 
 from bench.autoscale.sim import Loop, Pool, Sim, Timing, Worker
 from bench.autoscale.trace import Trace
-from gpufleet.core.sizing import Job, Policy, SizingState, WorkerView, decide, worker_shape
+from gpufleet.core.sizing import Job, Model, Policy, SizingState, WorkerView, decide, worker_shape
 
 
 class Gpufleet:
@@ -59,7 +59,7 @@ class Gpufleet:
                 draining=w.draining,
                 busy_jobs=len(w.jobs),
                 gpu_vram_total=(self.pool.gpu_vram,) if w.ready else (),
-                loaded_models=frozenset(w.models),
+                loaded_models=w.models,
                 started_at=w.created_at,
             )
             for w in pods
@@ -68,11 +68,13 @@ class Gpufleet:
             self.policy,
             replicas=0,
             shape=worker_shape(self.pool.gpu_vram, 1, self.pool.max_jobs_per_gpu, views),
-            queued=[Job(str(j.spec.id), j.spec.vram, j.spec.model) for j in sim.queue],
-            running=[Job(str(j.spec.id), j.spec.vram, j.spec.model) for w in pods for j in w.jobs],
+            # As the operator counts a job: its model's weights and its working memory.
+            queued=[Job(str(j.spec.id), j.spec.total_vram, j.spec.model) for j in sim.queue],
+            running=[Job(str(j.spec.id), j.spec.total_vram, j.spec.model) for w in pods for j in w.jobs],
             workers=views,
             state=self.state,
             now=sim.now,
+            models=[Model(name, vram) for name, vram in sim.model_vram.items()],
         )
         self.state = decision.state
         for name in decision.drain:
@@ -161,7 +163,7 @@ class Oracle:
         seconds = int(trace.horizon + tail_s) + self.lead_s + 2
         load = np.zeros(seconds + 1)
         for job in trace.jobs:
-            c = pool.concurrency(job.vram)
+            c = pool.concurrency(job.total_vram)
             service = job.work * c / pool.throughput(c)
             start = int(job.arrival)
             stop = min(seconds, math.ceil(job.arrival + service))
@@ -201,7 +203,7 @@ class Oracle:
         missing = [m for m, _ in coming.most_common() if m not in held]
         idle = [w for w in accepting if not w.jobs and not w.loading]
         for w, model in zip(idle, missing, strict=False):
-            sim.load(w, model)
+            sim.load_ahead(w, model)
 
     def _coming(self, now: float) -> Counter[str]:
         lo = bisect.bisect_left(self.arrivals, now)

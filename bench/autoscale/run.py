@@ -2,6 +2,7 @@
 
     python -m bench.autoscale.run                     # all traces, seed 1 (about a minute)
     python -m bench.autoscale.run --traces bursty --seed 7 --interval 2
+    python -m bench.autoscale.run --warm-queue-per-copy 1   # the placer's allowance, all policies
 
 Each trace is replayed through the same simulated pool (bench/autoscale/sim.py) once per
 policy (bench/autoscale/policies.py), and their figures are printed side by side. gpufleet
@@ -20,6 +21,7 @@ import numpy as np
 from bench.autoscale.policies import Gpufleet, KedaHpa, Oracle
 from bench.autoscale.sim import Pool, Result, Sim, Timing
 from bench.autoscale.trace import TRACES, Trace
+from gpufleet.core.placement import WARM_QUEUE_PER_COPY
 
 HPA_SCALE_DOWN_WINDOW_S = 300.0
 
@@ -29,6 +31,7 @@ COLUMNS = (
     ("p95 wait s", "{:>10.1f}"),
     ("p95 start s", "{:>11.1f}"),
     ("cold starts", "{:>11d}"),
+    ("evictions", "{:>9d}"),
     ("warm %", "{:>6.1f}"),
     ("GPU-s used", "{:>10.0f}"),
     ("GPU-s idle", "{:>10.0f}"),
@@ -37,7 +40,14 @@ COLUMNS = (
 )
 
 
-def simulate(trace: Trace, pool: Pool, timing: Timing, seed: int, interval_s: float) -> list[Result]:
+def simulate(
+    trace: Trace,
+    pool: Pool,
+    timing: Timing,
+    seed: int,
+    interval_s: float,
+    warm_queue_per_copy: int = WARM_QUEUE_PER_COPY,
+) -> list[Result]:
     same_window = dataclasses.replace(pool, scale_down_stabilization_s=HPA_SCALE_DOWN_WINDOW_S)
     policies = (
         Gpufleet(pool, interval_s),
@@ -46,7 +56,10 @@ def simulate(trace: Trace, pool: Pool, timing: Timing, seed: int, interval_s: fl
         Oracle(pool, trace, timing),
     )
     # The same seed for every policy: the same pod start delays and load times, drawn in order.
-    return [Sim(trace, pool, timing, seed).run(p.name, p.loops()) for p in policies]
+    return [
+        Sim(trace, pool, timing, seed, warm_queue_per_copy=warm_queue_per_copy).run(p.name, p.loops())
+        for p in policies
+    ]
 
 
 def row(r: Result) -> str:
@@ -56,6 +69,7 @@ def row(r: Result) -> str:
         float(np.percentile(r.waits, 95)),
         float(np.percentile(r.start_delays, 95)),
         r.cold_starts,
+        r.evictions,
         100 * r.warm_hit_rate,
         r.gpu_s,
         r.idle_gpu_s,
@@ -81,6 +95,12 @@ def main() -> None:
     parser.add_argument("--traces", default=",".join(TRACES), help="comma-separated: " + ", ".join(TRACES))
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--interval", type=float, default=5.0, help="gpufleet's control loop, seconds")
+    parser.add_argument(
+        "--warm-queue-per-copy",
+        type=int,
+        default=WARM_QUEUE_PER_COPY,
+        help="the operator's placer: jobs queued per busy warm copy before another copy loads",
+    )
     args = parser.parse_args()
     pool, timing = Pool(), Timing()
     print(
@@ -92,13 +112,17 @@ def main() -> None:
     )
     print(
         f"pod start {timing.pod_start_s[0]:.0f}-{timing.pod_start_s[1]:.0f} s; model load lognormal, "
-        f"median {timing.load_median_s:.0f} s, p90 {timing.load_p90_s:.0f} s; "
+        f"median {timing.load_median_s:g} s, p90 {timing.load_p90_s:.0f} s; "
         f"gpufleet decides every {args.interval:g} s"
+    )
+    print(
+        "every worker's GPU memory: the worker's admission and cache rule; every policy's jobs placed "
+        f"by the operator's dispatch round, warm-queue-per-copy {args.warm_queue_per_copy}"
     )
     for name in args.traces.split(","):
         trace = TRACES[name](args.seed)
         started = time.perf_counter()
-        results = simulate(trace, pool, timing, args.seed, args.interval)
+        results = simulate(trace, pool, timing, args.seed, args.interval, args.warm_queue_per_copy)
         elapsed = time.perf_counter() - started
         alone = sum(j.work for j in trace.jobs) / 3600
         print(

@@ -3,7 +3,8 @@
 Every distribution is stated here (bench/autoscale/README.md repeats them):
 
 - Models: `MODELS` models, popularity Zipf with exponent `ZIPF_S` over their rank. Each model
-  has a class that fixes the VRAM its jobs need and how long they take: `CLASSES`.
+  has a class that fixes the VRAM one resident copy holds, the working VRAM its jobs reserve
+  beside it, and how long they take: `CLASSES`.
 - Job duration (inference alone on a GPU): lognormal, median `DURATION_MEDIAN_S` and sigma
   `DURATION_SIGMA`, times the class factor; a fraction `LONG_JOB_SHARE` of jobs are long
   (Pareto, scale `LONG_JOB_SCALE_S`, shape `LONG_JOB_ALPHA`); all capped at `MAX_DURATION_S`.
@@ -24,11 +25,12 @@ GiB = 1024**3
 MODELS = 24
 ZIPF_S = 1.1
 
-# class: (share of models, job VRAM, duration factor)
+# class: (share of models, model VRAM, job working VRAM, duration factor). A job holds its
+# model's copy and its own working VRAM: 6, 11 and 20 GiB in all.
 CLASSES = {
-    "sd15": (0.5, 6 * GiB, 0.6),
-    "sdxl": (0.35, 11 * GiB, 1.0),
-    "flux": (0.15, 20 * GiB, 2.0),
+    "sd15": (0.5, 2 * GiB, 4 * GiB, 0.6),
+    "sdxl": (0.35, 7 * GiB, 4 * GiB, 1.0),
+    "flux": (0.15, 12 * GiB, 8 * GiB, 2.0),
 }
 
 DURATION_MEDIAN_S = 10.0
@@ -44,8 +46,14 @@ class TraceJob:
     id: int
     arrival: float  # seconds from the start of the trace
     model: str
-    vram: int  # bytes
+    vram: int  # bytes of working VRAM the job reserves beside its model
     work: float  # seconds of inference with the GPU to itself
+    model_vram: int  # bytes one resident copy of its model holds
+
+    @property
+    def total_vram(self) -> int:
+        """What the job holds on a GPU where its model is not shared: model plus working VRAM."""
+        return self.model_vram + self.vram
 
 
 @dataclass(frozen=True)
@@ -58,7 +66,8 @@ class Trace:
 @dataclass(frozen=True)
 class Catalog:
     names: tuple[str, ...]
-    vram: tuple[int, ...]
+    model_vram: tuple[int, ...]
+    vram: tuple[int, ...]  # job working VRAM
     speed: tuple[float, ...]  # duration factor
     popularity: np.ndarray  # probabilities, Zipf over rank
 
@@ -70,8 +79,9 @@ def catalog(rng: np.random.Generator) -> Catalog:
     weights = 1.0 / np.arange(1, MODELS + 1) ** ZIPF_S
     return Catalog(
         names=tuple(f"{kinds[k]}-{i:02d}" for i, k in enumerate(picks)),
-        vram=tuple(CLASSES[kinds[k]][1] for k in picks),
-        speed=tuple(CLASSES[kinds[k]][2] for k in picks),
+        model_vram=tuple(CLASSES[kinds[k]][1] for k in picks),
+        vram=tuple(CLASSES[kinds[k]][2] for k in picks),
+        speed=tuple(CLASSES[kinds[k]][3] for k in picks),
         popularity=weights / weights.sum(),
     )
 
@@ -93,6 +103,7 @@ def _trace(name: str, horizon: float, arrivals: np.ndarray, models: np.ndarray, 
             model=cat.names[m],
             vram=cat.vram[m],
             work=float(w * cat.speed[m]),
+            model_vram=cat.model_vram[m],
         )
         for i, (a, m, w) in enumerate(zip(arrivals, models, work, strict=True))
     )

@@ -5,6 +5,7 @@ preload, failed models (the others keep serving), download progress and the coun
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from gpufleet_worker.engine import Engine
 from gpufleet_worker.errors import Refusal
 from gpufleet_worker.inventory import SimulatedInventory
 from gpufleet_worker.metrics import WorkerMetrics
-from gpufleet_worker.modelfiles import FetchProgress, ModelSourceError
+from gpufleet_worker.modelfiles import FetchProgress, ModelSourceError, SourceProblem
 from gpufleet_worker.models import Generation, ImagePipeline, StepHook
 from gpufleet_worker.protocol import (
     LOADING_MODEL_STAGE,
@@ -94,15 +95,25 @@ class Loader:
 
 
 class RemoteFiles:
-    """A ModelFiles that 'downloads' in two chunks, or fails with a ModelSourceError."""
+    """A ModelFiles that 'downloads' in two chunks, or fails with a ModelSourceError: always for
+    the ``broken`` models (a permanent cause), the first ``late[name]`` times for the ``late``
+    ones (a transient cause). ``calls`` has the monotonic time of each call, per model."""
 
-    def __init__(self, broken: set[str] | None = None) -> None:
+    def __init__(self, broken: set[str] | None = None, late: dict[str, int] | None = None) -> None:
         self.broken = broken or set()
+        self.late = late or {}
         self.fetched: set[str] = set()
+        self.calls: dict[str, list[float]] = {}
 
     def local(self, spec: ModelSpec, on_progress: FetchProgress) -> ModelSpec:
+        calls = self.calls.setdefault(spec.name, [])
+        calls.append(time.monotonic())
         if spec.name in self.broken:
-            raise ModelSourceError(f"s3://models/{spec.name}: NoSuchKey")
+            raise ModelSourceError(f"s3://models/{spec.name}: digest mismatch", SourceProblem.DIGEST_MISMATCH)
+        if len(calls) <= self.late.get(spec.name, 0):
+            raise ModelSourceError(
+                f"s3://models/{spec.name}: no objects under it yet", SourceProblem.EMPTY_PREFIX
+            )
         on_progress(50, 100)
         on_progress(100, 100)
         self.fetched.add(spec.name)
@@ -122,6 +133,7 @@ def make_engine(
     gpus: int = 1,
     preload: frozenset[str] = frozenset(),
     loader: Loader | None = None,
+    retry: dict[str, float] | None = None,
     **engine_args: Any,
 ) -> tuple[Engine, Loader]:
     config = WorkerConfig.model_validate(
@@ -135,6 +147,7 @@ def make_engine(
             "simulatedGpu": {"memory": f"{gpu_gib}Gi", "count": gpus},
             "localOutputRoot": str(tmp_path),
             "maxJobsPerGpu": 4,
+            **({"modelRetry": retry} if retry else {}),
         }
     )
     inventory = SimulatedInventory(config.simulated_gpu, config.name)
@@ -372,9 +385,44 @@ def test_files_are_fetched_before_each_load_with_progress_and_source_errors_fail
     assert (models_of(inventory)["a"].on_disk, models_of(inventory)["a"].disk_bytes) == (True, 100)
     assert inventory.model_cache == ModelCacheInfo(path="/cache", capacity_bytes=1000, used_bytes=100)
     gone = run(engine, tmp_path, "2", "gone")
-    assert (gone.reason, gone.message) == (Reason.MODEL_FAILED, "model gone: s3://models/gone: NoSuchKey")
+    assert (gone.reason, gone.message) == (
+        Reason.MODEL_FAILED,
+        "model gone: s3://models/gone: digest mismatch",
+    )
     assert models_of(engine.snapshot())["gone"].state.value == "Failed"
     assert run(engine, tmp_path, "3", "a").phase is Phase.SUCCEEDED
+    engine.shutdown()
+
+
+def test_a_transient_failure_is_retried_with_a_growing_backoff_and_a_permanent_one_is_not(
+    tmp_path: Path,
+) -> None:
+    files = RemoteFiles(broken={"tampered"}, late={"late": 3})
+    retry = {"firstSeconds": 0.2, "maxSeconds": 0.3}
+    engine, _ = make_engine(tmp_path, {"late": 1, "tampered": 1}, model_files=files, retry=retry)
+    failed = run(engine, tmp_path, "1", "late")
+    assert (failed.reason, failed.message) == (
+        Reason.MODEL_FAILED,
+        "model late: s3://models/late: no objects under it yet",
+    )
+    tampered = run(engine, tmp_path, "2", "tampered")
+    assert tampered.reason is Reason.MODEL_FAILED
+    models = models_of(engine.snapshot())
+    assert models["late"].state.value == "Failed" and models["late"].retry_at is not None
+    assert models["tampered"].state.value == "Failed" and models["tampered"].retry_at is None
+    # Tried again after 0.2 s and 0.3 s (doubling, capped), and the fourth try works.
+    wait_for(
+        lambda: models_of(engine.snapshot())["late"], lambda m: m.state.value == "Available", 10, what="late"
+    )
+    first, second, third, fourth = files.calls["late"]
+    assert second - first >= 0.2 and third - second >= 0.3 and fourth - third >= 0.3
+    late = models_of(engine.snapshot())["late"]
+    assert (late.message, late.retry_at, late.on_disk) == ("", None, True)
+    assert run(engine, tmp_path, "3", "late").phase is Phase.SUCCEEDED
+    # The permanent failure was never tried again and still refuses its jobs.
+    assert len(files.calls["tampered"]) == 1
+    with pytest.raises(Refusal, match="model tampered: s3://models/tampered: digest mismatch"):
+        engine.submit(request(tmp_path, "4", "tampered"))
     engine.shutdown()
 
 

@@ -126,6 +126,24 @@ class ModelCacheConfig(CamelModel):
     )
 
 
+class ModelRetryConfig(CamelModel):
+    """When a model that failed for a transient cause is tried again (`gpufleet_worker.modelretry`)."""
+
+    first_seconds: float = Field(default=30.0, gt=0, description="The wait after the first failure.")
+    max_seconds: float = Field(
+        default=600.0, gt=0, description="The longest wait; each one doubles up to it."
+    )
+
+    @model_validator(mode="after")
+    def _longest_not_below_first(self) -> ModelRetryConfig:
+        if self.max_seconds < self.first_seconds:
+            raise ValueError(
+                f"modelRetry.maxSeconds ({self.max_seconds}) must be >= modelRetry.firstSeconds "
+                f"({self.first_seconds})"
+            )
+        return self
+
+
 class SimulatedGpu(CamelModel):
     """What the worker reports when NVML finds no GPU, so CPU runs keep the same accounting."""
 
@@ -174,6 +192,7 @@ class WorkerConfig(CamelModel):
     simulated_gpu: SimulatedGpu = Field(default_factory=SimulatedGpu)
     s3: S3Config = Field(default_factory=S3Config)
     model_cache: ModelCacheConfig = Field(default_factory=ModelCacheConfig)
+    model_retry: ModelRetryConfig = Field(default_factory=ModelRetryConfig)
     # claim -> where it is mounted; a claim not listed is read at pvc_mount_path(claim)
     pvc_mounts: dict[str, Path] = Field(default_factory=dict)
     local_output_root: Path | None = None

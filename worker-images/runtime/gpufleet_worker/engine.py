@@ -46,6 +46,7 @@ from .inventory import GpuInventory, GpuReading
 from .metrics import WorkerMetrics
 from .modelcache import CachedModel
 from .modelfiles import LocalModelFiles, ModelFiles, ModelSourceError
+from .modelretry import backoff_seconds, is_transient
 from .models import (
     Cancelled,
     Generation,
@@ -144,6 +145,8 @@ class Engine:
         # Files are fetched concurrently but loaded one at a time: loaders import their
         # libraries on first use, and transformers' lazy imports are not thread-safe.
         self._loading = threading.Lock()
+        self._retries: dict[str, threading.Timer] = {}  # failed model -> its next try (transient causes)
+        self._closed = False
 
     def _total_memory(self, gpu_uuid: str) -> int:
         for reading in self.inventory.read():
@@ -156,23 +159,27 @@ class Engine:
     def preload_models(self) -> None:
         """Loads every ``preload`` model onto every GPU, pinned there. Blocks; call on a thread."""
         for name in sorted(self._preloading):
-            model = self._models[name]
-            with self._lock:
-                too_small = [b for b in self._budgets.values() if b.admittable_bytes < model.spec.vram]
-                if too_small:
-                    self._fail(
-                        model,
-                        f"models[{name}].vram {model.spec.vram} bytes does not fit on GPU "
-                        f"{too_small[0].uuid}, which has {too_small[0].admittable_bytes} free",
-                    )
-            for budget in self._budgets.values():
-                with self._lock:
-                    if model.failure is not None:
-                        break
-                    load = self._start_load(model, budget, runs=0)
-                self._load(model, load)
+            self._preload(self._models[name])
             with self._lock:
                 self._preloading.discard(name)
+
+    def _preload(self, model: Model) -> None:
+        """Loads a ``preload`` model onto every GPU, pinned there, until a load fails. Blocks."""
+        name = model.spec.name
+        with self._lock:
+            too_small = [b for b in self._budgets.values() if b.admittable_bytes < model.spec.vram]
+            if too_small:
+                self._fail(
+                    model,
+                    f"models[{name}].vram {model.spec.vram} bytes does not fit on GPU "
+                    f"{too_small[0].uuid}, which has {too_small[0].admittable_bytes} free",
+                )
+        for budget in self._budgets.values():
+            with self._lock:
+                if model.failure is not None:
+                    break
+                load = self._start_load(model, budget, runs=0)
+            self._load(model, load)
 
     @property
     def ready(self) -> bool:
@@ -217,12 +224,11 @@ class Engine:
                 tasks = frozenset(model.spec.tasks)
         except Exception as error:  # a model that cannot load must not stop the others
             log.exception("model %s failed to load onto GPU %s", name, load.gpu)
-            cause = str(error) if isinstance(error, ModelSourceError) else f"{type(error).__name__}: {error}"
             with self._lock:
                 budget.models.pop(name, None)
                 budget.loading.discard(name)
                 model.loads_in_flight.pop(load.gpu, None)
-                self._fail(model, cause)
+                self._fail(model, _cause(error), retry=is_transient(error))
                 load.error = model.failure
                 load.done.set()
             return
@@ -247,12 +253,55 @@ class Engine:
         self.metrics.model_load_seconds.labels(model=name).observe(seconds)
         log.info("model %s loaded onto GPU %s in %.2fs", name, load.gpu, seconds)
 
-    def _fail(self, model: Model, cause: str) -> None:
-        """Marks the model Failed (lock held): requests for it are refused from now on."""
+    def _fail(self, model: Model, cause: str, retry: bool = False) -> None:
+        """Marks the model Failed (lock held): requests for it are refused from now on. With
+        ``retry`` (a transient cause) its source is tried again after the next backoff."""
         prefix = f"model {model.spec.name}: "
         # A ModelSourceError names the model already.
         model.failure = cause if cause.startswith(prefix) else prefix + cause
         log.error("%s", model.failure)
+        if not retry or model.retry_at is not None or self._closed:
+            return
+        model.transient_failures += 1
+        retry_config = self.config.model_retry
+        delay = backoff_seconds(
+            model.transient_failures, retry_config.first_seconds, retry_config.max_seconds
+        )
+        model.retry_at = time.monotonic() + delay
+        timer = threading.Timer(delay, self._retry, (model,))
+        timer.daemon = True
+        self._retries[model.spec.name] = timer
+        timer.start()
+        log.warning(
+            "model %s: trying its source again in %.1fs (failure %d in a row)",
+            model.spec.name,
+            delay,
+            model.transient_failures,
+        )
+
+    def _retry(self, model: Model) -> None:
+        """Tries a model that failed for a transient cause again: its files are fetched and
+        checked (a download lands in the disk cache); once they are, the model is no longer
+        Failed and loads when a job needs it (a ``preload`` model loads at once)."""
+        name = model.spec.name
+        with self._lock:
+            if self._closed:
+                return
+        try:
+            self.model_files.local(model.spec, lambda done, total: None)
+        except Exception as error:
+            log.warning("model %s: its source failed again", name, exc_info=True)
+            with self._lock:
+                model.retry_at = None
+                self._retries.pop(name, None)
+                self._fail(model, _cause(error), retry=is_transient(error))
+            return
+        with self._lock:
+            model.failure, model.retry_at, model.transient_failures = None, None, 0
+            self._retries.pop(name, None)
+        log.info("model %s: its source works again", name)
+        if model.spec.preload:
+            self._preload(model)
 
     def _downloaded(self, load: Load, done: int, total: int | None) -> None:
         """Download progress of a load, shown on the runs waiting for it."""
@@ -677,7 +726,8 @@ class Engine:
         ]
         with self._lock:
             models = [
-                model_info(m, self._budgets.values(), on_disk[m.spec.name]) for m in self._models.values()
+                model_info(m, self._budgets.values(), on_disk[m.spec.name], wall, monotonic)
+                for m in self._models.values()
             ]
             jobs = [
                 r.status.model_copy(deep=True)
@@ -697,8 +747,16 @@ class Engine:
     def shutdown(self) -> None:
         """Cancels every run and waits for their threads, so reservations are all returned."""
         with self._lock:
+            self._closed = True
+            for timer in self._retries.values():
+                timer.cancel()
             for run in self._runs.values():
                 run.cancel_requested.set()
         self._pool.shutdown(wait=True)
         self._loads.shutdown(wait=True)
         self.inventory.close()
+
+
+def _cause(error: Exception) -> str:
+    """A model failure's cause as its message says it (a ModelSourceError's names the model)."""
+    return str(error) if isinstance(error, ModelSourceError) else f"{type(error).__name__}: {error}"

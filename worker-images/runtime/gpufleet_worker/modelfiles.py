@@ -9,6 +9,7 @@ that keeps a disk cache.
 from __future__ import annotations
 
 from collections.abc import Callable
+from enum import StrEnum
 from typing import Protocol
 
 from .config import ModelSpec
@@ -18,11 +19,29 @@ from .protocol import ModelCacheInfo
 FetchProgress = Callable[[int, int | None], None]
 
 
+class SourceProblem(StrEnum):
+    """What went wrong with a model's source; `modelretry.is_transient` decides what is retried."""
+
+    UNSUPPORTED = "Unsupported"  # a source scheme this worker does not read
+    NOT_FOUND = "NotFound"  # a local path (file://, pvc://) with nothing at it
+    DIGEST_MISMATCH = "DigestMismatch"
+    BAD_OBJECT_KEY = "BadObjectKey"  # an object key that would leave the model folder
+    EMPTY_PREFIX = "EmptyPrefix"  # no objects under an s3:// prefix (yet)
+    INCOMPLETE = "Incomplete"  # an object came to another size than listed (changed mid-download)
+    CACHE_FULL = "CacheFull"  # the disk cache is full of models in use
+    STORE = "Store"  # the object store's own error, which the exception's __cause__ carries
+
+
 class ModelSourceError(Exception):
     """A model's source cannot be used: missing, unreachable, or its digest does not match.
 
     The message names the model and the cause; the engine marks the model Failed with it.
+    ``problem`` says what happened, so the engine can tell a cause worth retrying.
     """
+
+    def __init__(self, message: str, problem: SourceProblem) -> None:
+        super().__init__(message)
+        self.problem = problem
 
 
 class ModelFiles(Protocol):

@@ -372,6 +372,11 @@ class ModelInfo(CamelModel):
     state: ModelState
     load_seconds: float | None = Field(default=None, description="The last load's duration.")
     message: str = ""
+    retry_at: datetime | None = Field(
+        default=None,
+        description="When a model Failed for a transient cause is tried again; absent for a permanent "
+        "cause, which this worker does not try again.",
+    )
     resident_gpus: list[str] = Field(default_factory=list, description="UUIDs of GPUs holding it.")
     loading_gpus: list[str] = Field(default_factory=list, description="UUIDs of GPUs loading it.")
     on_disk: bool = Field(

@@ -50,6 +50,8 @@ class Model:
     pipelines: dict[str, Pipeline] = field(default_factory=dict)  # GPU uuid -> resident pipeline
     loads_in_flight: dict[str, Load] = field(default_factory=dict)  # GPU uuid -> load
     failure: str | None = None
+    retry_at: float | None = None  # monotonic time of the next try of a failed model; None: not retried
+    transient_failures: int = 0  # in a row, since it last worked
     load_seconds: float | None = None
     loads: int = 0
     evictions: int = 0
@@ -72,8 +74,11 @@ def resident_models(budget: GpuBudget, wall: datetime, monotonic: float) -> list
     ]
 
 
-def model_info(model: Model, budgets: Iterable[GpuBudget], disk_bytes: int | None) -> ModelInfo:
-    """What the inventory says of one model; ``disk_bytes`` as ModelFiles.on_disk_bytes."""
+def model_info(
+    model: Model, budgets: Iterable[GpuBudget], disk_bytes: int | None, wall: datetime, monotonic: float
+) -> ModelInfo:
+    """What the inventory says of one model; ``disk_bytes`` as ModelFiles.on_disk_bytes;
+    ``wall`` and ``monotonic`` the same instant on both clocks."""
     name = model.spec.name
     budgets = list(budgets)
     resident = sorted(b.uuid for b in budgets if name in b.models and name not in b.loading)
@@ -95,6 +100,7 @@ def model_info(model: Model, budgets: Iterable[GpuBudget], disk_bytes: int | Non
         state=state,
         load_seconds=model.load_seconds,
         message=model.failure or "",
+        retry_at=None if model.retry_at is None else wall + timedelta(seconds=model.retry_at - monotonic),
         resident_gpus=resident,
         loading_gpus=loading,
         on_disk=disk_bytes is not None,

@@ -38,7 +38,7 @@ from gpufleet.api.servedmodels import (
 from .artifacts import split_s3_uri
 from .config import ModelSpec
 from .modelcache import CachedModel, choose_evictions
-from .modelfiles import FetchProgress, ModelSourceError
+from .modelfiles import FetchProgress, ModelSourceError, SourceProblem
 from .protocol import ModelCacheInfo
 
 log = logging.getLogger("gpufleet_worker.sources")
@@ -87,7 +87,10 @@ def _relative_key(key: str, prefix: str, source: str, model: str) -> str:
     relative = key[len(prefix) :]
     parts = PurePosixPath(relative).parts
     if not relative or relative.startswith("/") or any(p in ("", ".", "..") for p in relative.split("/")):
-        raise ModelSourceError(f"model {model}: {source}: object key {key!r} is not a plain relative path")
+        raise ModelSourceError(
+            f"model {model}: {source}: object key {key!r} is not a plain relative path",
+            SourceProblem.BAD_OBJECT_KEY,
+        )
     return str(PurePosixPath(*parts))
 
 
@@ -178,7 +181,7 @@ class DiskModelFiles:
             return spec.model_copy(update={"source": _file_source(str(folder.resolve()))})
         if source.startswith(S3_SCHEME):
             return spec.model_copy(update={"source": _file_source(str(self._fetch(spec, on_progress)))})
-        raise ModelSourceError(f"model {spec.name}: unsupported source {source!r}")
+        raise ModelSourceError(f"model {spec.name}: unsupported source {source!r}", SourceProblem.UNSUPPORTED)
 
     def on_disk_bytes(self, spec: ModelSpec) -> int | None:
         if not spec.source.startswith(S3_SCHEME):
@@ -198,7 +201,9 @@ class DiskModelFiles:
 
     def _check_local(self, spec: ModelSpec, folder: Path) -> None:
         if not folder.exists():
-            raise ModelSourceError(f"model {spec.name}: {spec.source}: nothing at {folder}")
+            raise ModelSourceError(
+                f"model {spec.name}: {spec.source}: nothing at {folder}", SourceProblem.NOT_FOUND
+            )
         if spec.digest is None:
             return
         # Checked once per set of files (paths, sizes, modification times), not on every load.
@@ -209,7 +214,8 @@ class DiskModelFiles:
         if got != spec.digest:
             raise ModelSourceError(
                 f"model {spec.name}: {spec.source}: digest mismatch: the files at {folder} have {got}, "
-                f"the pool says {spec.digest}"
+                f"the pool says {spec.digest}",
+                SourceProblem.DIGEST_MISMATCH,
             )
         self._verified[(str(folder), spec.digest)] = files
 
@@ -244,12 +250,13 @@ class DiskModelFiles:
                 ]
         except Exception as error:  # botocore raises many types; all mean "cannot list"
             raise ModelSourceError(
-                f"model {spec.name}: {spec.source}: {_describe_s3_error(error)}"
+                f"model {spec.name}: {spec.source}: {_describe_s3_error(error)}", SourceProblem.STORE
             ) from error
         if not objects:
             raise ModelSourceError(
                 f"model {spec.name}: {spec.source}: no objects under s3://{bucket}/{prefix} "
-                "(the prefix is empty or does not exist)"
+                "(the prefix is empty or does not exist)",
+                SourceProblem.EMPTY_PREFIX,
             )
         return objects
 
@@ -266,7 +273,8 @@ class DiskModelFiles:
             if spec.digest is not None and (got := manifest_digest(hashes)) != spec.digest:
                 raise ModelSourceError(
                     f"model {spec.name}: {spec.source}: digest mismatch: the objects have {got}, "
-                    f"the pool says {spec.digest}"
+                    f"the pool says {spec.digest}",
+                    SourceProblem.DIGEST_MISMATCH,
                 )
             folder = self._cache / name
             partial.rename(folder)  # whole and verified, or not there at all
@@ -300,7 +308,8 @@ class DiskModelFiles:
                 raise ModelSourceError(
                     f"model {spec.name}: {spec.source}: needs {need} bytes in the model cache, which "
                     f"holds {self._capacity} bytes with {used} used; models in use cannot be removed"
-                    + (f" ({', '.join(in_use)})" if in_use else "")
+                    + (f" ({', '.join(in_use)})" if in_use else ""),
+                    SourceProblem.CACHE_FULL,
                 )
             removed = [self._entries.pop(entry_name) for entry_name in evict]
             self._fetching[name] = need
@@ -337,11 +346,13 @@ class DiskModelFiles:
                         on_progress(done + written, total)
             except Exception as error:  # network, S3 and disk errors all end this download
                 raise ModelSourceError(
-                    f"model {spec.name}: {spec.source}: downloading {key}: {_describe_s3_error(error)}"
+                    f"model {spec.name}: {spec.source}: downloading {key}: {_describe_s3_error(error)}",
+                    SourceProblem.STORE,
                 ) from error
             if written != size:
                 raise ModelSourceError(
-                    f"model {spec.name}: {spec.source}: {key} came to {written} bytes, listed as {size}"
+                    f"model {spec.name}: {spec.source}: {key} came to {written} bytes, listed as {size}",
+                    SourceProblem.INCOMPLETE,
                 )
             done += size
             hashes[relative] = digest.hexdigest()
