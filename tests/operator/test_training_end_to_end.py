@@ -95,7 +95,7 @@ def test_a_lora_trains_through_the_operator_then_a_pool_serves_it(
         runtime="diffusers",
         models=[
             {"name": "sd", "source": f"file://{base}", "vram": "256Mi"},
-            {"name": "sd-colours", "source": f"file://{lora_file}", "vram": "256Mi", "base": "sd"},
+            {"name": "sd-colours", "source": f"file://{lora_file}", "vram": "16Mi", "base": "sd"},
         ],
         tasks=["text-to-image"],
         **code_under_test(),

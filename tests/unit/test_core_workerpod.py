@@ -530,3 +530,17 @@ def test_a_lora_reaches_the_worker_naming_its_base_model() -> None:
     base, lora = wp.spec.models
     assert Task.TRAIN in model_tasks(Runtime.DIFFUSERS, base)
     assert model_tasks(Runtime.DIFFUSERS, lora) == LORA_TASKS
+
+
+def test_a_lora_and_its_base_may_come_from_s3() -> None:
+    """The worker loads a LoRA's base as any model, so neither needs a file:/// source."""
+    spec = example_spec()
+    spec["runtime"] = "diffusers"
+    spec["tasks"] = ["text-to-image"]
+    spec["models"] = [
+        {"name": "sd15", "source": "s3://models/sd15/", "vram": "3Gi"},
+        {"name": "style", "source": "s3://models/loras/style/", "vram": "64Mi", "base": "sd15"},
+    ]
+    args = workerpod.worker_args(pool(spec))
+    models = [args[i + 1] for i, a in enumerate(args) if a == "--model"]
+    assert models[1] == "name=style,source=s3://models/loras/style/,vram=64Mi,base=sd15"
