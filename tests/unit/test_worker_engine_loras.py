@@ -31,9 +31,9 @@ class HostPipeline(GatedPipeline):
         self.attached: list[str] = []
         self.detached: list[str] = []
 
-    def attach_lora(self, name: str, weights: Path) -> Pipeline:
-        self.attached.append(name)
-        return AdapterRun(self, name)
+    def attach_lora(self, lora: ModelSpec) -> Pipeline:
+        self.attached.append(lora.name)
+        return AdapterRun(self, lora.name)
 
     def detach_lora(self, name: str) -> None:
         self.detached.append(name)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from gpufleet.api.inputs import JobInput, Task
+from gpufleet_worker.config import ModelSpec
 from gpufleet_worker.models import Generation, Pipeline
 from tests.worker.tinymodels import save_tiny_lora, save_tiny_pipeline
 
@@ -27,6 +28,10 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     }
 
 
+def lora(name: str, files: dict[str, Path]) -> ModelSpec:
+    return ModelSpec(name=name, source=f"file://{files[name]}", vram=2**20, base="base")
+
+
 def draw(pipeline: Pipeline, seed: int = 4) -> bytes:
     job_input = JobInput.model_validate(
         {"prompt": "a square", "width": 64, "height": 64, "steps": 2, "seed": seed}
@@ -40,11 +45,11 @@ def test_two_loras_on_one_base_draw_each_as_that_lora_alone_even_at_once(files: 
     from gpufleet_worker.models.diffusers_pipeline import DiffusersPipeline
 
     shared = DiffusersPipeline(str(files["base"]), "cpu")
-    red, blue = shared.attach_lora("red", files["red"]), shared.attach_lora("blue", files["blue"])
+    red, blue = shared.attach_lora(lora("red", files)), shared.attach_lora(lora("blue", files))
     alone = {}
     for name in ("red", "blue"):
         own = DiffusersPipeline(str(files["base"]), "cpu")
-        alone[name] = draw(own.attach_lora(name, files[name]))
+        alone[name] = draw(own.attach_lora(lora(name, files)))
     plain = draw(DiffusersPipeline(str(files["base"]), "cpu"))
 
     assert draw(red) == alone["red"] and draw(blue) == alone["blue"]

@@ -29,13 +29,11 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from pathlib import Path
 
 import torch
 from PIL import Image
 
 from gpufleet.api.inputs import MAX_RESULT_TEXT_CHARS, MAX_SEED, ImageRef, Task, input_problems
-from gpufleet.api.servedmodels import FILE_SCHEME
 
 from .admission import Admitted, GpuBudget, choose_gpu
 from .artifacts import ArtifactStore, UploadError
@@ -235,7 +233,7 @@ class Engine:
             )
             device = self.devices[load.gpu]
             if host is not None:  # waits for runs on the base to pause: not under _loading
-                pipeline = host.attach_lora(name, Path(local.source.removeprefix(FILE_SCHEME)))
+                pipeline = host.attach_lora(local)
             else:
                 with self._loading:
                     if device.startswith("cuda"):

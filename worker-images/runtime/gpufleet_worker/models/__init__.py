@@ -99,7 +99,9 @@ class Pipeline(Protocol):
 class AdapterHost(Protocol):
     """A pipeline LoRAs attach to as adapters (a diffusers pipeline)."""
 
-    def attach_lora(self, name: str, weights: Path) -> Pipeline: ...
+    def attach_lora(self, lora: ModelSpec) -> Pipeline:
+        """Attaches ``lora`` (its files local: a file:// source) as the adapter of its name."""
+        ...
 
     def detach_lora(self, name: str) -> None: ...
 

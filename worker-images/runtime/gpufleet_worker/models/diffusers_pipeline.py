@@ -19,8 +19,10 @@ from PIL import Image
 
 from gpufleet.api.capabilities import LORA_TASKS
 from gpufleet.api.inputs import Task
+from gpufleet.api.servedmodels import FILE_SCHEME
 
 from ..adaptergate import AdapterGate
+from ..config import ModelSpec
 from . import Generation, ImagePipeline, Outputs, Pipeline, StepHook, total_steps
 
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
@@ -47,10 +49,11 @@ class DiffusersPipeline(ImagePipeline):
         self.directory = directory
         self.gate = AdapterGate(activate=self._activate, remove=self._remove)
 
-    def attach_lora(self, name: str, weights: Path) -> Pipeline:
-        """Loads LoRA weights (a .safetensors file, or a folder holding
-        pytorch_lora_weights.safetensors) as adapter ``name``; the returned pipeline draws
-        with it."""
+    def attach_lora(self, lora: ModelSpec) -> Pipeline:
+        """Loads a LoRA's weights (its file:// source: a .safetensors file, or a folder holding
+        pytorch_lora_weights.safetensors) as the adapter named as the model; the returned
+        pipeline draws with it."""
+        name, weights = lora.name, Path(lora.source.removeprefix(FILE_SCHEME))
         folder, file = (weights.parent, weights.name) if weights.is_file() else (weights, LORA_WEIGHTS)
         if not (folder / file).is_file():
             raise FileNotFoundError(f"{weights} holds no LoRA weights ({LORA_WEIGHTS})")
