@@ -507,8 +507,8 @@ def test_pools_of_local_models_get_no_claims_or_cache() -> None:
     assert "--model-cache" not in container(manifest)["args"]
 
 
-def test_a_lora_reaches_the_worker_with_its_base_pipeline() -> None:
-    """A LoRA model names its base; the worker gets the base's files to load beneath it."""
+def test_a_lora_reaches_the_worker_naming_its_base_model() -> None:
+    """A LoRA model names its base; the worker attaches it to its own copy of that model."""
     from gpufleet.api.capabilities import LORA_TASKS, model_tasks
     from gpufleet.api.inputs import Task
     from gpufleet.api.models import Runtime
@@ -524,11 +524,23 @@ def test_a_lora_reaches_the_worker_with_its_base_pipeline() -> None:
     wp = pool(spec)
     args = workerpod.worker_args(wp)
     models = [args[i + 1] for i, a in enumerate(args) if a == "--model"]
-    assert models[1] == (
-        "name=style,source=file:///models/loras/style.safetensors,vram=3Gi,base=file:///models/sd15"
-    )
+    assert models[1] == ("name=style,source=file:///models/loras/style.safetensors,vram=3Gi,base=sd15")
     config = load_config(["--token-file", "/run/token", *[x for m in models for x in ("--model", m)]], env={})
-    assert [(m.name, m.base) for m in config.models] == [("sd15", None), ("style", "file:///models/sd15")]
+    assert [(m.name, m.base) for m in config.models] == [("sd15", None), ("style", "sd15")]
     base, lora = wp.spec.models
     assert Task.TRAIN in model_tasks(Runtime.DIFFUSERS, base)
     assert model_tasks(Runtime.DIFFUSERS, lora) == LORA_TASKS
+
+
+def test_a_lora_and_its_base_may_come_from_s3() -> None:
+    """The worker loads a LoRA's base as any model, so neither needs a file:/// source."""
+    spec = example_spec()
+    spec["runtime"] = "diffusers"
+    spec["tasks"] = ["text-to-image"]
+    spec["models"] = [
+        {"name": "sd15", "source": "s3://models/sd15/", "vram": "3Gi"},
+        {"name": "style", "source": "s3://models/loras/style/", "vram": "64Mi", "base": "sd15"},
+    ]
+    args = workerpod.worker_args(pool(spec))
+    models = [args[i + 1] for i, a in enumerate(args) if a == "--model"]
+    assert models[1] == "name=style,source=s3://models/loras/style/,vram=64Mi,base=sd15"

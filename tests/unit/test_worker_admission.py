@@ -200,3 +200,23 @@ def test_budget_counts_models_and_jobs() -> None:
     assert (budget.models_bytes, budget.jobs_bytes, budget.reserved_bytes) == (5 * GIB, GIB, 6 * GIB)
     assert (budget.admittable_bytes, budget.evictable_bytes) == (2 * GIB, 2 * GIB)
     assert gpu("B", total=1, models={"big": 2}).admittable_bytes == 0
+
+
+def test_a_lora_needs_only_its_own_bytes_where_its_base_is_and_never_evicts_its_base() -> None:
+    with_base = gpu("with-base", total=8, models={"sd": 4})
+    empty = gpu("empty", total=8)
+    # Where the base is resident the LoRA's 1 GiB and the job's 1 GiB fit; elsewhere the base's
+    # 4 GiB come on top. The GPU holding the base is preferred though the other has more room.
+    decision = choose_gpu([empty, with_base], "style", GIB, GIB, 4, base="sd", base_bytes=4 * GIB)
+    assert decision == Admitted("with-base")
+    # Only 1 GiB left beside the (idle) base: the base is not evicted to make room for its LoRA.
+    tight = gpu("tight", total=6, models={"sd": 4, "old": 1})
+    decision = choose_gpu([tight], "style", GIB, GIB, 4, base="sd", base_bytes=4 * GIB)
+    assert decision == Admitted("tight", evict=("old",))
+    full = gpu("full", total=5, models={"sd": 4})
+    refused = choose_gpu([full], "style", GIB, GIB, 4, base="sd", base_bytes=4 * GIB)
+    assert isinstance(refused, Refused) and refused.reason == "InsufficientVRAM"
+    # Without the base anywhere, the LoRA's need includes it.
+    small = gpu("small", total=5)
+    refused = choose_gpu([small], "style", GIB, GIB, 4, base="sd", base_bytes=4 * GIB)
+    assert isinstance(refused, Refused) and refused.asked_bytes == 6 * GIB

@@ -301,8 +301,8 @@ def test_the_trained_lora_is_served_on_its_base_and_changes_what_it_draws(
                 {
                     "name": "tiny-colours",
                     "source": f"file://{weights}",
-                    "vram": "512Mi",
-                    "base": base,
+                    "vram": "16Mi",
+                    "base": "tiny-sd",
                     "preload": True,
                 },
             ],
@@ -310,8 +310,12 @@ def test_the_trained_lora_is_served_on_its_base_and_changes_what_it_draws(
         },
         env=s3_server.env(),
     )
-    served = {m["name"]: m for m in server.client.get(p.INVENTORY).json()["models"]}
+    inventory = p.Inventory.model_validate(server.client.get(p.INVENTORY).json())
+    served = {m.name: m.model_dump(mode="json", by_alias=True) for m in inventory.models}
     assert served["tiny-colours"]["state"] == "Loaded"
+    # One copy of the base on the GPU; the LoRA holds only its own few bytes beside it.
+    (gpu,) = inventory.gpus
+    assert {m.name: m.vram_bytes for m in gpu.models} == {"tiny-sd": 512 * 2**20, "tiny-colours": 16 * 2**20}
     assert set(served["tiny-colours"]["tasks"]) == {"text-to-image", "image-to-image", "inpaint"}
 
     images = {}

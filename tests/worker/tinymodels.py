@@ -303,3 +303,24 @@ def scene(width: int = 96, height: int = 64):
         fill=(150, 40, 30),
     )
     return image
+
+
+def save_tiny_lora(pipeline: Path, target: Path, seed: int) -> Path:
+    """Random LoRA weights for the UNet of ``pipeline`` (a `save_tiny_pipeline` folder), saved
+    as diffusers saves trained ones; different seeds give adapters that draw differently."""
+    import torch
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    unet = UNet2DConditionModel.from_pretrained(pipeline, subfolder="unet")
+    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in unet.named_parameters():
+            if "lora_" in name:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.5)
+    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+    StableDiffusionPipeline.save_lora_weights(save_directory=target, unet_lora_layers=layers)
+    return target / "pytorch_lora_weights.safetensors"

@@ -52,7 +52,6 @@ from gpufleet.api.servedmodels import (
     DEFAULT_MODEL_CACHE_SIZE,
     DIGEST_NEEDS_FILES_RULE,
     DIGEST_PATTERN,
-    FILE_SCHEME,
     MAX_MODEL_NAME_CHARS,
     MAX_MODEL_SOURCE_CHARS,
     MODEL_NAME_PATTERN,
@@ -544,8 +543,8 @@ class PodOverrides(CamelModel):
 
 MODEL_FITS_GPU_RULE = "every models[].vram must fit in gpu.minMemory"
 LORA_BASE_RULE = (
-    "models[].base must name another of the pool's models that has no base itself and a "
-    "file:/// source, and only runtime diffusers serves LoRAs"
+    "models[].base must name another of the pool's models that has no base itself, "
+    "and only runtime diffusers serves LoRAs"
 )
 
 
@@ -569,8 +568,7 @@ class WorkerPoolSpec(CamelModel):
             ),
             rule(
                 "self.models.all(m, !has(m.base) || (self.runtime == 'diffusers' && "
-                "self.models.exists(b, b.name == m.base && b.name != m.name && !has(b.base) && "
-                f"b.source.startsWith('{FILE_SCHEME}'))))",
+                "self.models.exists(b, b.name == m.base && b.name != m.name && !has(b.base))))",
                 LORA_BASE_RULE,
                 field_path=".models",
             ),
@@ -614,7 +612,7 @@ class WorkerPoolSpec(CamelModel):
         ]
         if mismatched:
             raise ValueError(f"{SOURCE_SCHEME_RULE}; runtime {self.runtime.value}: {', '.join(mismatched)}")
-        plain = {m.name for m in self.models if m.base is None and m.source.startswith(FILE_SCHEME)}
+        plain = {m.name for m in self.models if m.base is None}
         if orphans := [m.name for m in self.models if m.base is not None and m.base not in plain]:
             raise ValueError(f"{LORA_BASE_RULE}; models: {', '.join(orphans)}")
         if self.runtime is not Runtime.DIFFUSERS and any(m.base for m in self.models):

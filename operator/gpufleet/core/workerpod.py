@@ -151,7 +151,6 @@ def worker_args(pool: WorkerPool) -> list[str]:
         "--max-jobs-per-gpu",
         str(pool.spec.gpu.max_jobs_per_gpu),
     ]
-    sources = {model.name: model.source for model in pool.spec.models}
     for model in pool.spec.models:
         flag = f"name={model.name},source={model.source},vram={model.vram}"
         if model.tasks is not None:  # the worker then refuses to start a model that cannot do them
@@ -160,8 +159,8 @@ def worker_args(pool: WorkerPool) -> list[str]:
             flag += ",preload=true"
         if model.digest is not None:
             flag += f",digest={model.digest}"
-        if model.base is not None:  # a LoRA: the worker loads its base's files beneath it
-            flag += f",base={sources[model.base]}"
+        if model.base is not None:  # a LoRA: the worker attaches it to its copy of the base
+            flag += f",base={model.base}"
         args += ["--model", flag]
     if pool.spec.runtime is Runtime.CUSTOM:
         return args  # its own flags: it finds the volumes at their documented paths

@@ -7,10 +7,13 @@ already there (resident or loading) it needs only its own reservation, elsewhere
 VRAM as well. Room may be made by evicting idle, unpinned models, chosen by the cache policy
 (`modelcache.choose_evictions`); a model a run needs or that is loading is never evicted.
 
+A LoRA needs its base on the same GPU: where the base is there it needs only its own bytes,
+elsewhere the base's too; its base is never evicted for it.
+
 Among the GPUs with a free job slot where the run fits, the order of preference is: the model
-is resident, then it is loading (the run shares that load), then no eviction is needed, then
-evicting makes room; ties go to the GPU left with the least free memory (best fit), so large
-gaps stay open for large jobs.
+is resident, then it is loading (the run shares that load), then (for a LoRA) its base is
+there, then no eviction is needed, then evicting makes room; ties go to the GPU left with the
+least free memory (best fit), so large gaps stay open for large jobs.
 """
 
 from __future__ import annotations
@@ -66,10 +69,17 @@ class Refused:
 
 
 def choose_gpu(
-    gpus: list[GpuBudget], model: str, model_bytes: int, asked_bytes: int, max_jobs: int
+    gpus: list[GpuBudget],
+    model: str,
+    model_bytes: int,
+    asked_bytes: int,
+    max_jobs: int,
+    base: str | None = None,
+    base_bytes: int = 0,
 ) -> Admitted | Refused:
     """Where a run of ``model`` (``model_bytes`` per resident copy) that reserves ``asked_bytes``
-    goes, and what it evicts there; or the refusal with the numbers."""
+    goes, and what it evicts there; or the refusal with the numbers. A LoRA names its
+    ``base`` model and the ``base_bytes`` of a resident copy of it."""
     if not gpus:
         return Refused("InsufficientVRAM", "this worker has no GPU", model_bytes + asked_bytes, 0)
     with_slots = [gpu for gpu in gpus if len(gpu.reservations) < max_jobs]
@@ -82,11 +92,15 @@ def choose_gpu(
         )
     choices = []
     closest: tuple[int, int, GpuBudget] | None = None  # (room - need, need, gpu) of the nearest miss
+    needed = {model, base} - {None}
     for gpu in with_slots:
         present = model in gpu.models
+        base_present = base is not None and base in gpu.models
         need = asked_bytes if present else model_bytes + asked_bytes
-        # The run's own model is in use from admission on: never a candidate for eviction.
-        others = [m for m in gpu.models.values() if m.name != model]
+        if base is not None and not present and not base_present:
+            need += base_bytes
+        # The run's own model (and its base) is in use from admission on: never evicted for it.
+        others = [m for m in gpu.models.values() if m.name not in needed]
         evict = choose_evictions(others, need, gpu.admittable_bytes)
         if evict is None:
             room = gpu.admittable_bytes + evictable_bytes(others)
@@ -94,14 +108,17 @@ def choose_gpu(
                 closest = (room - need, need, gpu)
             continue
         freed = sum(gpu.models[name].size_bytes for name in evict)
-        rank = 0 if present and model not in gpu.loading else 1 if present else 2 if not evict else 3
+        if present:
+            rank = 0 if model not in gpu.loading else 1
+        else:
+            rank = (2 if base_present else 3) * 2 + bool(evict)
         leftover = gpu.admittable_bytes + freed - need
         choices.append((rank, leftover, gpu.uuid, tuple(evict), present, model in gpu.loading))
     if not choices:
         assert closest is not None
         _, need, gpu = closest
         free = gpu.admittable_bytes
-        room = free + evictable_bytes(m for m in gpu.models.values() if m.name != model)
+        room = free + evictable_bytes(m for m in gpu.models.values() if m.name not in needed)
         what = (
             f"vramBytes asked {asked_bytes} bytes ({_gib(asked_bytes)})"
             if model in gpu.models

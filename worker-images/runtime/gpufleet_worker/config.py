@@ -88,11 +88,13 @@ class ModelSpec(CamelModel):
     )
     base: str | None = Field(
         default=None,
-        max_length=MAX_MODEL_SOURCE_CHARS,
-        pattern=r"^file:///",
+        min_length=1,
+        max_length=MAX_MODEL_NAME_CHARS,
+        pattern=MODEL_NAME_PATTERN,
         description=(
-            "A LoRA: file:/// of the diffusers pipeline its weights (source: a .safetensors file, "
-            "or a folder holding pytorch_lora_weights.safetensors) attach to."
+            "A LoRA: the name of another of these models, a diffusers pipeline, its weights "
+            "(source: a .safetensors file, or a folder holding pytorch_lora_weights.safetensors) "
+            "attach to. The base is loaded once per GPU; its LoRAs are adapters on it."
         ),
     )
     preload: bool = Field(
@@ -206,6 +208,16 @@ class WorkerConfig(CamelModel):
         names = [model.name for model in self.models]
         if duplicates := sorted({n for n in names if names.count(n) > 1}):
             raise ValueError(f"models: names must be unique; repeated: {', '.join(duplicates)}")
+        plain = {m.name for m in self.models if m.base is None and not m.source.startswith(BUILTIN_SCHEME)}
+        if orphans := [
+            m.name
+            for m in self.models
+            if m.base is not None and (m.base not in plain or m.source.startswith(BUILTIN_SCHEME))
+        ]:
+            raise ValueError(
+                "models[].base must name another of the models, one with no base and not builtin://, "
+                f"and a LoRA's own source is its weights' files; not so for: {', '.join(orphans)}"
+            )
         downloaded = [m.name for m in self.models if m.source.startswith(S3_SCHEME)]
         if downloaded and self.model_cache.path is None:
             raise ValueError(
@@ -228,14 +240,12 @@ def _read_file(path: Path) -> dict[str, Any]:
     return data
 
 
-MODEL_FLAG_FORM = (
-    "name=...,source=...,vram=...[,tasks=a+b][,preload=true][,digest=sha256:...][,base=file:///...]"
-)
+MODEL_FLAG_FORM = "name=...,source=...,vram=...[,tasks=a+b][,preload=true][,digest=sha256:...][,base=MODEL]"
 
 
 def parse_model_flag(flag: str) -> dict[str, Any]:
     """``name=tiny-sd,source=builtin://tiny-sd,vram=512Mi[,tasks=a+b][,preload=true][,digest=sha256:...]``
-    ``[,base=file:///...]`` as a
+    ``[,base=MODEL]`` as a
     ModelSpec mapping."""
     fields: dict[str, Any] = {}
     for part in flag.split(","):

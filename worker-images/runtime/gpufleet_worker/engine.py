@@ -6,6 +6,11 @@ resident until evicted to make room for another (least recently used idle ones f
 run admitted where its model is not resident waits in phase Running while the model loads
 (one load per model and GPU at a time; runs admitted meanwhile wait on the same load).
 
+A LoRA (a model with a ``base``) is an adapter attached to its base's pipeline on the same
+GPU: loading it loads the base there first if it is not resident, and it holds only its own
+VRAM. Every use of a LoRA is a use of its base too, so a base is never evicted while one of
+its LoRAs runs or loads; evicting an idle base detaches its LoRAs.
+
 A run reserves its VRAM when it is admitted and gives it back when it ends, whatever the
 end (success, failure, out-of-memory, cancellation). Several runs share a GPU while their
 reservations and the models there fit. Each run keeps an ordered log of its events, which
@@ -48,6 +53,7 @@ from .modelcache import CachedModel
 from .modelfiles import LocalModelFiles, ModelFiles, ModelSourceError
 from .modelretry import backoff_seconds, is_transient
 from .models import (
+    AdapterHost,
     Cancelled,
     Generation,
     Outputs,
@@ -158,7 +164,8 @@ class Engine:
 
     def preload_models(self) -> None:
         """Loads every ``preload`` model onto every GPU, pinned there. Blocks; call on a thread."""
-        for name in sorted(self._preloading):
+        # Bases first: a preloaded LoRA then attaches to its resident base.
+        for name in sorted(self._preloading, key=lambda n: (self._models[n].spec.base is not None, n)):
             self._preload(self._models[name])
             with self._lock:
                 self._preloading.discard(name)
@@ -193,13 +200,47 @@ class Engine:
 
     def _start_load(self, model: Model, budget: GpuBudget, runs: int) -> Load:
         """Holds the model's VRAM on ``budget``'s GPU for a load (lock held); the caller runs
-        ``_load``. The load counts as a use, so the model cannot be evicted mid-load."""
-        budget.models[model.spec.name] = CachedModel(
-            model.spec.name, model.spec.vram, time.monotonic(), in_use=runs + 1, pinned=model.spec.preload
+        ``_load``. The load counts as a use, so the model cannot be evicted mid-load. A LoRA
+        whose base is not on the GPU starts the base's load there too."""
+        name, base = model.spec.name, model.spec.base
+        if base is not None and base not in budget.models:
+            base_load = self._start_load(self._models[base], budget, runs=0)
+            self._loads.submit(self._load, self._models[base], base_load)
+        budget.models[name] = CachedModel(
+            name, model.spec.vram, time.monotonic(), pinned=model.spec.preload, base=base
         )
-        budget.loading.add(model.spec.name)
+        self._use(budget, name, runs + 1)
+        budget.loading.add(name)
         load = model.loads_in_flight[budget.uuid] = Load(budget.uuid)
         return load
+
+    def _use(self, budget: GpuBudget, name: str, uses: int) -> None:
+        """Adds ``uses`` (negative: ends them) to ``name`` on ``budget``'s GPU and, for a LoRA,
+        to its base (lock held); either may be gone after a failed load."""
+        for each in (name, self._models[name].spec.base):
+            cached = budget.models.get(each) if each is not None else None
+            if cached is not None:
+                budget.models[each] = replace(  # type: ignore[index]  # each is a name here
+                    cached, in_use=cached.in_use + uses, last_used=time.monotonic()
+                )
+
+    def _base_pipeline(self, model: Model, gpu: str) -> AdapterHost:
+        """The LoRA's base pipeline on ``gpu``, once its load there (if any) has ended."""
+        base = self._models[model.spec.base or ""]
+        with self._lock:
+            load = base.loads_in_flight.get(gpu)
+        if load is not None:
+            load.done.wait()
+        with self._lock:
+            pipeline, failure = base.pipelines.get(gpu), base.failure
+        if failure is not None:
+            raise ModelFailed(f"its base model {base.spec.name} did not load: {failure}")
+        if not isinstance(pipeline, AdapterHost):
+            raise ModelFailed(
+                f"models[{model.spec.name}].base: model {base.spec.name} takes no LoRA "
+                "(only a diffusers pipeline does)"
+            )
+        return pipeline
 
     def _load(self, model: Model, load: Load) -> None:
         """Fetches the model's files and loads it onto the load's GPU; any failure marks the
@@ -207,14 +248,18 @@ class Engine:
         name, budget = model.spec.name, self._budgets[load.gpu]
         started = time.monotonic()
         try:
+            host = self._base_pipeline(model, load.gpu) if model.spec.base is not None else None
             local = self.model_files.local(
                 model.spec, lambda done, total: self._downloaded(load, done, total)
             )
             device = self.devices[load.gpu]
-            with self._loading:
-                if device.startswith("cuda"):
-                    gc.collect()  # an evicted pipeline's weights may sit in reference cycles: free them
-                pipeline = self._loader(local, device)
+            if host is not None:  # waits for runs on the base to pause: not under _loading
+                pipeline = host.attach_lora(local)
+            else:
+                with self._loading:
+                    if device.startswith("cuda"):
+                        gc.collect()  # an evicted pipeline's weights may sit in reference cycles: free them
+                    pipeline = self._loader(local, device)
             tasks = pipeline.tasks
             if model.spec.tasks is not None:
                 if unsupported := set(model.spec.tasks) - tasks:
@@ -225,7 +270,9 @@ class Engine:
         except Exception as error:  # a model that cannot load must not stop the others
             log.exception("model %s failed to load onto GPU %s", name, load.gpu)
             with self._lock:
-                budget.models.pop(name, None)
+                cached = budget.models.pop(name, None)
+                if cached is not None and model.spec.base is not None:
+                    self._use(budget, model.spec.base, -cached.in_use)  # its uses were the base's too
                 budget.loading.discard(name)
                 model.loads_in_flight.pop(load.gpu, None)
                 self._fail(model, _cause(error), retry=is_transient(error))
@@ -236,8 +283,7 @@ class Engine:
         with self._lock:
             model.pipelines[load.gpu], model.tasks = pipeline, tasks
             model.load_seconds, model.loads = seconds, model.loads + 1
-            cached = budget.models[name]
-            budget.models[name] = replace(cached, in_use=cached.in_use - 1, last_used=time.monotonic())
+            self._use(budget, name, -1)
             budget.loading.discard(name)
             model.loads_in_flight.pop(load.gpu, None)
             for run in load.waiting:
@@ -318,10 +364,18 @@ class Engine:
                 )
 
     def _evict(self, budget: GpuBudget, name: str) -> None:
-        """Drops an idle model from a GPU (lock held); its memory is freed with its pipeline."""
+        """Drops an idle model from a GPU (lock held); its memory is freed with its pipeline.
+        A LoRA is detached from its base; a base takes its LoRAs with it."""
         del budget.models[name]
         model = self._models[name]
         model.pipelines.pop(budget.uuid, None)
+        if model.spec.base is not None:
+            host = self._models[model.spec.base].pipelines.get(budget.uuid)
+            if isinstance(host, AdapterHost):
+                host.detach_lora(name)
+        for lora in [m.spec.name for m in self._models.values() if m.spec.base == name]:
+            if lora in budget.models:
+                self._evict(budget, lora)
         model.evictions += 1
         self.metrics.model_evictions.labels(model=name).inc()
         log.info("model %s evicted from GPU %s", name, budget.uuid)
@@ -344,12 +398,15 @@ class Engine:
                     )
                 return existing.status.model_copy(deep=True), False
             model = self._check_request(request)
+            base = model.spec.base
             decision = choose_gpu(
                 list(self._budgets.values()),
                 model.spec.name,
                 model.spec.vram,
                 request.vram_bytes,
                 self.config.max_jobs_per_gpu,
+                base=base,
+                base_bytes=self._models[base].spec.vram if base is not None else 0,
             )
             if not isinstance(decision, Admitted):
                 self.metrics.refusals.labels(reason=decision.reason).inc()
@@ -413,8 +470,7 @@ class Engine:
         when it is neither resident nor loading."""
         name = model.spec.name
         if decision.resident or decision.loading:
-            cached = budget.models[name]
-            budget.models[name] = replace(cached, in_use=cached.in_use + 1, last_used=time.monotonic())
+            self._use(budget, name, 1)
             if decision.resident:
                 model.warm_hits += 1
                 self.metrics.model_warm_hits.labels(model=name).inc()
@@ -428,9 +484,8 @@ class Engine:
     def _release_model(self, run: Run) -> None:
         """The run no longer needs its model (lock held): it becomes evictable once idle."""
         budget = self._budgets[run.status.gpu]
-        cached = budget.models.get(run.request.model)
-        if cached is not None:  # gone only when its load failed
-            budget.models[cached.name] = replace(cached, in_use=cached.in_use - 1, last_used=time.monotonic())
+        if run.request.model in budget.models:  # gone only when its load failed
+            self._use(budget, run.request.model, -1)
 
     def _check_request(self, request: SubmitRequest) -> Model:
         if not self.ready:
@@ -443,6 +498,9 @@ class Engine:
             )
         if model.failure is not None:
             raise Refusal(Reason.MODEL_FAILED, model.failure)
+        base = self._models[model.spec.base] if model.spec.base is not None else None
+        if base is not None and base.failure is not None:
+            raise Refusal(Reason.MODEL_FAILED, f"model {model.spec.name}: its base {base.failure}")
         if model.tasks is not None and request.task not in model.tasks:
             raise Refusal(Reason.UNSUPPORTED_TASK, self._task_problem(model, request.task))
         if problems := input_problems(request.task, request.input):
@@ -759,4 +817,5 @@ class Engine:
 
 def _cause(error: Exception) -> str:
     """A model failure's cause as its message says it (a ModelSourceError's names the model)."""
-    return str(error) if isinstance(error, ModelSourceError) else f"{type(error).__name__}: {error}"
+    known = isinstance(error, ModelSourceError | ModelFailed)
+    return str(error) if known else f"{type(error).__name__}: {error}"

@@ -8,7 +8,7 @@ import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from PIL import Image
 
@@ -103,6 +103,17 @@ class Pipeline(Protocol):
     def run(self, job: Generation, on_step: StepHook) -> Outputs: ...
 
 
+@runtime_checkable
+class AdapterHost(Protocol):
+    """A pipeline LoRAs attach to as adapters (a diffusers pipeline)."""
+
+    def attach_lora(self, lora: ModelSpec) -> Pipeline:
+        """Attaches ``lora`` (its files local: a file:// source) as the adapter of its name."""
+        ...
+
+    def detach_lora(self, name: str) -> None: ...
+
+
 def plural(count: int, noun: str) -> str:
     return f"{count} {noun}{'s' if count != 1 else ''}"
 
@@ -165,11 +176,6 @@ def load_pipeline(spec: ModelSpec, device: str) -> Pipeline:
                 f"built-in: {', '.join(sorted(BUILTIN_MODELS))}"
             )
         return BUILTIN_MODELS[name](device)
-    if spec.base is not None:
-        from .diffusers_pipeline import DiffusersPipeline
-
-        lora = Path(spec.source[len(FILE_SCHEME) :])
-        return DiffusersPipeline(spec.base[len(FILE_SCHEME) :], device, lora=lora)
     if spec.source.startswith(FILE_SCHEME):
         directory = spec.source[len(FILE_SCHEME) :]
         kind = model_kind(Path(directory))

@@ -3,7 +3,9 @@
 Nothing is downloaded: the directory must hold a pipeline saved with ``save_pretrained``
 (model_index.json and its components). Text-to-image runs the pipeline itself;
 image-to-image and inpaint run the matching pipelines over the same loaded weights; train
-fits a LoRA on fresh copies of the directory's weights (train_lora.py).
+fits a LoRA on fresh copies of the directory's weights (train_lora.py). LoRAs attach to a
+loaded pipeline as named adapters (``attach_lora``); each run sets the adapter it draws with,
+and runs with different adapters take turns (``AdapterGate``).
 """
 
 from __future__ import annotations
@@ -15,9 +17,13 @@ from typing import Any
 import torch
 from PIL import Image
 
+from gpufleet.api.capabilities import LORA_TASKS
 from gpufleet.api.inputs import Task
+from gpufleet.api.servedmodels import FILE_SCHEME
 
-from . import Generation, ImagePipeline, Outputs, StepHook, total_steps
+from ..adaptergate import AdapterGate
+from ..config import ModelSpec
+from . import Generation, ImagePipeline, Outputs, Pipeline, StepHook, total_steps
 
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
 
@@ -25,9 +31,7 @@ LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
 class DiffusersPipeline(ImagePipeline):
     tasks = frozenset({Task.TEXT_TO_IMAGE, Task.IMAGE_TO_IMAGE, Task.INPAINT, Task.TRAIN})
 
-    def __init__(self, directory: str, device: str, lora: Path | None = None) -> None:
-        """``lora``: trained LoRA weights (a .safetensors file, or a folder holding
-        pytorch_lora_weights.safetensors) attached to the pipeline; such a model does not train."""
+    def __init__(self, directory: str, device: str) -> None:
         try:
             from diffusers import DiffusionPipeline
         except ImportError as error:
@@ -43,19 +47,49 @@ class DiffusersPipeline(ImagePipeline):
         self.pipeline.set_progress_bar_config(disable=True)
         self.device = device
         self.directory = directory
-        if lora is not None:
-            folder, weights = (lora.parent, lora.name) if lora.is_file() else (lora, LORA_WEIGHTS)
-            if not (folder / weights).is_file():
-                raise FileNotFoundError(f"{lora} holds no LoRA weights ({LORA_WEIGHTS})")
-            self.pipeline.load_lora_weights(str(folder), weight_name=weights, local_files_only=True)
-            self.tasks = DiffusersPipeline.tasks - {Task.TRAIN}
+        self.gate = AdapterGate(activate=self._activate, remove=self._remove)
+
+    def attach_lora(self, lora: ModelSpec) -> Pipeline:
+        """Loads a LoRA's weights (its file:// source: a .safetensors file, or a folder holding
+        pytorch_lora_weights.safetensors) as the adapter named as the model; the returned
+        pipeline draws with it."""
+        name, weights = lora.name, Path(lora.source.removeprefix(FILE_SCHEME))
+        folder, file = (weights.parent, weights.name) if weights.is_file() else (weights, LORA_WEIGHTS)
+        if not (folder / file).is_file():
+            raise FileNotFoundError(f"{weights} holds no LoRA weights ({LORA_WEIGHTS})")
+        with self.gate.changing():
+            self.pipeline.load_lora_weights(
+                str(folder), weight_name=file, adapter_name=name, local_files_only=True
+            )
+        return LoraPipeline(self, name)
+
+    def detach_lora(self, name: str) -> None:
+        """Deletes adapter ``name`` once no run is drawing on the pipeline."""
+        self.gate.detach(name)
+
+    def _activate(self, adapter: str | None) -> None:
+        if not any(self.pipeline.get_list_adapters().values()):
+            return  # no LoRA attached: the base as loaded
+        if adapter is None:
+            self.pipeline.disable_lora()
+        else:
+            self.pipeline.enable_lora()
+            self.pipeline.set_adapters([adapter])
+
+    def _remove(self, adapter: str) -> None:
+        self.pipeline.delete_adapters([adapter])
+
+    def draw(self, adapter: str | None, job: Generation, on_step: StepHook) -> Outputs:
+        """A drawing run with ``adapter`` active (None: the base alone)."""
+        with self.gate.using(adapter):
+            return super().run(job, on_step)
 
     def run(self, job: Generation, on_step: StepHook) -> Outputs:
         if job.task is Task.TRAIN:
             from .train_lora import train_lora
 
             return train_lora(self.directory, self.device, job, on_step)
-        return super().run(job, on_step)
+        return self.draw(None, job, on_step)
 
     def _for_run(self, task: Task) -> Any:
         """A pipeline over the loaded weights with its own scheduler: schedulers keep
@@ -104,3 +138,15 @@ class DiffusersPipeline(ImagePipeline):
             arguments |= {"mask_image": mask, "width": spec.width, "height": spec.height}
         with torch.inference_mode():
             return list(self._for_run(job.task)(**arguments).images)
+
+
+class LoraPipeline:
+    """A LoRA attached to its base pipeline: runs draw on the base with the adapter active."""
+
+    tasks = LORA_TASKS
+
+    def __init__(self, base: DiffusersPipeline, adapter: str) -> None:
+        self.base, self.adapter = base, adapter
+
+    def run(self, job: Generation, on_step: StepHook) -> Outputs:
+        return self.base.draw(self.adapter, job, on_step)
