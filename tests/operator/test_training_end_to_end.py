@@ -37,27 +37,39 @@ def put_dataset(s3_server: Any, prefix: str) -> None:
         client.put_object(Bucket=BUCKET, Key=f"{prefix}{name}.txt", Body=f"a {name} square".encode())
 
 
-def test_a_lora_trains_through_the_operator_then_a_pool_serves_it(
-    fleet: Any, s3_server: Any, tmp_path_factory: pytest.TempPathFactory
-) -> None:
-    base = save_tiny_pipeline(tmp_path_factory.mktemp("models"))
+def trainer_pool(fleet: Any, s3_server: Any, models_dir: Any, tasks: list[str], replicas: int = 1) -> Any:
+    """A pool "trainer" of a tiny diffusers base "sd" (its directory returned), and the dataset
+    under <namespace>/data/."""
+    base = save_tiny_pipeline(models_dir)
     fleet.pool(
         "trainer",
+        replicas=replicas,
         runtime="diffusers",
         models=[{"name": "sd", "source": f"file://{base}", "vram": "256Mi"}],
-        tasks=["train", "text-to-image"],
+        tasks=tasks,
         max_jobs_per_gpu=1,
         **code_under_test(),
     )
     put_dataset(s3_server, f"{fleet.namespace}/data/")
-    training = {
+    return base
+
+
+def training_input(fleet: Any, steps: int, checkpoint_every: int) -> dict[str, Any]:
+    return {
         "dataset": {"prefix": f"s3://{BUCKET}/{fleet.namespace}/data/"},
-        "maxSteps": STEPS,
-        "checkpointEverySteps": CHECKPOINT_EVERY,
+        "maxSteps": steps,
+        "checkpointEverySteps": checkpoint_every,
         "resolution": 64,
         "rank": 4,
         "learningRate": 0.01,
     }
+
+
+def test_a_lora_trains_through_the_operator_then_a_pool_serves_it(
+    fleet: Any, s3_server: Any, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    base = trainer_pool(fleet, s3_server, tmp_path_factory.mktemp("models"), ["train", "text-to-image"])
+    training = training_input(fleet, STEPS, CHECKPOINT_EVERY)
     fleet.job("lora", pool="trainer", task="train", model="sd", input={"seed": 5, "training": training})
     fleet.job(
         "empty",
@@ -117,25 +129,8 @@ def newest_complete_checkpoint(s3_server: Any, prefix: str) -> int:
 def test_a_train_job_whose_worker_is_killed_resumes_from_its_newest_checkpoint(
     fleet: Any, s3_server: Any, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    base = save_tiny_pipeline(tmp_path_factory.mktemp("models"))
-    fleet.pool(
-        "trainer",
-        replicas=2,
-        runtime="diffusers",
-        models=[{"name": "sd", "source": f"file://{base}", "vram": "256Mi"}],
-        tasks=["train"],
-        max_jobs_per_gpu=1,
-        **code_under_test(),
-    )
-    put_dataset(s3_server, f"{fleet.namespace}/data/")
-    training = {
-        "dataset": {"prefix": f"s3://{BUCKET}/{fleet.namespace}/data/"},
-        "maxSteps": RESUMED_STEPS,
-        "checkpointEverySteps": RESUMED_CHECKPOINT_EVERY,
-        "resolution": 64,
-        "rank": 4,
-        "learningRate": 0.01,
-    }
+    trainer_pool(fleet, s3_server, tmp_path_factory.mktemp("models"), ["train"], replicas=2)
+    training = training_input(fleet, RESUMED_STEPS, RESUMED_CHECKPOINT_EVERY)
     fleet.job(
         "resumed",
         pool="trainer",
