@@ -131,6 +131,7 @@ class FakeWorker:
     inventory_asked: asyncio.Event = field(default_factory=asyncio.Event)
     model_load: protocol.ModelLoad | None = None  # what each run says of its model's load
     model_state: protocol.ModelState = protocol.ModelState.LOADED
+    forget_next_run: bool = False  # the next run admitted is lost at once (the process restarts)
 
     def live(self) -> list[protocol.JobStatus]:
         return [r for r in self.runs.values() if r.phase == protocol.Phase.RUNNING]
@@ -189,6 +190,9 @@ class FakeWorker:
                 vram_reserved_bytes=request.vram_bytes,
                 created_at=dt.datetime.now(dt.UTC),
             )
+        if self.forget_next_run:
+            self.forget_next_run = False
+            return 201, self.runs.pop(request.run_id)
         return 201, self.runs[request.run_id]
 
     def end(self, run: str) -> protocol.JobStatus:

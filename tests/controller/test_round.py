@@ -394,3 +394,19 @@ async def test_a_caption_runs_text_so_far_reaches_the_job_status_with_its_progre
     assert fleet.status("cap")["progress"] == {"percent": 6, "step": 4, "totalSteps": 64}
     worker.released.set()
     await fleet.settle()
+
+
+@in_loop
+async def test_an_admitted_attempt_its_worker_lost_is_not_run_again_under_its_number(fleet):
+    [worker] = fleet.pool()
+    worker.forget_next_run = True  # admitted, then the worker restarts before anyone looks
+    fleet.job("a", retry={"maxAttempts": 3, "backoffSeconds": 1})
+    await rounds(fleet, 1)
+    status = fleet.status("a")
+    assert (status["phase"], status["reason"]) == ("Queued", "Retrying"), status
+    assert "no longer has attempt 1" in status["message"]
+    fleet.clock.now += 5  # past the retry's backoff
+    await rounds(fleet, 2)
+    assert fleet.status("a")["phase"] == "Succeeded"
+    job = f"{NAMESPACE}/a"
+    assert worker.submits == [protocol.run_id(job, 1), protocol.run_id(job, 2)]  # attempt 1 once

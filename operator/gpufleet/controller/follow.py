@@ -134,7 +134,7 @@ async def dispatch(op: Operator, job: GenerationJob, pod: dict, placement: Place
     memory.refusals = 0
     metrics.dispatched(job, now_utc())
     op.spawn(op.kube.event(body_of(job), Reason.DISPATCHED, message), f"event-{name}")
-    start_follower(op, job, token, attempt)
+    start_follower(op, job, token, attempt, admitted=True)
     return True
 
 
@@ -187,12 +187,15 @@ def record_run(op: Operator, job: GenerationJob, pod: str, succeeded: bool, caus
     op.cache.wake(namespace, pool)
 
 
-def start_follower(op: Operator, job: GenerationJob, token: str, attempt: int) -> None:
-    """Follows ``attempt`` of ``job`` unless it is being followed or has already ended."""
+def start_follower(
+    op: Operator, job: GenerationJob, token: str, attempt: int, admitted: bool = False
+) -> None:
+    """Follows ``attempt`` of ``job`` unless it is being followed or has already ended.
+    ``admitted``: its worker is known to have taken it (this replica's submit succeeded)."""
     key = (job.metadata["namespace"], job.metadata["name"])
     if op.job(*key).finished_attempt >= attempt:
         return
-    op.followers.start(key, attempt, lambda: follow(op, job, token, attempt))
+    op.followers.start(key, attempt, lambda: follow(op, job, token, attempt, admitted))
 
 
 async def cancel_run(op: Operator, job: GenerationJob, token: str) -> None:
@@ -222,14 +225,14 @@ async def until(ends: dt.datetime | None, awaitable: Awaitable[T]) -> T:
         raise DeadlineReached from None
 
 
-async def follow(op: Operator, job: GenerationJob, token: str, attempt: int) -> None:
+async def follow(op: Operator, job: GenerationJob, token: str, attempt: int, admitted: bool = False) -> None:
     """Streams the attempt's events from its worker into the job's status until it ends.
 
     The follower also keeps the job's deadline: the moment spec.timeoutSeconds runs out it
     cancels the run on its worker and fails the job, rather than at the next reconcile.
     """
     try:
-        await follow_until_done(op, job, token, attempt)
+        await follow_until_done(op, job, token, attempt, admitted)
     except DeadlineReached:
         await exceed_deadline(op, job, token, attempt)
 
@@ -257,15 +260,22 @@ def pod_alive(pod: dict | None) -> bool:
     )
 
 
-async def follow_until_done(op: Operator, job: GenerationJob, token: str, attempt: int) -> None:
-    """Raises DeadlineReached when the job's time runs out first."""
+async def follow_until_done(
+    op: Operator, job: GenerationJob, token: str, attempt: int, admitted: bool = False
+) -> None:
+    """Raises DeadlineReached when the job's time runs out first.
+
+    A worker that does not know the run lost it (it restarted) if it ever had it: the attempt
+    was admitted or seen running. Only an attempt that may never have arrived (a replica that
+    wrote Dispatched and stopped before its submit) is submitted again under the same number;
+    otherwise it would run twice."""
     meta = job.metadata
     namespace, name = meta["namespace"], meta["name"]
     run = protocol.run_id(f"{namespace}/{name}", attempt)
     ends = jobrules.deadline(job.status.start_time, job.spec.timeout_seconds)
     worker_pod = job.status.worker.pod if job.status.worker else None
     unreachable_since: float | None = None
-    seen_running = job.status.phase == JobPhase.RUNNING
+    seen_running = admitted or job.status.phase == JobPhase.RUNNING
     last_event = 0
     memory = op.job(namespace, name)
     # The first progress write waits one interval: a run that ends sooner goes straight from
@@ -301,6 +311,7 @@ async def follow_until_done(op: Operator, job: GenerationJob, token: str, attemp
                     return
                 # never arrived: same attempt, same worker
                 await until(ends, client.submit(submit_request(job)))
+                seen_running = True  # it has arrived now: a later loss is a loss
             memory.seen_on_worker = True
             async with contextlib.aclosing(client.events(run, after=last_event)) as events:
                 while (next_event := await until(ends, anext(events, None))) is not None:
