@@ -132,6 +132,7 @@ class FakeWorker:
     model_load: protocol.ModelLoad | None = None  # what each run says of its model's load
     model_state: protocol.ModelState = protocol.ModelState.LOADED
     forget_next_run: bool = False  # the next run admitted is lost at once (the process restarts)
+    drop_next_reply: bool = False  # the next submit is admitted but its reply never arrives
 
     def live(self) -> list[protocol.JobStatus]:
         return [r for r in self.runs.values() if r.phase == protocol.Phase.RUNNING]
@@ -243,6 +244,9 @@ class FakeWorkers:
         if path == protocol.JOBS and request.method == "POST":
             await request.aread()
             status, body = worker.submit(protocol.SubmitRequest.model_validate(json.loads(request.content)))
+            if worker.drop_next_reply:
+                worker.drop_next_reply = False
+                raise httpx.ReadError("connection reset by peer", request=request)
             return json_response(status, body)
         run = path.split("/")[3]
         if path.endswith("/events"):

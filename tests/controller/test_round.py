@@ -410,3 +410,19 @@ async def test_an_admitted_attempt_its_worker_lost_is_not_run_again_under_its_nu
     assert fleet.status("a")["phase"] == "Succeeded"
     job = f"{NAMESPACE}/a"
     assert worker.submits == [protocol.run_id(job, 1), protocol.run_id(job, 2)]  # attempt 1 once
+
+
+@in_loop
+async def test_an_attempt_whose_submit_got_no_answer_is_never_sent_again_under_its_number(fleet):
+    [worker] = fleet.pool()
+    worker.drop_next_reply = True  # the worker admitted attempt 1; its reply was lost
+    fleet.job("a")
+    await rounds(fleet, 1)
+    status = fleet.status("a")
+    assert (status["phase"], status["attempts"]) == ("Queued", 1), status
+    assert "got no answer for attempt 1" in status["message"]
+    fleet.clock.now += 60  # past the dispatch backoff
+    await rounds(fleet, 2)
+    assert fleet.status("a")["phase"] == "Succeeded"
+    job = f"{NAMESPACE}/a"
+    assert worker.submits == [protocol.run_id(job, 1), protocol.run_id(job, 2)]

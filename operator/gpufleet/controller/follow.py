@@ -142,7 +142,7 @@ async def refused(
     op: Operator, job: GenerationJob, attempt: int, pod: str, error: WorkerError | httpx.HTTPError
 ) -> None:
     """A worker did not take an attempt: fail the job when no worker of the pool ever will,
-    else queue it again (the attempt number given back) after a growing wait."""
+    else queue it again after a growing wait."""
     metrics.DISPATCH_ERRORS.inc()
     namespace, name = job.metadata["namespace"], job.metadata["name"]
     log.info("dispatch of %s/%s to %s refused: %s", namespace, name, pod, error)
@@ -162,14 +162,19 @@ async def refused(
     memory.not_before = op.clock() + delay
     if not isinstance(error, WorkerError):  # unreachable: count it against the worker
         record_run(op, job, pod, succeeded=False, cause=f"dispatch failed: {error}")
+    # A refusal, or a connection that never opened, cannot have started the attempt: its number
+    # is given back. After a request that may have reached the worker (no answer, a dropped
+    # connection) the worker may be running it: the number is used up, so it never runs twice.
+    delivered = not isinstance(error, WorkerError | httpx.ConnectError | httpx.ConnectTimeout)
+    what = "got no answer for" if delivered else "refused"
     await set_outcome(
         op,
         job,
         attempt,
         JobPhase.QUEUED,
         Reason.QUEUED,
-        f"worker {pod} refused attempt {attempt}: {error}; trying again in {delay:.0f}s",
-        attempts=attempt - 1,
+        f"worker {pod} {what} attempt {attempt}: {error}; trying again in {delay:.0f}s",
+        attempts=attempt if delivered else attempt - 1,
         worker=None,
     )
 
