@@ -54,7 +54,7 @@ class ChaosPlan:
     conflict_rate: float = 0.2
     # Denoising steps and image side per job: long enough that a job is seen Running and a
     # fault lands mid-run even on a quiet machine.
-    steps: int = 40
+    steps: int = 150
     size: int = 256
     lease_seconds: int = 4
     renew_deadline_seconds: float = 3

@@ -260,7 +260,7 @@ def test_sigterm_with_runs_in_flight_exits_0_and_a_restart_finishes_them(fleet, 
     fleet.wait_ready_workers("sd", 1)
     names = ["t0", "t1"]
     for name in names:
-        fleet.job(name, steps=400, size=192)  # long enough to be seen running on a quiet machine
+        fleet.job(name, steps=250, size=256)  # long enough to be seen running on a quiet machine
     for name in names:  # the SIGTERM lands while both runs are in progress, followed
         fleet.wait_job(
             name,
