@@ -120,7 +120,7 @@ def test_a_person_sees_pools_vram_bars_the_queue_and_a_job_progressing(
         )
         assert browser.evaluate("document.getElementById('connection').dataset.state") == "live"
         browser.evaluate("window.openedOnce = true")  # gone if the page were reloaded
-        fleet.job("sunrise", steps=250, size=384)
+        fleet.job("sunrise", steps=250, size=256)
         fleet.job("later", steps=4)  # one job per GPU: this one waits in the queue
         fleet.job("orphan", pool="nowhere")  # cannot run: its pool does not exist
 

@@ -27,7 +27,7 @@ from gpufleet.core import placement
 
 from . import metrics, reconcile
 from .jobstatus import body_of, set_phase
-from .kube import JOBS
+from .kube import JOBS, NamespaceTerminating
 from .state import Operator
 
 log = logging.getLogger("gpufleet.operator")
@@ -158,6 +158,8 @@ async def pool_daemon(namespace: Any, name: Any, stopped: kopf.DaemonStopped, me
         wakeup.clear()
         try:
             await reconcile.reconcile_pool(op, namespace, name)
+        except NamespaceTerminating:  # the pool goes with its namespace: nothing to do meanwhile
+            log.debug("pool %s/%s: its namespace is being deleted", namespace, name)
         except Exception:
             metrics.RECONCILE_ERRORS.labels(namespace, name).inc()
             log.exception("reconciling pool %s/%s", namespace, name)

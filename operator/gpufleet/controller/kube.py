@@ -35,6 +35,14 @@ class PodRefused(Exception):
     """The API server refused to create a worker pod (admission, quota, validation)."""
 
 
+class NamespaceTerminating(Exception):
+    """The namespace is being deleted: the API server creates nothing more in it."""
+
+
+def terminating(error: ApiException) -> bool:
+    return error.status == 403 and "being terminated" in api_message(error)
+
+
 def api_message(error: ApiException) -> str:
     try:
         return str(json.loads(error.body or "{}").get("message") or error.reason)
@@ -155,6 +163,8 @@ class Kube:
         try:
             await self._send(self.core.create_namespaced_secret, namespace, manifest)
         except ApiException as error:
+            if terminating(error):
+                raise NamespaceTerminating(namespace) from None
             if error.status != 409:
                 raise
 
