@@ -12,15 +12,20 @@ from typing import Any
 import pytest
 
 from gpufleet.localcluster.waiting import wait_for
-from gpufleet_worker.artifacts import ArtifactStore
 from gpufleet_worker.config import ModelSpec, WorkerConfig
 from gpufleet_worker.engine import Engine
 from gpufleet_worker.errors import Refusal
-from gpufleet_worker.inventory import SimulatedInventory
-from gpufleet_worker.metrics import WorkerMetrics
 from gpufleet_worker.models import Generation, Outputs, Pipeline, StepHook
 from gpufleet_worker.protocol import Phase, Reason
-from tests.unit.test_worker_engine_models import GIB, GatedPipeline, finished, request, resident, run
+from tests.unit.test_worker_engine_models import (
+    GIB,
+    GatedPipeline,
+    engine_of,
+    finished,
+    request,
+    resident,
+    run,
+)
 
 
 class HostPipeline(GatedPipeline):
@@ -90,17 +95,8 @@ def lora_engine(
             "maxJobsPerGpu": 4,
         }
     )
-    inventory = SimulatedInventory(config.simulated_gpu, config.name)
     loader = Loader()
-    engine = Engine(
-        config=config,
-        inventory=inventory,
-        devices=dict.fromkeys(inventory.uuids, "cpu"),
-        store=ArtifactStore(None, tmp_path),
-        metrics=WorkerMetrics(),
-        loader=loader,
-    )
-    return engine, loader
+    return engine_of(config, tmp_path, loader), loader
 
 
 def sizes(engine: Engine) -> dict[str, int]:

@@ -150,9 +150,14 @@ def make_engine(
             **({"modelRetry": retry} if retry else {}),
         }
     )
-    inventory = SimulatedInventory(config.simulated_gpu, config.name)
     loader = loader or Loader()
-    engine = Engine(
+    return engine_of(config, tmp_path, loader, **engine_args), loader
+
+
+def engine_of(config: WorkerConfig, tmp_path: Path, loader: Any, **engine_args: Any) -> Engine:
+    """An Engine for ``config`` on its simulated GPUs (runs on CPU), loading through ``loader``."""
+    inventory = SimulatedInventory(config.simulated_gpu, config.name)
+    return Engine(
         config=config,
         inventory=inventory,
         devices=dict.fromkeys(inventory.uuids, "cpu"),
@@ -161,7 +166,6 @@ def make_engine(
         loader=loader,
         **engine_args,
     )
-    return engine, loader
 
 
 def request(tmp_path: Path, job: str, model: str, vram_gib: int = 1, steps: int = 2) -> SubmitRequest:

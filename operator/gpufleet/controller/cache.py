@@ -49,7 +49,6 @@ class Parsed:
     body: dict[str, Any]
     uid: str
     version: int
-    spec: Any  # the body's spec as parsed: while it is unchanged, only status needs parsing
     job: GenerationJob | None
 
 
@@ -101,12 +100,13 @@ class Cache:
         held = self._parsed.get(key)
         if held is not None and held.body is body:
             return held.job
-        uid, version, spec = meta.get("uid", ""), resource_version(body), body.get("spec")
+        uid, version = meta.get("uid", ""), resource_version(body)
         if held is not None and held.uid == uid and held.version == version and version:
             return held.job
         job: GenerationJob | None
         try:
-            if held is not None and held.job is not None and held.uid == uid and held.spec == spec:
+            same_spec = held is not None and held.body.get("spec") == body.get("spec")
+            if held is not None and held.job is not None and held.uid == uid and same_spec:
                 status = GenerationJobStatus.model_validate(body.get("status") or {})
                 job = held.job.model_copy(update={"metadata": meta, "status": status})
             else:
@@ -114,7 +114,7 @@ class Cache:
         except ValidationError as error:
             log.warning("job %s/%s does not parse: %s", key[0], key[1], error)
             job = None
-        self._parsed[key] = Parsed(body, uid, version, spec, job)
+        self._parsed[key] = Parsed(body, uid, version, job)
         return job
 
     def current(self, job: GenerationJob) -> GenerationJob | None:
