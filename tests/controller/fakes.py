@@ -133,6 +133,12 @@ class FakeWorker:
     model_state: protocol.ModelState = protocol.ModelState.LOADED
     forget_next_run: bool = False  # the next run admitted is lost at once (the process restarts)
     drop_next_reply: bool = False  # the next submit is admitted but its reply never arrives
+    instance: str = "first"  # the worker process; restart() starts another
+
+    def restart(self) -> None:
+        """The worker process restarts in its pod: a new instance that knows no runs."""
+        self.runs.clear()
+        self.instance = f"after-{self.instance}"
 
     def live(self) -> list[protocol.JobStatus]:
         return [r for r in self.runs.values() if r.phase == protocol.Phase.RUNNING]
@@ -141,6 +147,7 @@ class FakeWorker:
         reserved = sum(r.vram_reserved_bytes for r in self.live())
         return protocol.Inventory(
             worker=self.name,
+            instance=self.instance,
             ready=True,
             max_jobs_per_gpu=self.max_jobs_per_gpu,
             gpus=[

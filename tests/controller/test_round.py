@@ -426,3 +426,52 @@ async def test_an_attempt_whose_submit_got_no_answer_is_never_sent_again_under_i
     assert fleet.status("a")["phase"] == "Succeeded"
     job = f"{NAMESPACE}/a"
     assert worker.submits == [protocol.run_id(job, 1), protocol.run_id(job, 2)]
+
+
+async def follow_dispatched_as_a_new_leader(fleet: Harness, name: str) -> None:
+    """What a replica that takes over finds: a Dispatched attempt no follower of its own follows."""
+    key = (NAMESPACE, name)
+    fleet.op.followers.stop(key)
+    fleet.op.jobs.pop(key, None)
+    await fleet.round()
+
+
+@in_loop
+async def test_a_dispatched_attempt_whose_worker_restarted_since_is_a_new_attempt_not_a_resend(fleet):
+    [worker] = fleet.pool()
+    worker.hold = True
+    fleet.job("a", retry={"maxAttempts": 3, "backoffSeconds": 1})
+    await fleet.round()
+    assert fleet.status("a")["phase"] == "Dispatched"
+    assert fleet.status("a")["worker"]["instance"] == "first"
+    worker.restart()  # attempt 1 was admitted by the process that is now gone
+    await follow_dispatched_as_a_new_leader(fleet, "a")
+    await fleet.settle()
+    status = fleet.status("a")
+    assert (status["phase"], status["reason"]) == ("Queued", "Retrying"), status
+    assert "no longer has attempt 1" in status["message"]
+    job = f"{NAMESPACE}/a"
+    assert worker.submits == [protocol.run_id(job, 1)]  # not sent again under its number
+    worker.hold = False
+    fleet.clock.now += 5  # past the retry's backoff
+    await rounds(fleet, 2)
+    assert fleet.status("a")["phase"] == "Succeeded"
+    assert worker.submits == [protocol.run_id(job, 1), protocol.run_id(job, 2)]
+
+
+@in_loop
+async def test_a_dispatched_attempt_that_never_reached_its_worker_is_sent_again_under_its_number(fleet):
+    [worker] = fleet.pool()
+    worker.hold = True
+    fleet.job("a")
+    await fleet.round()
+    job = f"{NAMESPACE}/a"
+    del worker.runs[protocol.run_id(job, 1)]  # as if the replica stopped before its submit
+    await follow_dispatched_as_a_new_leader(fleet, "a")
+    while len(worker.submits) < 2:  # the new follower's resend (the round only starts it)
+        await asyncio.sleep(0)
+    assert worker.submits == [protocol.run_id(job, 1), protocol.run_id(job, 1)]
+    worker.released.set()
+    await fleet.settle()
+    status = fleet.status("a")
+    assert (status["phase"], status["attempts"]) == ("Succeeded", 1), status

@@ -897,6 +897,11 @@ class WorkerRef(CamelModel):
     pod: DnsSubdomain
     node: DnsSubdomain | None = None
     gpu: str | None = Field(default=None, max_length=128, description="The GPU's UUID.")
+    instance: str | None = Field(
+        default=None,
+        max_length=64,
+        description="The worker process the attempt was sent to; another after a worker restart.",
+    )
 
 
 class Progress(CamelModel):

@@ -3,8 +3,9 @@
 Dispatch is idempotent per job attempt: the attempt number and worker are written to the
 job's status (phase Dispatched) before the worker is asked, and the worker treats a repeat
 of the same (job, attempt) as the same run. After an operator restart a Dispatched job is
-submitted again to the same worker (a no-op if it got there); a Running job that its
-worker no longer knows was lost with the worker and goes back to the queue as a new attempt.
+submitted again to the same worker process (a no-op if it got there); a job that its worker
+may have had and no longer knows was lost with the worker and goes back to the queue as a
+new attempt.
 """
 
 from __future__ import annotations
@@ -83,8 +84,11 @@ def worker_client(op: Operator, pod: dict, token: str) -> WorkerClient:
     return WorkerClient(op.http, pod["status"]["podIP"], token, op.worker_port)
 
 
-async def dispatch(op: Operator, job: GenerationJob, pod: dict, placement: Placement, token: str) -> bool:
-    """Sends the next attempt of ``job`` to ``pod``; False when it did not start there.
+async def dispatch(
+    op: Operator, job: GenerationJob, pod: dict, placement: Placement, token: str, instance: str | None
+) -> bool:
+    """Sends the next attempt of ``job`` to ``pod`` (worker process ``instance``, as its
+    inventory named it this round); False when it did not start there.
 
     The finalizer and the Dispatched status are written together before the worker is asked
     (the attempt is on record before it can run); the Event goes out in the background.
@@ -95,7 +99,12 @@ async def dispatch(op: Operator, job: GenerationJob, pod: dict, placement: Place
     attempt = job.status.attempts + 1
     node = pod["spec"].get("nodeName")
     pod_name = pod["metadata"]["name"]
-    worker = {"pod": pod_name, **({"node": node} if node else {}), "gpu": placement.gpus[0]}
+    worker = {
+        "pod": pod_name,
+        **({"node": node} if node else {}),
+        "gpu": placement.gpus[0],
+        **({"instance": instance} if instance else {}),
+    }
     message = f"attempt {attempt} sent to {pod_name} on {node}"
     memory.finished_attempt = attempt - 1
     memory.seen_on_worker = False
@@ -271,9 +280,10 @@ async def follow_until_done(
     """Raises DeadlineReached when the job's time runs out first.
 
     A worker that does not know the run lost it (it restarted) if it ever had it: the attempt
-    was admitted or seen running. Only an attempt that may never have arrived (a replica that
-    wrote Dispatched and stopped before its submit) is submitted again under the same number;
-    otherwise it would run twice."""
+    was admitted or seen running, or the worker process it was sent to has been replaced since.
+    Only an attempt that never arrived (a replica that wrote Dispatched and stopped before its
+    submit, to a worker process still up) is submitted again under the same number; otherwise
+    it would run twice."""
     meta = job.metadata
     namespace, name = meta["namespace"], meta["name"]
     run = protocol.run_id(f"{namespace}/{name}", attempt)
@@ -306,7 +316,7 @@ async def follow_until_done(
         try:
             current = await until(ends, client.get(run))
             if current is None:
-                if seen_running:
+                if seen_running or await restarted_since_dispatch(client, job):
                     await lost(
                         op,
                         job,
@@ -314,7 +324,7 @@ async def follow_until_done(
                         f"worker {worker_pod} no longer has attempt {attempt} (it restarted)",
                     )
                     return
-                # never arrived: same attempt, same worker
+                # never arrived: same attempt, same worker process
                 await until(ends, client.submit(submit_request(job)))
                 seen_running = True  # it has arrived now: a later loss is a loss
             memory.seen_on_worker = True
@@ -351,6 +361,13 @@ async def follow_until_done(
             await lost(op, job, attempt, f"worker {worker_pod} unreachable for {LOST_AFTER_SECONDS:.0f}s")
             return
         await until(ends, asyncio.sleep(1))
+
+
+async def restarted_since_dispatch(client: WorkerClient, job: GenerationJob) -> bool:
+    """Whether the worker process that an attempt was sent to has been replaced since: a
+    Dispatched attempt it does not list may then have run there and been lost with it."""
+    sent_to = job.status.worker.instance if job.status.worker else None
+    return sent_to is not None and (await client.inventory()).instance != sent_to
 
 
 async def write_progress(

@@ -238,7 +238,14 @@ async def reconcile_pool(op: Operator, namespace: str, name: str) -> None:
     attempted = {a.key for a in plan.assignments}
     unplaced = [w for w in ordered if w.key not in attempted]
     dispatches = [
-        follow.dispatch(op, by_key[a.key], pods_by_name[a.placement.worker], a.placement, token)
+        follow.dispatch(
+            op,
+            by_key[a.key],
+            pods_by_name[a.placement.worker],
+            a.placement,
+            token,
+            inventories[a.placement.worker].instance,
+        )
         for a in plan.assignments
     ]
     outcomes = await bounded(

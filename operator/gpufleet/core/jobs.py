@@ -110,7 +110,8 @@ def models_too_large(pool: WorkerPoolSpec, classes: list[GpuClass]) -> list[str]
     largest = max(c.memory_bytes for c in classes)
     found = []
     for model in pool.models:
-        tasks = model_tasks(pool.runtime, model) & set(pool.tasks)
+        served = model_tasks(pool.runtime, model)
+        tasks = [t for t in pool.tasks if t in served]  # the pool's order settles ties
         if not tasks:
             continue
         task = min(tasks, key=smallest_working_vram)

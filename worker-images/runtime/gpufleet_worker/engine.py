@@ -128,6 +128,7 @@ class Engine:
         """``devices`` maps each GPU uuid to the torch device its runs use ("cuda:0", "cpu");
         ``model_files`` gives the loader local files for each model (default: local sources)."""
         self.config = config
+        self.instance = secrets.token_hex(16)  # runs live in this process: a restart starts none
         self.inventory = inventory
         self.devices = devices
         self.store = store
@@ -794,6 +795,7 @@ class Engine:
             ]
         return Inventory(
             worker=self.config.name,
+            instance=self.instance,
             ready=self.ready,
             max_jobs_per_gpu=self.config.max_jobs_per_gpu,
             gpus=gpus,

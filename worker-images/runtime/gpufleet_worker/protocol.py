@@ -401,6 +401,11 @@ class Inventory(CamelModel):
     """``GET /v1/inventory``: the worker's GPUs, models and runs."""
 
     worker: str = Field(description="This worker's name (the pod name in a cluster).")
+    instance: str | None = Field(
+        default=None,
+        max_length=64,
+        description="Names this worker process: a new one after every restart, which has no runs.",
+    )
     ready: bool
     max_jobs_per_gpu: int
     gpus: list[GpuInfo]
