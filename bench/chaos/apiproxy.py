@@ -120,7 +120,10 @@ class ApiProxy:
             self._record(request, at, 409, True)
             return web.json_response(_conflict(request.path), status=409)
         assert self._session is not None
-        body = await request.read()
+        try:
+            body = await request.read()
+        except ConnectionResetError:  # the replica was killed while it sent its request
+            return web.Response(status=499)
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS}
         try:
             upstream = await self._session.request(

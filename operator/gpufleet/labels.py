@@ -14,4 +14,3 @@ GPU_RESOURCE = "nvidia.com/gpu"
 GROUP = "gpufleet.io"
 POOL = f"{GROUP}/pool"  # on worker pods (and the pool's selector): the WorkerPool's name
 WORKER = f"{GROUP}/worker"  # on worker pods: the worker's stable name within its pool
-FINALIZER = f"{GROUP}/finalizer"  # on GenerationJobs: stop the run on its worker before deletion

@@ -32,11 +32,12 @@ class Rule:
 
 # Rules in every namespace the operator watches (a ClusterRole, or one Role per namespace).
 NAMESPACED_RULES: tuple[Rule, ...] = (
+    Rule((GROUP,), ("generationjobs",), ("get", "list", "watch"), "watch jobs"),
     Rule(
         (GROUP,),
-        ("workerpools", "generationjobs"),
+        ("workerpools",),
         ("get", "list", "watch", "patch"),
-        "watch pools and jobs; add and remove the job finalizer",
+        "watch pools; hold a pool (kopf's finalizer) until its round has stopped",
     ),
     Rule((GROUP,), ("generationjobs",), ("delete",), "delete finished jobs after ttlSecondsAfterFinished"),
     Rule(

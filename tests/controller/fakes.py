@@ -75,17 +75,6 @@ class FakeKube:
         merge(body["status"], status)
         return self.store(plural, body)
 
-    async def patch_metadata(self, plural: str, namespace: str, name: str, metadata: dict) -> dict | None:
-        self.writes[f"patch {plural}"] += 1
-        body = self.objects.get((plural, namespace, name))
-        if body is None:
-            return None
-        version = metadata.pop("resourceVersion", None)
-        if version is not None and version != body["metadata"]["resourceVersion"]:
-            return None  # 409, as the real client wrapper reports it
-        merge(body["metadata"], metadata)
-        return self.store(plural, body)
-
     async def delete_job(self, namespace: str, name: str) -> None:
         self.writes["delete generationjobs"] += 1
         self.objects.pop(("generationjobs", namespace, name), None)
@@ -126,6 +115,7 @@ class FakeWorker:
     hold: bool = False  # runs wait for `release` before they end
     runs: dict[str, protocol.JobStatus] = field(default_factory=dict)
     submits: list[str] = field(default_factory=list)
+    cancels: list[str] = field(default_factory=list)
     released: asyncio.Event = field(default_factory=asyncio.Event)
     inventory_gate: asyncio.Event | None = None  # when set, inventories wait for it
     inventory_asked: asyncio.Event = field(default_factory=asyncio.Event)
@@ -203,6 +193,15 @@ class FakeWorker:
             return 201, self.runs.pop(request.run_id)
         return 201, self.runs[request.run_id]
 
+    def cancel(self, run: str) -> protocol.JobStatus | None:
+        self.cancels.append(run)
+        status = self.runs.get(run)
+        if status is not None and status.phase == protocol.Phase.RUNNING:
+            self.runs[run] = status = status.model_copy(
+                update={"phase": protocol.Phase.CANCELLED, "vram_reserved_bytes": 0}
+            )
+        return status
+
     def end(self, run: str) -> protocol.JobStatus:
         status = self.runs[run]
         if status.phase == protocol.Phase.RUNNING:
@@ -265,7 +264,7 @@ class FakeWorkers:
                 200, content=worker.events(run), headers={"content-type": "text/event-stream"}
             )
         if path.endswith("/cancel"):
-            return json_response(200, worker.runs.get(run) or {})
+            return json_response(200, worker.cancel(run) or {})
         if run in worker.runs:
             return json_response(200, worker.runs[run])
         return json_response(404, protocol.ErrorResponse(reason=protocol.Reason.NOT_FOUND, message=run))

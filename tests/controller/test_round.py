@@ -18,6 +18,13 @@ from gpufleet.core import breaker
 from .fakes import NAMESPACE, Harness
 
 
+class Memo:
+    """kopf's memo as the handlers receive it."""
+
+    def __init__(self, fleet: Harness) -> None:
+        self.operator = fleet.op
+
+
 def in_loop(scenario: Callable[[Harness], Awaitable[None]]) -> Callable[[], None]:
     """A sync test that runs ``scenario`` on a fresh Harness in its own event loop."""
 
@@ -215,10 +222,7 @@ async def test_a_pools_series_show_its_round_and_go_when_it_is_deleted(fleet):
     wait = {**pool, "task": "text-to-image"}
     assert REGISTRY.get_sample_value("gpufleet_job_queue_wait_seconds_count", wait)
 
-    class Memo:
-        operator = fleet.op
-
-    handlers.pool_event(event={"type": "DELETED"}, namespace=NAMESPACE, name="sd", memo=Memo())
+    await handlers.pool_event(event={"type": "DELETED"}, namespace=NAMESPACE, name="sd", memo=Memo(fleet))
     assert not [labels for found in fleet_samples(fleet.op).values() for labels, _ in found if labels]
     assert REGISTRY.get_sample_value("gpufleet_jobs_finished_total", finished) is None
     assert REGISTRY.get_sample_value("gpufleet_job_run_seconds_count", run) is None
@@ -249,6 +253,7 @@ async def test_a_large_queue_drains_within_a_bounded_write_budget(fleet):
     assert sum(per_job.values()) <= jobs * 3 + 32 * len(dispatched_per_round)
     job_events = Counter(reason for name, reason, _ in fleet.kube.events if name != "sd")
     assert job_events == {"Dispatched": jobs, "Completed": jobs}, job_events  # Queued: in status only
+    assert fleet.kube.writes["patch generationjobs"] == 0  # no finalizer, nothing but status
 
 
 @in_loop
@@ -421,10 +426,12 @@ async def test_an_attempt_whose_submit_got_no_answer_is_never_sent_again_under_i
     status = fleet.status("a")
     assert (status["phase"], status["attempts"]) == ("Queued", 1), status
     assert "got no answer for attempt 1" in status["message"]
+    job = f"{NAMESPACE}/a"
+    await rounds(fleet, 1)  # the worker runs attempt 1, which no job wants now: it is stopped
+    assert worker.cancels == [protocol.run_id(job, 1)]
     fleet.clock.now += 60  # past the dispatch backoff
     await rounds(fleet, 2)
     assert fleet.status("a")["phase"] == "Succeeded"
-    job = f"{NAMESPACE}/a"
     assert worker.submits == [protocol.run_id(job, 1), protocol.run_id(job, 2)]
 
 
@@ -475,3 +482,20 @@ async def test_a_dispatched_attempt_that_never_reached_its_worker_is_sent_again_
     await fleet.settle()
     status = fleet.status("a")
     assert (status["phase"], status["attempts"]) == ("Succeeded", 1), status
+
+
+@in_loop
+async def test_a_job_deleted_while_it_runs_has_its_run_stopped_by_the_next_round(fleet):
+    [worker] = fleet.pool()
+    worker.hold = True
+    fleet.job("a")
+    await fleet.round()
+    assert fleet.status("a")["phase"] == "Dispatched"
+    del fleet.kube.objects[("generationjobs", NAMESPACE, "a")]  # no finalizer holds it
+    await handlers.job_event(event={"type": "DELETED"}, namespace=NAMESPACE, name="a", memo=Memo(fleet))
+    assert fleet.op.cache.wakeup(NAMESPACE, "sd").is_set()  # its pool's round runs at once
+    await fleet.round()
+    assert worker.cancels == [protocol.run_id(f"{NAMESPACE}/a", 1)]
+    assert fleet.kube.writes["patch generationjobs"] == 0
+    await fleet.round()  # the run has stopped: nothing more to cancel
+    assert len(worker.cancels) == 1

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from gpufleet.api import testing
 from gpufleet.api.capabilities import model_tasks
-from gpufleet.api.conditions import Reason
+from gpufleet.api.conditions import JobPhase, Reason
 from gpufleet.api.inputs import SegmentInput, Task
 from gpufleet.api.models import GenerationJobSpec, WorkerPoolSpec
 from gpufleet.api.quantity import parse_quantity
@@ -378,3 +378,83 @@ def test_a_model_whose_weights_and_smallest_job_fit_on_no_gpu_is_named_with_the_
     assert refusal(job, spec, classes).reason == Reason.UNSCHEDULABLE  # type: ignore[union-attr]
     assert jobs.models_too_large(spec, pool_gpu_classes(spec, CLUSTER, 24 * GiB)) == []  # an A100 fits it
     assert jobs.models_too_large(spec, []) == []  # no GPU at all: the pool says InsufficientGPUs
+
+
+NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+STARTED = NOW - timedelta(seconds=30)
+POOL_GONE = jobs.Refusal(Reason.POOL_NOT_FOUND, "no pool")
+
+
+def view(**fields: Any) -> jobs.JobView:
+    return jobs.JobView(
+        **{
+            "phase": None,
+            "deleting": False,
+            "cancel": False,
+            "cancel_sent": False,
+            "attempts": 0,
+            "start_time": None,
+            "completion_time": None,
+            "timeout_seconds": 3600,
+            "ttl_seconds": None,
+            **fields,
+        }
+    )
+
+
+S, P = jobs.Step, JobPhase
+
+
+@pytest.mark.parametrize(
+    ("job", "refused", "step"),
+    [
+        (view(), None, S.QUEUE),
+        (view(phase=P.QUEUED, attempts=1, start_time=STARTED), None, S.QUEUE),
+        (view(), POOL_GONE, S.REFUSE),
+        (view(phase=P.DISPATCHED, attempts=1), POOL_GONE, S.FOLLOW),  # a run goes on: follow it
+        (view(phase=P.RUNNING, attempts=1), None, S.FOLLOW),
+        (view(phase=P.RUNNING, attempts=1, cancel=True), None, S.CANCEL_RUN),
+        (view(phase=P.RUNNING, attempts=1, cancel=True, cancel_sent=True), None, S.NOTHING),
+        (view(phase=P.QUEUED, cancel=True), None, S.CANCEL),
+        (view(phase=P.SUCCEEDED, attempts=1, completion_time=NOW), None, S.NOTHING),
+        (
+            view(phase=P.SUCCEEDED, completion_time=NOW - timedelta(seconds=60), ttl_seconds=60),
+            None,
+            S.EXPIRE,
+        ),
+        (view(phase=P.FAILED, completion_time=NOW, ttl_seconds=60), None, S.NOTHING),
+        (view(phase=P.RUNNING, attempts=1, deleting=True), None, S.FORGET),
+        (view(phase=P.SUCCEEDED, deleting=True), None, S.FORGET),
+        # waiting for a retry when its time ran out: failed, not dispatched again
+        (
+            view(phase=P.QUEUED, attempts=1, start_time=NOW - timedelta(seconds=61), timeout_seconds=60),
+            None,
+            S.TIME_OUT,
+        ),
+        (
+            view(phase=P.QUEUED, attempts=1, start_time=NOW - timedelta(seconds=59), timeout_seconds=60),
+            None,
+            S.QUEUE,
+        ),
+    ],
+)
+def test_next_step(job: jobs.JobView, refused: jobs.Refusal | None, step: jobs.Step) -> None:
+    assert jobs.next_step(job, refused, NOW) is step
+
+
+def run(job: str, attempt: int) -> jobs.WorkerRun:
+    return jobs.WorkerRun("sd-0", f"{job.replace('/', '_')}_{attempt}", job, attempt)
+
+
+@pytest.mark.parametrize(
+    ("runs", "live", "stray"),
+    [
+        ([run("a/x", 1)], {"a/x": 1}, []),  # its job's live attempt
+        ([run("a/x", 1)], {}, [run("a/x", 1)]),  # its job is gone, or no longer Dispatched/Running
+        ([run("a/x", 1), run("a/x", 2)], {"a/x": 2}, [run("a/x", 1)]),  # an attempt moved past
+        ([run("a/x", 2)], {"a/x": 1}, [run("a/x", 2)]),  # a job of that name made anew
+        ([run("a/x", 1)], {"b/x": 1}, [run("a/x", 1)]),  # the same name in another namespace
+    ],
+)
+def test_stray_runs(runs: list[jobs.WorkerRun], live: dict[str, int], stray: list[jobs.WorkerRun]) -> None:
+    assert jobs.stray_runs(runs, live) == stray

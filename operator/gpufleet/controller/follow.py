@@ -21,7 +21,6 @@ import httpx
 from pydantic import ValidationError
 
 import gpufleet_worker.protocol as protocol
-from gpufleet import labels
 from gpufleet.api.conditions import JobPhase, Reason
 from gpufleet.api.inputs import progress_total
 from gpufleet.api.models import GenerationJob
@@ -32,7 +31,6 @@ from gpufleet.core.training import bounded_artifacts, training_status
 
 from . import metrics
 from .jobstatus import body_of, now_utc, set_outcome, set_phase, stamp, still_current
-from .kube import JOBS
 from .state import Operator
 from .workers import WorkerClient, WorkerError
 
@@ -90,8 +88,8 @@ async def dispatch(
     """Sends the next attempt of ``job`` to ``pod`` (worker process ``instance``, as its
     inventory named it this round); False when it did not start there.
 
-    The finalizer and the Dispatched status are written together before the worker is asked
-    (the attempt is on record before it can run); the Event goes out in the background.
+    The Dispatched status is written before the worker is asked (the attempt is on record
+    before it can run); the Event goes out in the background.
     """
     meta = job.metadata
     namespace, name = meta["namespace"], meta["name"]
@@ -108,33 +106,26 @@ async def dispatch(
     message = f"attempt {attempt} sent to {pod_name} on {node}"
     memory.finished_attempt = attempt - 1
     memory.seen_on_worker = False
-    finalizers = meta.get("finalizers") or []
-    writes: list[Awaitable[Any]] = [
-        set_phase(
-            op,
-            job,
-            JobPhase.DISPATCHED,
-            Reason.DISPATCHED,
-            message,
-            attempts=attempt,
-            worker=worker,
-            queue_position=None,
-            start_time=stamp(job.status.start_time) if job.status.start_time else stamp(),
-            progress={
-                "percent": 0,
-                "step": 0,
-                "totalSteps": progress_total(job.spec.task, job.spec.input),
-                "text": None,
-            },
-            model_load=None,
-        )
-    ]
-    if labels.FINALIZER not in finalizers:
-        writes.append(
-            op.kube.patch_metadata(JOBS, namespace, name, {"finalizers": [*finalizers, labels.FINALIZER]})
-        )
-    job, *_ = await asyncio.gather(*writes)
-    assert isinstance(job, GenerationJob)
+    job = await set_phase(
+        op,
+        job,
+        JobPhase.DISPATCHED,
+        Reason.DISPATCHED,
+        message,
+        attempts=attempt,
+        worker=worker,
+        queue_position=None,
+        start_time=stamp(job.status.start_time) if job.status.start_time else stamp(),
+        progress={
+            "percent": 0,
+            "step": 0,
+            "totalSteps": progress_total(job.spec.task, job.spec.input),
+            "text": None,
+        },
+        model_load=None,
+    )
+    if job.status.attempts != attempt:  # deleted meanwhile: nothing to send
+        return False
     try:
         await worker_client(op, pod, token).submit(submit_request(job))
     except (WorkerError, httpx.HTTPError) as error:

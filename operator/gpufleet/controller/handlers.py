@@ -6,7 +6,8 @@ kind's first listing has been indexed, so the cache is complete when rounds star
 handlers take the deletions, which kopf does not pass to index handlers.
 
 No change-detecting handlers (create/update/delete) are used, so kopf writes nothing into
-the resources' annotations: everything the operator learns goes to ``status``.
+the resources' annotations: everything the operator learns goes to ``status``. The cache
+handlers are coroutines: kopf runs plain functions in a thread, a hop per watch event.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from gpufleet.core import placement
 
 from . import metrics, reconcile
 from .jobstatus import body_of, set_phase
-from .kube import JOBS, NamespaceTerminating
+from .kube import NamespaceTerminating
 from .state import Operator
 
 log = logging.getLogger("gpufleet.operator")
@@ -94,12 +95,12 @@ async def close(memo: Any, **_: Any) -> None:
 
 
 @kopf.index(GROUP, VERSION, "workerpools")
-def pool_seen(body: Any, memo: Any, **_: Any) -> None:
+async def pool_seen(body: Any, memo: Any, **_: Any) -> None:
     operator_of(memo).cache.remember_pool(dict(body))
 
 
 @kopf.on.event(GROUP, VERSION, "workerpools")
-def pool_event(event: Any, namespace: Any, name: Any, memo: Any, **_: Any) -> None:
+async def pool_event(event: Any, namespace: Any, name: Any, memo: Any, **_: Any) -> None:
     op = operator_of(memo)
     op.cache.synced.set()
     if event.get("type") == "DELETED":
@@ -109,12 +110,12 @@ def pool_event(event: Any, namespace: Any, name: Any, memo: Any, **_: Any) -> No
 
 
 @kopf.index(GROUP, VERSION, "generationjobs")
-def job_seen(body: Any, memo: Any, **_: Any) -> None:
+async def job_seen(body: Any, memo: Any, **_: Any) -> None:
     operator_of(memo).cache.remember_job(dict(body))
 
 
 @kopf.on.event(GROUP, VERSION, "generationjobs")
-def job_event(event: Any, namespace: Any, name: Any, memo: Any, **_: Any) -> None:
+async def job_event(event: Any, namespace: Any, name: Any, memo: Any, **_: Any) -> None:
     op = operator_of(memo)
     op.cache.synced.set()
     if event.get("type") == "DELETED":
@@ -124,12 +125,12 @@ def job_event(event: Any, namespace: Any, name: Any, memo: Any, **_: Any) -> Non
 
 
 @kopf.index("", "v1", "pods", labels={labels.POOL: kopf.PRESENT})
-def pod_seen(body: Any, memo: Any, **_: Any) -> None:
+async def pod_seen(body: Any, memo: Any, **_: Any) -> None:
     operator_of(memo).cache.remember_pod(dict(body))
 
 
 @kopf.on.event("", "v1", "pods", labels={labels.POOL: kopf.PRESENT})
-def pod_event(event: Any, namespace: Any, name: Any, memo: Any, **_: Any) -> None:
+async def pod_event(event: Any, namespace: Any, name: Any, memo: Any, **_: Any) -> None:
     op = operator_of(memo)
     op.cache.synced.set()
     if event.get("type") == "DELETED":
@@ -137,7 +138,7 @@ def pod_event(event: Any, namespace: Any, name: Any, memo: Any, **_: Any) -> Non
 
 
 @kopf.on.event("", "v1", "nodes")
-def node_event(event: Any, name: Any, labels: Any, memo: Any, **_: Any) -> None:
+async def node_event(event: Any, name: Any, labels: Any, memo: Any, **_: Any) -> None:
     from gpufleet import labels as keys
 
     nodes = operator_of(memo).cache.gpu_nodes
@@ -170,7 +171,7 @@ async def pool_daemon(namespace: Any, name: Any, stopped: kopf.DaemonStopped, me
 
 
 async def orphans(op: Operator) -> None:
-    """Jobs whose pool does not exist: Pending with PoolNotFound; deleted ones released."""
+    """Jobs whose pool does not exist: Pending with PoolNotFound."""
     await op.cache.synced.wait()
     while True:
         for (namespace, name), body in list(op.cache.jobs.items()):
@@ -186,15 +187,7 @@ async def orphans(op: Operator) -> None:
 
 async def orphan(op: Operator, body: dict) -> None:
     meta = body["metadata"]
-    finalizers = meta.get("finalizers") or []
     if meta.get("deletionTimestamp"):
-        if labels.FINALIZER in finalizers:
-            await op.kube.patch_metadata(
-                JOBS,
-                meta["namespace"],
-                meta["name"],
-                {"finalizers": [f for f in finalizers if f != labels.FINALIZER]},
-            )
         return
     job = op.cache.parsed(body)
     if job is None or job.status.phase not in (None, JobPhase.PENDING, JobPhase.QUEUED, *reconcile.ACTIVE):

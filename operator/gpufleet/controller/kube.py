@@ -102,25 +102,6 @@ class Kube:
                     raise
             await asyncio.sleep(CONFLICT_BACKOFF_SECONDS * 2**tries * (0.5 + random.random()))
 
-    async def patch_metadata(
-        self, plural: str, namespace: str, name: str, metadata: dict[str, Any]
-    ) -> dict[str, Any] | None:
-        try:
-            stored = await self._send(
-                self.custom.patch_namespaced_custom_object,
-                GROUP,
-                VERSION,
-                namespace,
-                plural,
-                name,
-                {"metadata": metadata},
-            )
-            return cast(dict[str, Any], stored)
-        except ApiException as error:
-            if error.status not in (404, 409):
-                raise
-            return None
-
     async def delete_job(self, namespace: str, name: str) -> None:
         try:
             await self._send(

@@ -41,7 +41,7 @@ from gpufleet_worker.modelcache import CachedModel
 
 from . import follow, metrics
 from .jobstatus import now_utc, set_phase, stamp
-from .kube import JOBS, POOLS, PodRefused
+from .kube import POOLS, PodRefused
 from .state import JobDecision, Operator, PoolMemory
 from .workers import WorkerError
 
@@ -187,6 +187,16 @@ async def reconcile_pool(op: Operator, namespace: str, name: str) -> None:
                 memory.mix = observe(
                     memory.mix, Demand(gpus=pool.spec.gpu.count, vram=jobrules.working_vram(job.spec))
                 )
+    live = {job_key(b): j.status.attempts for b, j in jobs if j.status.phase in ACTIVE}
+    runs = (
+        jobrules.WorkerRun(worker, run.run_id, run.job_id, run.attempt)
+        for worker, inventory in inventories.items()
+        for run in inventory.jobs
+    )
+    pods_by_name = {p["metadata"]["name"]: p for p in pods}
+    writes.extend(
+        stop_run(op, pods_by_name[run.worker], token, run) for run in jobrules.stray_runs(runs, live)
+    )
     await bounded(op.concurrency, writes)
 
     # 4. Sizing: how many workers, and apply it.
@@ -227,7 +237,6 @@ async def reconcile_pool(op: Operator, namespace: str, name: str) -> None:
     )
 
     # 6. Apply: dispatch the placed jobs, and tell the others where they stand.
-    pods_by_name = {p["metadata"]["name"]: p for p in pods}
     for assignment in plan.assignments:
         pod_name = assignment.placement.worker
         memory.workers[pod_name] = breaker.probe_sent(
@@ -365,7 +374,6 @@ def job_step(
         jobrules.JobView(
             phase=status.phase,
             deleting=bool(meta.get("deletionTimestamp")),
-            holds_finalizer=labels.FINALIZER in (meta.get("finalizers") or []),
             cancel=spec.cancel,
             cancel_sent=memory.cancel_sent,
             attempts=status.attempts,
@@ -380,8 +388,6 @@ def job_step(
     Step = jobrules.Step
     if step is Step.FORGET:
         writes.append(forget_job(op, job, token))
-    elif step is Step.RELEASE:
-        writes.append(release_finalizer(op, job))
     elif step is Step.EXPIRE:
         writes.append(op.kube.delete_job(namespace, name))
     elif step is Step.CANCEL_RUN:
@@ -407,11 +413,19 @@ def job_step(
     return None
 
 
+async def stop_run(op: Operator, pod: dict, token: str, run: jobrules.WorkerRun) -> None:
+    """Cancels a run no job wants (see core.jobs.stray_runs) on its worker."""
+    log.info("stopping %s on %s: no job wants it", run.run_id, run.worker)
+    try:
+        await follow.worker_client(op, pod, token).cancel(run.run_id)
+    except (WorkerError, httpx.HTTPError) as error:
+        log.info("cancel of %s on %s: %s", run.run_id, run.worker, error)
+
+
 async def forget_job(op: Operator, job: GenerationJob, token: str) -> None:
     meta = job.metadata
     if job.status.phase in ACTIVE:
         await follow.cancel_run(op, job, token)
-    await release_finalizer(op, job)
     op.followers.stop((meta["namespace"], meta["name"]))
     op.jobs.pop((meta["namespace"], meta["name"]), None)
 
@@ -444,24 +458,6 @@ async def time_out(op: Operator, job: GenerationJob, now: dt.datetime) -> None:
         completion_time=stamp(now),
         queue_position=None,
     )
-
-
-async def release_finalizer(op: Operator, job: GenerationJob) -> None:
-    """Removes the operator's finalizer (guarded by resourceVersion: a newer object keeps it for now)."""
-    meta = job.metadata
-    finalizers = meta.get("finalizers") or []
-    if labels.FINALIZER in finalizers:
-        stored = await op.kube.patch_metadata(
-            JOBS,
-            meta["namespace"],
-            meta["name"],
-            {
-                "finalizers": [f for f in finalizers if f != labels.FINALIZER],
-                "resourceVersion": meta["resourceVersion"],
-            },
-        )
-        if stored is not None:
-            op.cache.remember_job(stored)
 
 
 def failed_models(inventories: dict[str, protocol.Inventory]) -> dict[str, set[str]]:

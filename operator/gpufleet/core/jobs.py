@@ -3,6 +3,7 @@ it, when to retry, when it has run out of time. Pure functions over plain values
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -222,8 +223,7 @@ class Step(StrEnum):
     """What a pool round does with one job (see `next_step`)."""
 
     NOTHING = "Nothing"
-    FORGET = "Forget"  # being deleted: stop its run, release the finalizer, forget it
-    RELEASE = "Release"  # finished: release the finalizer
+    FORGET = "Forget"  # being deleted (another finalizer holds it): stop its run, forget it
     EXPIRE = "Expire"  # finished and past ttlSecondsAfterFinished: delete it
     CANCEL_RUN = "CancelRun"  # spec.cancel while it runs: ask its worker to stop
     CANCEL = "Cancel"  # spec.cancel before it ran: Cancelled now
@@ -239,7 +239,6 @@ class JobView:
 
     phase: JobPhase | None
     deleting: bool
-    holds_finalizer: bool
     cancel: bool
     cancel_sent: bool
     attempts: int
@@ -257,7 +256,7 @@ def next_step(job: JobView, refused: Refusal | None, now: datetime) -> Step:
     if job.phase in TERMINAL_PHASES:
         if ttl_expired(job.completion_time, job.ttl_seconds, now):
             return Step.EXPIRE
-        return Step.RELEASE if job.holds_finalizer else Step.NOTHING
+        return Step.NOTHING
     if job.cancel:
         if running:
             return Step.NOTHING if job.cancel_sent else Step.CANCEL_RUN
@@ -269,3 +268,21 @@ def next_step(job: JobView, refused: Refusal | None, now: datetime) -> Step:
     if job.attempts and past_deadline(job.start_time, job.timeout_seconds, now):
         return Step.TIME_OUT
     return Step.QUEUE
+
+
+@dataclass(frozen=True)
+class WorkerRun:
+    """A run that a worker's inventory lists as not ended."""
+
+    worker: str
+    run_id: str
+    job: str  # "namespace/name"
+    attempt: int
+
+
+def stray_runs(runs: Iterable[WorkerRun], live_attempts: Mapping[str, int]) -> list[WorkerRun]:
+    """The runs no job wants: a job wants only its current attempt, and only while it is
+    Dispatched or Running (``live_attempts``: job -> that attempt). The others belong to a
+    deleted job, or to an attempt its job has moved past (lost, timed out, given no answer,
+    ended): their workers should stop them, so they neither hold a GPU nor write artifacts."""
+    return [run for run in runs if live_attempts.get(run.job) != run.attempt]
