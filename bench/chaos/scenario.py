@@ -12,6 +12,7 @@ phase moved back, at most one replica writing at any time, every final status ri
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import itertools
@@ -31,11 +32,14 @@ import httpx
 from kubernetes import client, watch
 from kubernetes.client.rest import ApiException
 
+import gpufleet_worker.protocol as protocol
+from gpufleet import labels
 from gpufleet.api.models import GROUP, VERSION
+from gpufleet.core.workerpod import token_secret_name
 from gpufleet.localcluster.fleet import OPERATOR_NAMESPACE, OperatorProcess
 from gpufleet.localcluster.kubelet import TERMINATED_LOGS
 from gpufleet.localcluster.processes import pod_process_ids
-from gpufleet.localcluster.waiting import wait_for
+from gpufleet.localcluster.waiting import WaitTimeout, wait_for
 
 from .apiproxy import ApiProxy, Write
 
@@ -79,6 +83,7 @@ class ChaosReport:
     # after it resumes; refused there (409 AlreadyExists/Conflict, 404), it changed nothing.
     stale_refused: list[str] = field(default_factory=list)
     wrong_status: list[str] = field(default_factory=list)
+    deleted_runs_left: list[str] = field(default_factory=list)  # a deleted job's run still live
     sigterm_exit_codes: list[int | None] = field(default_factory=list)
     frozen_exit_codes: list[int | None] = field(default_factory=list)
 
@@ -99,6 +104,7 @@ class ChaosReport:
         found += [f"terminal phase moved back: {r}" for r in self.reversals]
         found += [f"two replicas writing: {i}" for i in self.interleavings]
         found += [f"wrong final status: {w}" for w in self.wrong_status]
+        found += [f"a deleted job's run was not stopped: {r}" for r in self.deleted_runs_left]
         if any(code != 0 for code in self.sigterm_exit_codes):
             found.append(f"SIGTERM exit codes {self.sigterm_exit_codes} (want 0)")
         return found
@@ -107,6 +113,7 @@ class ChaosReport:
         return {
             "jobs": self.jobs,
             "deleted_while_down": len(self.deleted),
+            "deleted_runs_left": len(self.deleted_runs_left),
             "faults_landed": dict(self.faults),
             "injected_409": self.injected_conflicts,
             "writes": self.writes,
@@ -221,6 +228,7 @@ class Chaos:
                 getattr(self, "_" + fault.replace("-", "_"))()
             submitter.join(self.plan.timeout)
             self._wait_all_terminal()
+            self._wait_deleted_runs_stopped()
         finally:
             self._stop_watch.set()
             for replica in self.replicas:
@@ -469,7 +477,7 @@ class Chaos:
         wait_for(lambda: self._pods(pool), ready, 180, what=f"{count} ready workers of {pool}")
 
     def _pods(self, pool: str) -> list[client.V1Pod]:
-        return self.core.list_namespaced_pod(self.namespace, label_selector=f"gpufleet.io/pool={pool}").items
+        return self.core.list_namespaced_pod(self.namespace, label_selector=f"{labels.POOL}={pool}").items
 
     def _worker_with_run(self, pool: str) -> tuple[str, str]:
         """A worker pod of ``pool`` and a job running on it now (from the job's status)."""
@@ -498,6 +506,42 @@ class Chaos:
             what="every job terminal",
             describe=lambda phases: str({n: p for n, p in phases.items() if p not in TERMINAL}),
         )
+
+    def _live_runs(self, pool: str) -> list[str]:
+        """The run ids that the pool's live workers have not ended."""
+        secret = self.core.read_namespaced_secret(token_secret_name(pool), self.namespace)
+        headers = {
+            protocol.AUTH_HEADER: protocol.auth_header_value(base64.b64decode(secret.data["token"]).decode())
+        }
+        live = []
+        for pod in self.core.list_namespaced_pod(
+            self.namespace, label_selector=f"{labels.POOL}={pool}"
+        ).items:
+            if not pod.status.pod_ip or pod.metadata.deletion_timestamp:
+                continue
+            with contextlib.suppress(httpx.HTTPError):
+                response = httpx.get(
+                    f"http://{pod.status.pod_ip}:8080{protocol.JOBS}", headers=headers, timeout=5
+                )
+                live += [
+                    run.run_id
+                    for run in protocol.JobList.model_validate_json(response.content).jobs
+                    if run.phase
+                    not in (protocol.Phase.SUCCEEDED, protocol.Phase.FAILED, protocol.Phase.CANCELLED)
+                ]
+        return live
+
+    def _wait_deleted_runs_stopped(self) -> None:
+        """Jobs carry no finalizer: a job deleted while no operator ran must still have its run
+        stopped by the operator once it is back (its rounds cancel runs no job wants)."""
+        deleted = {f"{self.namespace}_{name}_" for name in self.report.deleted}
+
+        def left() -> list[str]:
+            return [run for run in self._live_runs(POOL) if any(run.startswith(d) for d in deleted)]
+
+        with contextlib.suppress(WaitTimeout):  # what is left is reported
+            wait_for(left, lambda runs: not runs, 60, interval=1, what="deleted jobs' runs stopped")
+        self.report.deleted_runs_left = left()
 
     # --- checks ----------------------------------------------------------------------------
 

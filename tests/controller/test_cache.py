@@ -71,3 +71,21 @@ def test_a_status_that_does_not_parse_makes_the_job_unreadable() -> None:
     assert cache.parsed(first) is not None
     assert cache.parsed(stored(first, 2, phase="NoSuchPhase")) is None
     assert cache.parsed(stored(first, 3, phase="Queued")) is not None
+
+
+def test_the_cache_holds_no_managed_fields_nor_kubectls_copy_of_the_manifest() -> None:
+    cache = Cache()
+    body = stored(job_body("a"), 1)
+    body["metadata"]["managedFields"] = [{"manager": "kubectl", "fieldsV1": {"f:spec": {}}}]
+    body["metadata"]["annotations"] = {
+        "kubectl.kubernetes.io/last-applied-configuration": "{...}",
+        "studio.example/owner": "ana",
+    }
+    held = cache.remember_job(body)
+    assert held is cache.jobs[("default", "a")]
+    assert "managedFields" not in held["metadata"]
+    assert held["metadata"]["annotations"] == {"studio.example/owner": "ana"}
+    assert body["metadata"]["managedFields"]  # the watch's own body is left as it was
+    job = cache.parsed(held)
+    assert job is not None and "managedFields" not in job.metadata
+    assert cache.remember_job(stored(job_body("a"), 0)) is None  # older than the one held

@@ -38,6 +38,23 @@ def newer(current: dict[str, Any] | None, body: dict[str, Any]) -> bool:
     )
 
 
+LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
+
+
+def kept(body: dict[str, Any]) -> dict[str, Any]:
+    """``body`` as the cache holds it: without what the operator never reads and the API server
+    sends with every object, managedFields and kubectl's copy of the applied manifest, which
+    together outweigh a small object's spec and status (and every held job has one)."""
+    meta = body["metadata"]
+    annotations = meta.get("annotations") or {}
+    if "managedFields" not in meta and LAST_APPLIED not in annotations:
+        return body
+    meta = {k: v for k, v in meta.items() if k != "managedFields"}
+    if LAST_APPLIED in annotations:
+        meta["annotations"] = {k: v for k, v in annotations.items() if k != LAST_APPLIED}
+    return {**body, "metadata": meta}
+
+
 def pool_of(job: dict[str, Any]) -> str | None:
     return ((job.get("spec") or {}).get("poolRef") or {}).get("name")
 
@@ -65,18 +82,21 @@ class Cache:
     _wakeups: dict[Key, asyncio.Event] = field(default_factory=dict)
 
     # -- jobs ----------------------------------------------------------------------------------
-    def remember_job(self, body: dict[str, Any]) -> None:
+    def remember_job(self, body: dict[str, Any]) -> dict[str, Any] | None:
+        """Holds ``body`` unless an as-new version is held; returns the body held, or None."""
         meta = body["metadata"]
         key = (meta["namespace"], meta["name"])
         current = self.jobs.get(key)
         if not newer(current, body):
-            return
+            return None
+        body = kept(body)
         if current is not None and pool_of(current) != pool_of(body):
             self._jobs_by_pool.get((key[0], pool_of(current) or ""), set()).discard(key[1])
         self.jobs[key] = body
         pool = (key[0], pool_of(body) or "")
         self._jobs_by_pool.setdefault(pool, set()).add(key[1])
         self.wake(*pool)
+        return body
 
     def forget_job(self, namespace: str, name: str) -> None:
         body = self.jobs.pop((namespace, name), None)
@@ -129,7 +149,7 @@ class Cache:
     def remember_pool(self, body: dict[str, Any]) -> None:
         key = (body["metadata"]["namespace"], body["metadata"]["name"])
         if newer(self.pools.get(key), body):
-            self.pools[key] = body
+            self.pools[key] = kept(body)
             self.wake(*key)
 
     def forget_pool(self, namespace: str, name: str) -> None:
@@ -139,7 +159,7 @@ class Cache:
     def remember_pod(self, body: dict[str, Any]) -> None:
         key = (body["metadata"]["namespace"], body["metadata"]["name"])
         if newer(self.pods.get(key), body):
-            self.pods[key] = body
+            self.pods[key] = body = kept(body)
             pool = body["metadata"].get("labels", {}).get(labels.POOL)
             if pool:
                 self.wake(key[0], pool)

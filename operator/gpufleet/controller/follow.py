@@ -305,8 +305,9 @@ async def follow_until_done(
         assert pod is not None
         client = worker_client(op, pod, token)
         try:
-            current = await until(ends, client.get(run))
-            if current is None:
+            # Right after its own submit the follower knows the worker has the run; otherwise
+            # it asks first, as the run may never have arrived.
+            if not admitted and await until(ends, client.get(run)) is None:
                 if seen_running or await restarted_since_dispatch(client, job):
                     await lost(
                         op,
@@ -318,6 +319,7 @@ async def follow_until_done(
                 # never arrived: same attempt, same worker process
                 await until(ends, client.submit(submit_request(job)))
                 seen_running = True  # it has arrived now: a later loss is a loss
+            admitted = False
             memory.seen_on_worker = True
             async with contextlib.aclosing(client.events(run, after=last_event)) as events:
                 while (next_event := await until(ends, anext(events, None))) is not None:
@@ -335,6 +337,11 @@ async def follow_until_done(
                         await finish(op, job, attempt, event.status)
                         return
         except WorkerError as error:
+            if error.status == 404:  # the worker had the run (see above) and no longer does
+                await lost(
+                    op, job, attempt, f"worker {worker_pod} no longer has attempt {attempt} (it restarted)"
+                )
+                return
             if error.status == 409 and not seen_running:  # resubmission refused: never ran here
                 await lost(
                     op,

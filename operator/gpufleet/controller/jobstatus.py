@@ -57,9 +57,9 @@ async def set_phase(
     stored = await op.kube.patch_status(JOBS, meta["namespace"], meta["name"], status)
     if stored is None:
         return job
-    op.cache.remember_job(stored)
+    held = op.cache.remember_job(stored)
     metrics.count_transition(phase)
-    return op.cache.parsed(stored) or job
+    return (op.cache.parsed(held) if held is not None else op.cache.current(job)) or job
 
 
 def still_current(op: Operator, job: GenerationJob, attempt: int) -> GenerationJob | None:

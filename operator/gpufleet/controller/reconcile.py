@@ -139,8 +139,17 @@ async def reconcile_pool(op: Operator, namespace: str, name: str) -> None:
     pool = WorkerPool.model_validate(body)
     memory = op.pool(namespace, name)
     pods = cache.pool_pods(namespace, name)
-    jobs = [(b, j) for b in cache.pool_jobs(namespace, name) if (j := cache.parsed(b)) is not None]
     gpu_classes = cache.gpu_classes()
+    classes = jobrules.pool_gpu_classes(pool.spec, gpu_classes, min_memory_bytes(pool))
+    # A job whose body is the one last decided on is not even looked up in the parse cache.
+    seen: list[tuple[str, dict, GenerationJob, JobDecision | None]] = []
+    for b in cache.pool_jobs(namespace, name):
+        key = job_key(b)
+        held = memory.decisions.get(key)
+        if (j := held.job if held is not None and held.body is b else cache.parsed(b)) is not None:
+            seen.append((key, b, j, held))
+    jobs = [(b, j) for _, b, j, _ in seen]
+    running = [(b, j) for b, j in jobs if j.status.phase in ACTIVE]
     metrics.pool_seen(namespace, name, pool.spec.tasks)
     token = await ensure_token_secret(op, pool, memory)
 
@@ -148,8 +157,8 @@ async def reconcile_pool(op: Operator, namespace: str, name: str) -> None:
     await replace_pods(op, pool, body, pods, memory)
     active = [p for p in pods if pod_active(p)]
     busy = {p["metadata"]["name"]: 0 for p in active}
-    for _, job in jobs:
-        if job.status.worker and job.status.worker.pod in busy and job.status.phase in ACTIVE:
+    for _, job in running:
+        if job.status.worker and job.status.worker.pod in busy:
             busy[job.status.worker.pod] += 1
     ready = [
         p
@@ -162,24 +171,25 @@ async def reconcile_pool(op: Operator, namespace: str, name: str) -> None:
 
     # 3. Per-job decisions (core.jobs.next_step); their writes run concurrently.
     now = now_utc()
-    classes = jobrules.pool_gpu_classes(pool.spec, gpu_classes, min_memory_bytes(pool))
+    model_vram = {m.name: parse_quantity(m.vram).value() for m in pool.spec.models}
     waiting: list[tuple[queue.WaitingJob, GenerationJob]] = []
     writes: list[Awaitable[Any]] = []
     basis = (body["metadata"].get("resourceVersion"), tuple(classes))
-    last, memory.decisions = memory.decisions, {}
-    for job_body, job in jobs:
-        key = job_key(job_body)
-        held = last.get(key)
+    memory.decisions = {}
+    for key, job_body, job, held in seen:
         if held is not None and held.job is job and held.basis == basis:
             memory.decisions[key] = held
             if held.queued is not None:  # still waiting, as it was
                 waiting.append((held.queued, job))
                 continue
-            refused = held.refused
+            refused, holds = held.refused, held.held
         else:
             refused = jobrules.refusal(job.spec, pool.spec, classes)
+            holds = sizing_job(job, model_vram)
         action = job_step(op, job, job_body, refused, now, token, writes)
-        memory.decisions[key] = JobDecision(job, basis, refused, action if not job.status.attempts else None)
+        memory.decisions[key] = JobDecision(
+            job_body, job, basis, refused, action if not job.status.attempts else None, holds
+        )
         if action is not None:
             waiting.append((action, job))
             if key not in memory.observed:
@@ -187,7 +197,7 @@ async def reconcile_pool(op: Operator, namespace: str, name: str) -> None:
                 memory.mix = observe(
                     memory.mix, Demand(gpus=pool.spec.gpu.count, vram=jobrules.working_vram(job.spec))
                 )
-    live = {job_key(b): j.status.attempts for b, j in jobs if j.status.phase in ACTIVE}
+    live = {job_key(b): j.status.attempts for b, j in running}
     runs = (
         jobrules.WorkerRun(worker, run.run_id, run.job_id, run.attempt)
         for worker, inventory in inventories.items()
@@ -200,7 +210,8 @@ async def reconcile_pool(op: Operator, namespace: str, name: str) -> None:
     await bounded(op.concurrency, writes)
 
     # 4. Sizing: how many workers, and apply it.
-    decision = size_pool(pool, memory, active, ready, inventories, busy, [job for _, job in waiting], jobs)
+    queued = [memory.decisions[w.key].held for w, _ in waiting]
+    decision = size_pool(pool, memory, active, ready, inventories, busy, queued, running, model_vram)
     await scale(op, pool, body, active, decision, busy, gpu_classes)
 
     # 5. Placement: the queue in order onto the workers that take jobs now.
@@ -214,11 +225,10 @@ async def reconcile_pool(op: Operator, namespace: str, name: str) -> None:
     )
     workers = [
         w
-        for w in fleet_workers(op, ready, inventories, jobs)
+        for w in fleet_workers(op, ready, inventories, running)
         if breaker.takes_jobs(memory.workers.get(w.name, breaker.WorkerHealth()), clock, op.breaker)
     ]
     failed = failed_models(inventories)
-    model_vram = {m.name: parse_quantity(m.vram).value() for m in pool.spec.models}
     plan = dispatch.plan(
         [
             dispatch.QueuedJob(
@@ -278,7 +288,7 @@ async def reconcile_pool(op: Operator, namespace: str, name: str) -> None:
         active,
         ready,
         inventories,
-        jobs,
+        running,
         decision.desired_replicas,
         len(remaining),
         decision.cluster_full,
@@ -475,7 +485,7 @@ def fleet_workers(
     op: Operator,
     ready: list[dict],
     inventories: dict[str, protocol.Inventory],
-    jobs: list[tuple[dict, GenerationJob]],
+    running: list[tuple[dict, GenerationJob]],
 ) -> list[Worker]:
     """The placer's view: each worker's GPUs as reported, less reservations it has not reported yet.
 
@@ -485,10 +495,10 @@ def fleet_workers(
     its GPU, and a model it loads holds its VRAM.
     """
     pending: dict[str, list[tuple[str, str | None, GenerationJob]]] = {}
-    for body, job in jobs:
+    for body, job in running:
         worker = job.status.worker
         seen = op.job(job.metadata["namespace"], job.metadata["name"]).seen_on_worker
-        if job.status.phase in ACTIVE and worker and worker.pod and not seen:
+        if worker and worker.pod and not seen:
             pending.setdefault(worker.pod, []).append((job_key(body), worker.gpu, job))
     workers = []
     for pod in ready:
@@ -582,8 +592,9 @@ def size_pool(
     ready: list[dict],
     inventories: dict[str, protocol.Inventory],
     busy: dict[str, int],
-    queued: list[GenerationJob],
-    jobs: list[tuple[dict, GenerationJob]],
+    queued: list[sizing.Job],
+    running: list[tuple[dict, GenerationJob]],
+    model_vram: dict[str, int],
 ) -> sizing.Decision:
     """The pool's size from its queue (or spec.replicas), via gpufleet.core.sizing."""
     autoscaling = pool.spec.autoscaling
@@ -619,18 +630,6 @@ def size_pool(
                 started_at=created.timestamp(),
             )
         )
-    model_vram = {m.name: parse_quantity(m.vram).value() for m in pool.spec.models}
-
-    def as_job(job: GenerationJob) -> sizing.Job:
-        # What one job holds on a GPU: its model's weights and its working memory.
-        return sizing.Job(
-            name=job.metadata["name"],
-            model=job.spec.model,
-            priority=job.spec.priority,
-            vram=model_vram.get(job.spec.model, 0) + jobrules.working_vram(job.spec),
-        )
-
-    running = [as_job(job) for _, job in jobs if job.status.phase in ACTIVE]
     shape = sizing.worker_shape(
         min_memory_bytes(pool), pool.spec.gpu.count, pool.spec.gpu.max_jobs_per_gpu, views
     )
@@ -638,8 +637,8 @@ def size_pool(
         policy,
         replicas=pool.spec.replicas,
         shape=shape,
-        queued=[as_job(j) for j in queued],
-        running=running,
+        queued=queued,
+        running=[sizing_job(job, model_vram) for _, job in running],
         workers=views,
         state=memory.sizing,
         now=time.time(),
@@ -647,6 +646,16 @@ def size_pool(
     )
     memory.sizing = decision.state
     return decision
+
+
+def sizing_job(job: GenerationJob, model_vram: dict[str, int]) -> sizing.Job:
+    """What one job holds on a GPU: its model's weights and its working memory."""
+    return sizing.Job(
+        name=job.metadata["name"],
+        model=job.spec.model,
+        priority=job.spec.priority,
+        vram=model_vram.get(job.spec.model, 0) + jobrules.working_vram(job.spec),
+    )
 
 
 async def scale(

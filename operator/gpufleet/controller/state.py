@@ -17,11 +17,13 @@ from typing import Any
 import httpx
 
 from gpufleet.api.conditions import Reason
+from gpufleet.api.models import GenerationJob
 from gpufleet.core.breaker import BreakerPolicy, WorkerHealth
 from gpufleet.core.fleetmetrics import PoolSeen
 from gpufleet.core.jobs import Refusal
 from gpufleet.core.placement import DemandMix
 from gpufleet.core.queue import WaitingJob
+from gpufleet.core.sizing import Job as SizingJob
 from gpufleet.core.sizing import SizingState
 from gpufleet.core.workerpod import WorkerEnv
 
@@ -37,10 +39,12 @@ class JobDecision:
     object while the job is unchanged) and ``basis``, the pool's version and GPU classes. While
     both are the same the decision stands, so a queue of thousands is not re-decided every round."""
 
-    job: object
+    body: dict
+    job: GenerationJob
     basis: tuple
     refused: Refusal | None
     queued: WaitingJob | None  # it waits in the queue, and no clock can change that (no attempt yet)
+    held: SizingJob  # what it holds on a GPU, for sizing
 
 
 @dataclass
