@@ -54,6 +54,7 @@ class FakeKube:
         self.deleted_pods: list[str] = []
         self.pods: dict[str, dict] = {}  # what the cache holds: a deletion marks it, as a watch would
         self.refuse_pods: str | None = None  # the API server's message when it refuses worker pods
+        self.specs: dict[tuple[str, str, str], Any] = {}  # each object's last spec, for its generation
 
     def store(self, plural: str, body: dict) -> dict:
         meta = body["metadata"]
@@ -61,7 +62,11 @@ class FakeKube:
         meta.setdefault("generation", 1)
         meta.setdefault("creationTimestamp", dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
         meta["resourceVersion"] = str(next(self.versions))
-        self.objects[(plural, meta["namespace"], meta["name"])] = body
+        key = (plural, meta["namespace"], meta["name"])
+        if key in self.specs and self.specs[key] != body.get("spec"):
+            meta["generation"] += 1  # as the API server counts changes of spec
+        self.specs[key] = copy.deepcopy(body.get("spec"))
+        self.objects[key] = body
         return copy.deepcopy(body)
 
     async def patch_status(self, plural: str, namespace: str, name: str, status: dict) -> dict | None:

@@ -499,3 +499,34 @@ async def test_a_job_deleted_while_it_runs_has_its_run_stopped_by_the_next_round
     assert fleet.kube.writes["patch generationjobs"] == 0
     await fleet.round()  # the run has stopped: nothing more to cancel
     assert len(worker.cancels) == 1
+
+
+@in_loop
+async def test_queued_jobs_are_decided_again_only_when_the_pools_spec_changes_not_its_status(fleet):
+    from gpufleet.controller import reconcile
+
+    fleet.pool(workers=0)
+    for index in range(20):
+        fleet.job(f"j{index}")
+    decided: list[str] = []
+    refusal = reconcile.jobrules.refusal
+
+    def counting(spec, pool, classes):  # type: ignore[no-untyped-def]
+        decided.append(spec.input.prompt)
+        return refusal(spec, pool, classes)
+
+    reconcile.jobrules.refusal = counting  # type: ignore[assignment]
+    try:
+        await rounds(fleet, 2)  # each job decided, then again as its Queued write changed it
+        assert len(decided) == 40
+        pool = fleet.kube.objects[("workerpools", NAMESPACE, "sd")]
+        assert pool["status"]["conditions"], "the round wrote the pool's status"
+        fleet.op.cache.remember_pool(pool)  # its watch echo: a new resourceVersion
+        await rounds(fleet, 1)
+        assert len(decided) == 40  # the same spec: every decision stands
+        pool["spec"]["tasks"] = ["text-to-image", "image-to-image"]
+        fleet.op.cache.remember_pool(fleet.kube.store("workerpools", pool))
+        await rounds(fleet, 1)
+        assert len(decided) == 60  # a new spec: each job is decided again
+    finally:
+        reconcile.jobrules.refusal = refusal  # type: ignore[assignment]

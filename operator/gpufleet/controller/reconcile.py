@@ -174,7 +174,8 @@ async def reconcile_pool(op: Operator, namespace: str, name: str) -> None:
     model_vram = {m.name: parse_quantity(m.vram).value() for m in pool.spec.models}
     waiting: list[tuple[queue.WaitingJob, GenerationJob]] = []
     writes: list[Awaitable[Any]] = []
-    basis = (body["metadata"].get("resourceVersion"), tuple(classes))
+    # The pool's spec (its generation: its status writes do not count) and the GPUs it can get.
+    basis = (body["metadata"].get("uid"), body["metadata"].get("generation"), tuple(classes))
     memory.decisions = {}
     for key, job_body, job, held in seen:
         if held is not None and held.job is job and held.basis == basis:

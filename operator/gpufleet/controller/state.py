@@ -36,7 +36,7 @@ log = logging.getLogger("gpufleet.operator")
 @dataclass(frozen=True)
 class JobDecision:
     """What a round decided for one job, and from what: the parsed job (the cache keeps one
-    object while the job is unchanged) and ``basis``, the pool's version and GPU classes. While
+    object while the job is unchanged) and ``basis``, the pool's spec and GPU classes. While
     both are the same the decision stands, so a queue of thousands is not re-decided every round."""
 
     body: dict
