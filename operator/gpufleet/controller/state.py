@@ -135,10 +135,14 @@ class Operator:
         return hmac.new(self.token_key, message, hashlib.sha256).hexdigest()
 
     def job(self, namespace: str, name: str) -> JobMemory:
-        return self.jobs.setdefault((namespace, name), JobMemory())
+        if (memory := self.jobs.get((namespace, name))) is None:  # not built on every lookup
+            memory = self.jobs[(namespace, name)] = JobMemory()
+        return memory
 
     def pool(self, namespace: str, name: str) -> PoolMemory:
-        return self.pools.setdefault((namespace, name), PoolMemory())
+        if (memory := self.pools.get((namespace, name))) is None:
+            memory = self.pools[(namespace, name)] = PoolMemory()
+        return memory
 
     def spawn(self, coroutine: Coroutine[Any, Any, None], name: str) -> None:
         """Runs a background task the operator keeps a reference to until it ends."""
