@@ -65,8 +65,11 @@ class FastWorker:
         )
 
     def submit(self, request: protocol.SubmitRequest) -> tuple[int, object]:
-        if request.run_id in self.runs:
-            return 200, self.runs[request.run_id]
+        if (held := self.runs.get(request.run_id)) is not None:
+            if held.job_uid == request.job_uid:
+                return 200, held
+            if held.phase == protocol.Phase.RUNNING:  # an earlier job of that name
+                return 409, protocol.ErrorResponse(reason=protocol.Reason.SPEC_MISMATCH, message="not ended")
         for uuid, _, memory in self.gpus:
             live = self.live(uuid)
             if (
@@ -82,6 +85,7 @@ class FastWorker:
             run_id=request.run_id,
             job_id=request.job_id,
             attempt=request.attempt,
+            job_uid=request.job_uid,
             task=request.task,
             model=request.model,
             seed=0,

@@ -176,6 +176,11 @@ class FakeWorker:
         if self.refuse is not None:
             status, reason, message = self.refuse
             return status, protocol.ErrorResponse(reason=reason, message=message)
+        held = self.runs.get(request.run_id)
+        if held is not None and held.job_uid != request.job_uid:  # an earlier job of that name
+            if held.phase == protocol.Phase.RUNNING:
+                return 409, protocol.ErrorResponse(reason=protocol.Reason.SPEC_MISMATCH, message="not ended")
+            del self.runs[request.run_id]
         if request.run_id not in self.runs:
             if len(self.live()) >= self.max_jobs_per_gpu:
                 return 409, protocol.ErrorResponse(reason=protocol.Reason.TOO_MANY_JOBS, message="full")
@@ -183,6 +188,7 @@ class FakeWorker:
                 run_id=request.run_id,
                 job_id=request.job_id,
                 attempt=request.attempt,
+                job_uid=request.job_uid,
                 task=request.task,
                 model=request.model,
                 seed=1,

@@ -530,3 +530,22 @@ async def test_queued_jobs_are_decided_again_only_when_the_pools_spec_changes_no
         assert len(decided) == 60  # a new spec: each job is decided again
     finally:
         reconcile.jobrules.refusal = refusal  # type: ignore[assignment]
+
+
+@in_loop
+async def test_a_job_made_anew_under_a_deleted_jobs_name_runs_itself_not_the_earlier_run(fleet):
+    [worker] = fleet.pool()
+    fleet.job("a")
+    await rounds(fleet, 2)
+    earlier = fleet.kube.objects[("generationjobs", NAMESPACE, "a")]
+    assert earlier["status"]["phase"] == "Succeeded"
+    run = protocol.run_id(f"{NAMESPACE}/a", 1)
+    del fleet.kube.objects[("generationjobs", NAMESPACE, "a")]
+    await handlers.job_event(event={"type": "DELETED"}, namespace=NAMESPACE, name="a", memo=Memo(fleet))
+    fleet.job("a")  # the same manifest applied again: another uid
+    anew = fleet.kube.objects[("generationjobs", NAMESPACE, "a")]
+    assert anew["metadata"]["uid"] != earlier["metadata"]["uid"]
+    await rounds(fleet, 2)
+    assert fleet.status("a")["phase"] == "Succeeded"
+    assert worker.submits == [run, run]  # attempt 1 of each job
+    assert worker.runs[run].job_uid == anew["metadata"]["uid"]  # a run of its own

@@ -442,19 +442,23 @@ def test_next_step(job: jobs.JobView, refused: jobs.Refusal | None, step: jobs.S
     assert jobs.next_step(job, refused, NOW) is step
 
 
-def run(job: str, attempt: int) -> jobs.WorkerRun:
-    return jobs.WorkerRun("sd-0", f"{job.replace('/', '_')}_{attempt}", job, attempt)
+def run(job: str, attempt: int, uid: str | None = "u1") -> jobs.WorkerRun:
+    return jobs.WorkerRun("sd-0", f"{job.replace('/', '_')}_{attempt}", job, attempt, uid)
 
 
 @pytest.mark.parametrize(
     ("runs", "live", "stray"),
     [
-        ([run("a/x", 1)], {"a/x": 1}, []),  # its job's live attempt
+        ([run("a/x", 1)], {"a/x": (1, "u1")}, []),  # its job's live attempt
+        ([run("a/x", 1, uid=None)], {"a/x": (1, "u1")}, []),  # a worker that does not say
         ([run("a/x", 1)], {}, [run("a/x", 1)]),  # its job is gone, or no longer Dispatched/Running
-        ([run("a/x", 1), run("a/x", 2)], {"a/x": 2}, [run("a/x", 1)]),  # an attempt moved past
-        ([run("a/x", 2)], {"a/x": 1}, [run("a/x", 2)]),  # a job of that name made anew
-        ([run("a/x", 1)], {"b/x": 1}, [run("a/x", 1)]),  # the same name in another namespace
+        ([run("a/x", 1), run("a/x", 2)], {"a/x": (2, "u1")}, [run("a/x", 1)]),  # an attempt moved past
+        ([run("a/x", 2)], {"a/x": (1, "u1")}, [run("a/x", 2)]),  # a job of that name made anew
+        ([run("a/x", 1)], {"a/x": (1, "u2")}, [run("a/x", 1)]),  # the same attempt of an earlier job
+        ([run("a/x", 1)], {"b/x": (1, "u1")}, [run("a/x", 1)]),  # the same name in another namespace
     ],
 )
-def test_stray_runs(runs: list[jobs.WorkerRun], live: dict[str, int], stray: list[jobs.WorkerRun]) -> None:
+def test_stray_runs(
+    runs: list[jobs.WorkerRun], live: dict[str, tuple[int, str]], stray: list[jobs.WorkerRun]
+) -> None:
     assert jobs.stray_runs(runs, live) == stray

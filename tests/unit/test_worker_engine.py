@@ -357,3 +357,28 @@ def test_progress_carries_the_end_of_the_text_so_far_and_an_ended_run_keeps_it_i
     final = engine.events_after(run_id, 0)[0][-1].status
     assert final is not None and final.progress.text == texts[2][-MAX_PROGRESS_TEXT_CHARS:]
     engine.shutdown()
+
+
+def test_a_job_made_anew_under_its_name_gets_its_own_run_once_the_earlier_one_has_ended(
+    tmp_path: Path,
+) -> None:
+    gate = threading.Event()
+    engine = make_engine(tmp_path, FakePipeline(gate=gate))
+    earlier = request(tmp_path, "a", steps=200).model_copy(update={"job_uid": "uid-1"})
+    anew = earlier.model_copy(update={"job_uid": "uid-2"})
+    try:
+        first, _ = engine.submit(earlier)
+        again, created = engine.submit(earlier)  # the same job again: the same run
+        assert (again.run_id, again.job_uid, created) == (first.run_id, "uid-1", False)
+        with pytest.raises(Refusal) as refused:
+            engine.submit(anew)  # the earlier job's run still holds the name
+        assert refused.value.reason is Reason.SPEC_MISMATCH
+        assert "earlier job of that name" in str(refused.value)
+        engine.cancel(first.run_id)
+    finally:
+        gate.set()
+    assert finished(engine, first.run_id).job_uid == "uid-1"
+    second, created = engine.submit(anew)
+    assert created and second.job_uid == "uid-2" and second.phase is Phase.RUNNING
+    assert finished(engine, second.run_id).phase is Phase.SUCCEEDED
+    engine.shutdown()

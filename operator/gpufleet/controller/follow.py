@@ -70,6 +70,7 @@ def submit_request(job: GenerationJob) -> protocol.SubmitRequest:
     return protocol.SubmitRequest(
         job_id=f"{meta['namespace']}/{meta['name']}",
         attempt=job.status.attempts,
+        job_uid=meta.get("uid"),
         task=job.spec.task,
         model=job.spec.model,
         input=job.spec.input,
@@ -307,7 +308,7 @@ async def follow_until_done(
         try:
             # Right after its own submit the follower knows the worker has the run; otherwise
             # it asks first, as the run may never have arrived.
-            if not admitted and await until(ends, client.get(run)) is None:
+            if not admitted and not ours(await until(ends, client.get(run)), job):
                 if seen_running or await restarted_since_dispatch(client, job):
                     await lost(
                         op,
@@ -359,6 +360,11 @@ async def follow_until_done(
             await lost(op, job, attempt, f"worker {worker_pod} unreachable for {LOST_AFTER_SECONDS:.0f}s")
             return
         await until(ends, asyncio.sleep(1))
+
+
+def ours(run: protocol.JobStatus | None, job: GenerationJob) -> bool:
+    """Whether ``run`` is an attempt of ``job``, not of an earlier job of the same name."""
+    return run is not None and run.job_uid in (None, job.metadata.get("uid"))
 
 
 async def restarted_since_dispatch(client: WorkerClient, job: GenerationJob) -> bool:

@@ -198,9 +198,9 @@ async def reconcile_pool(op: Operator, namespace: str, name: str) -> None:
                 memory.mix = observe(
                     memory.mix, Demand(gpus=pool.spec.gpu.count, vram=jobrules.working_vram(job.spec))
                 )
-    live = {job_key(b): j.status.attempts for b, j in running}
+    live = {job_key(b): (j.status.attempts, b["metadata"].get("uid", "")) for b, j in running}
     runs = (
-        jobrules.WorkerRun(worker, run.run_id, run.job_id, run.attempt)
+        jobrules.WorkerRun(worker, run.run_id, run.job_id, run.attempt, run.job_uid)
         for worker, inventory in inventories.items()
         for run in inventory.jobs
     )

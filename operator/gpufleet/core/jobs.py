@@ -278,11 +278,17 @@ class WorkerRun:
     run_id: str
     job: str  # "namespace/name"
     attempt: int
+    job_uid: str | None = None  # None from a worker that does not say
 
 
-def stray_runs(runs: Iterable[WorkerRun], live_attempts: Mapping[str, int]) -> list[WorkerRun]:
+def stray_runs(runs: Iterable[WorkerRun], live_attempts: Mapping[str, tuple[int, str]]) -> list[WorkerRun]:
     """The runs no job wants: a job wants only its current attempt, and only while it is
-    Dispatched or Running (``live_attempts``: job -> that attempt). The others belong to a
-    deleted job, or to an attempt its job has moved past (lost, timed out, given no answer,
-    ended): their workers should stop them, so they neither hold a GPU nor write artifacts."""
-    return [run for run in runs if live_attempts.get(run.job) != run.attempt]
+    Dispatched or Running (``live_attempts``: job -> that attempt and the job's uid). The others
+    belong to a deleted job (or an earlier one of the same name), or to an attempt its job has
+    moved past (lost, timed out, given no answer, ended): their workers should stop them, so
+    they neither hold a GPU nor write artifacts."""
+    return [run for run in runs if not wanted(run, live_attempts.get(run.job))]
+
+
+def wanted(run: WorkerRun, live: tuple[int, str] | None) -> bool:
+    return live is not None and live[0] == run.attempt and run.job_uid in (None, live[1])

@@ -390,6 +390,16 @@ class Engine:
         """
         with self._lock:
             existing = self._runs.get(request.run_id)
+            if existing is not None and existing.request.job_uid != request.job_uid:
+                # An earlier job of that name, deleted since: its ended run makes way.
+                if existing.status.phase not in TERMINAL_PHASES:
+                    raise Refusal(
+                        Reason.SPEC_MISMATCH,
+                        f"run {request.run_id} of an earlier job of that name (uid "
+                        f"{existing.request.job_uid}) has not ended yet",
+                    )
+                del self._runs[request.run_id]
+                existing = None
             if existing is not None:
                 if existing.request != request:
                     raise Refusal(
@@ -432,6 +442,7 @@ class Engine:
                     run_id=request.run_id,
                     job_id=request.job_id,
                     attempt=request.attempt,
+                    job_uid=request.job_uid,
                     task=request.task,
                     model=request.model,
                     seed=seed,

@@ -9,7 +9,9 @@ with the pool's token; anything else gets 401.
 
 A job attempt on a worker is a *run*. It is named by ``run_id(job_id, attempt)``, which the
 operator can compute without asking, and submitting the same (job id, attempt) again returns
-the existing run instead of starting a second one.
+the existing run instead of starting a second one. A job deleted and made anew under the same
+name is another job (another ``job_uid``): its submit replaces an ended run of the earlier
+one, and is refused (SpecMismatch) while that run has not ended.
 """
 
 from __future__ import annotations
@@ -150,6 +152,11 @@ class SubmitRequest(CamelModel):
         description="The GenerationJob as namespace/name, or its uid.",
     )
     attempt: int = Field(ge=1, le=MAX_ATTEMPT, description="Attempt number, from 1.")
+    job_uid: str | None = Field(
+        default=None,
+        max_length=64,
+        description="The job object's uid: a job made anew under the same name is another job.",
+    )
     task: Task
     model: str = Field(min_length=1, max_length=253, description="A model this worker serves.")
     input: JobInput
@@ -279,6 +286,7 @@ class JobStatus(CamelModel):
     run_id: str
     job_id: str
     attempt: int
+    job_uid: str | None = Field(default=None, description="The uid of the job it was submitted for.")
     task: Task
     model: str
     seed: int = Field(description="The seed used; chosen at random when the input had none.")
