@@ -7,6 +7,7 @@ import asyncio
 import math
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
@@ -15,7 +16,7 @@ import gpufleet_worker.protocol as protocol
 from gpufleet.controller import handlers, metrics
 from gpufleet.core import breaker
 
-from .fakes import NAMESPACE, Harness
+from .fakes import NAMESPACE, FakeWorker, Harness
 
 
 class Memo:
@@ -47,6 +48,16 @@ async def rounds(fleet: Harness, count: int, pool: str = "sd") -> None:
     for _ in range(count):
         await fleet.round(pool)
         await fleet.settle()
+
+
+async def running_on_a_held_worker(fleet: Harness, name: str = "a", **spec: Any) -> FakeWorker:
+    """One worker whose runs wait to be released, and job ``name`` dispatched to it."""
+    [worker] = fleet.pool()
+    worker.hold = True
+    fleet.job(name, **spec)
+    await fleet.round()  # dispatched; its follower waits for the run's result
+    assert fleet.status(name)["phase"] == "Dispatched"
+    return worker
 
 
 @in_loop
@@ -140,11 +151,7 @@ async def test_a_busy_worker_refusal_backs_off_and_keeps_the_attempt_number(flee
 
 @in_loop
 async def test_a_round_with_a_stale_copy_does_not_replay_a_finished_run(fleet):
-    [worker] = fleet.pool()
-    worker.hold = True
-    fleet.job("a")
-    await fleet.round()  # dispatched; its follower waits for the run's result
-    assert fleet.status("a")["phase"] == "Dispatched"
+    worker = await running_on_a_held_worker(fleet)
     # The next round snapshots the job as running, then waits on the worker's inventory...
     worker.inventory_gate = asyncio.Event()
     worker.inventory_asked.clear()
@@ -277,11 +284,7 @@ async def test_refused_worker_pods_stall_the_pool_with_one_event_until_they_are_
 
 @in_loop
 async def test_a_running_job_whose_pool_was_deleted_goes_back_to_pending_naming_it(fleet):
-    [worker] = fleet.pool()
-    worker.hold = True
-    fleet.job("a")
-    await fleet.round()
-    assert fleet.status("a")["phase"] == "Dispatched"
+    await running_on_a_held_worker(fleet)
     # The pool goes while no round or follower is looking (as when it is deleted while the
     # operator is down): the follower stops, the orphan sweep finds the job.
     fleet.op.followers.stop((NAMESPACE, "a"))
@@ -445,11 +448,7 @@ async def follow_dispatched_as_a_new_leader(fleet: Harness, name: str) -> None:
 
 @in_loop
 async def test_a_dispatched_attempt_whose_worker_restarted_since_is_a_new_attempt_not_a_resend(fleet):
-    [worker] = fleet.pool()
-    worker.hold = True
-    fleet.job("a", retry={"maxAttempts": 3, "backoffSeconds": 1})
-    await fleet.round()
-    assert fleet.status("a")["phase"] == "Dispatched"
+    worker = await running_on_a_held_worker(fleet, retry={"maxAttempts": 3, "backoffSeconds": 1})
     assert fleet.status("a")["worker"]["instance"] == "first"
     worker.restart()  # attempt 1 was admitted by the process that is now gone
     await follow_dispatched_as_a_new_leader(fleet, "a")
@@ -468,10 +467,7 @@ async def test_a_dispatched_attempt_whose_worker_restarted_since_is_a_new_attemp
 
 @in_loop
 async def test_a_dispatched_attempt_that_never_reached_its_worker_is_sent_again_under_its_number(fleet):
-    [worker] = fleet.pool()
-    worker.hold = True
-    fleet.job("a")
-    await fleet.round()
+    worker = await running_on_a_held_worker(fleet)
     job = f"{NAMESPACE}/a"
     del worker.runs[protocol.run_id(job, 1)]  # as if the replica stopped before its submit
     await follow_dispatched_as_a_new_leader(fleet, "a")
@@ -486,11 +482,7 @@ async def test_a_dispatched_attempt_that_never_reached_its_worker_is_sent_again_
 
 @in_loop
 async def test_a_job_deleted_while_it_runs_has_its_run_stopped_by_the_next_round(fleet):
-    [worker] = fleet.pool()
-    worker.hold = True
-    fleet.job("a")
-    await fleet.round()
-    assert fleet.status("a")["phase"] == "Dispatched"
+    worker = await running_on_a_held_worker(fleet)
     del fleet.kube.objects[("generationjobs", NAMESPACE, "a")]  # no finalizer holds it
     await handlers.job_event(event={"type": "DELETED"}, namespace=NAMESPACE, name="a", memo=Memo(fleet))
     assert fleet.op.cache.wakeup(NAMESPACE, "sd").is_set()  # its pool's round runs at once
