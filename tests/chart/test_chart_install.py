@@ -201,7 +201,7 @@ def test_namespaced_permissions_matrix(install, extra_namespaces):
     ns = release.namespace
     must = [
         ("watch", "workerpools.gpufleet.io", watched),
-        ("patch", "generationjobs.gpufleet.io", watched),
+        ("patch", "workerpools.gpufleet.io", watched),  # kopf's finalizer on pools
         ("delete", "generationjobs.gpufleet.io", watched),
         ("patch", "workerpools.gpufleet.io/status", watched),
         ("update", "generationjobs.gpufleet.io/status", watched),
@@ -229,6 +229,7 @@ def test_namespaced_permissions_matrix(install, extra_namespaces):
         ("create", "pods", ns),
         ("list", "pods", None),
         ("delete", "workerpools.gpufleet.io", watched),
+        ("patch", "generationjobs.gpufleet.io", watched),  # jobs: status only, no finalizer
         ("create", "leases.coordination.k8s.io", watched),
         ("patch", "nodes", None),
         ("create", "customresourcedefinitions.apiextensions.k8s.io", None),
