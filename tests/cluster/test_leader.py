@@ -71,6 +71,39 @@ def test_a_frozen_leader_stops_before_another_takes_over(cluster, namespace):
     assert lease.spec.holder_identity == "second"
 
 
+class FreezesWhenRead(dict):
+    """A manifest part whose serialisation stands for a freeze: the replica is paused past its
+    renew deadline while the client prepares the request, after any check made before it."""
+
+    def __init__(self, leader: LeaderElector, *args: Any) -> None:
+        super().__init__(*args)
+        self.leader = leader
+
+    def items(self) -> Any:
+        assert self.leader.holds()  # the write began while the replica led
+        self.leader.renewed_at = time.monotonic() - self.leader.renew_deadline_seconds - 1
+        return super().items()
+
+
+def test_a_freeze_while_a_write_is_prepared_stops_it_before_it_leaves(cluster, namespace):
+    leader = elector(cluster, namespace, "first")
+    exits = stopping_by_exception(leader)
+    assert leader._try_acquire()
+    kube = Kube(cluster.api_client(), fence=leader.fence)
+    manifest = {
+        "metadata": {"name": "written-by-a-frozen-replica"},
+        "stringData": FreezesWhenRead(leader, {"token": "x"}),
+    }
+    with pytest.raises(Exited):
+        asyncio.run(kube.create_secret(namespace, manifest))
+    assert exits == ["stopped"]
+    with pytest.raises(client.ApiException) as missing:
+        client.CoreV1Api(cluster.api_client()).read_namespaced_secret(
+            "written-by-a-frozen-replica", namespace
+        )
+    assert missing.value.status == 404
+
+
 def test_timings_that_would_let_two_leaders_overlap_are_refused(cluster):
     api = client.CoordinationV1Api(cluster.api_client())
     with pytest.raises(ValueError, match="renew deadline < lease duration"):

@@ -23,7 +23,7 @@ class RefusingCore:
 
 def kube_with(core: RefusingCore) -> Kube:
     kube = Kube.__new__(Kube)
-    kube.core, kube.fence = core, None  # type: ignore[assignment]
+    kube.core = core  # type: ignore[assignment]
     return kube
 
 

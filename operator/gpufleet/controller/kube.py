@@ -11,8 +11,10 @@ import secrets
 from collections.abc import Callable
 from typing import Any, cast
 
+import urllib3
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
+from urllib3.connection import HTTPConnection, HTTPSConnection
 
 from gpufleet.api.models import GROUP, VERSION
 
@@ -54,24 +56,46 @@ CONFLICT_TRIES = 5
 CONFLICT_BACKOFF_SECONDS = 0.02  # first wait after a 409; doubles, with jitter
 
 
+def install_fence(api: client.ApiClient, fence: Callable[[], None]) -> None:
+    """Makes every request of ``api`` call ``fence`` as its bytes go to the socket.
+
+    Checked any earlier (before the client serialises the body and takes a connection), a
+    replica frozen in between would still send once resumed, after another had taken over;
+    at the socket, only the few instructions between the check and the send remain.
+    """
+
+    def fenced(connection: type[HTTPConnection]) -> type[HTTPConnection]:
+        class Fenced(connection):  # type: ignore[valid-type,misc]
+            def send(self, data: Any) -> None:
+                fence()
+                super().send(data)
+
+        return Fenced
+
+    class FencedHTTPPool(urllib3.HTTPConnectionPool):
+        ConnectionCls = fenced(HTTPConnection)
+
+    class FencedHTTPSPool(urllib3.HTTPSConnectionPool):
+        ConnectionCls = fenced(HTTPSConnection)  # type: ignore[assignment]
+
+    pool_manager = api.rest_client.pool_manager
+    pool_manager.clear()  # no connection made before stays in use
+    pool_manager.pool_classes_by_scheme = {"http": FencedHTTPPool, "https": FencedHTTPSPool}
+
+
 class Kube:
-    """Every write of the operator. ``fence`` runs right before each request leaves (see
-    leader.LeaderElector.fence): a replica that no longer knows it leads never writes."""
+    """Every write of the operator. With a ``fence`` (leader.LeaderElector.fence), each request
+    checks it as it leaves (install_fence): a replica that no longer knows it leads never writes."""
 
     def __init__(self, api: client.ApiClient, fence: Callable[[], None] | None = None) -> None:
+        if fence is not None:
+            install_fence(api, fence)
         self.core = client.CoreV1Api(api)
         self.custom = client.CustomObjectsApi(api)
         self.events = client.EventsV1Api(api)
-        self.coordination = client.CoordinationV1Api(api)
-        self.fence = fence
 
     async def _send(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        def fenced() -> Any:
-            if self.fence is not None:
-                self.fence()
-            return call(*args, **kwargs)
-
-        return await asyncio.to_thread(fenced)
+        return await asyncio.to_thread(call, *args, **kwargs)
 
     async def patch_status(
         self, plural: str, namespace: str, name: str, status: dict[str, Any]
