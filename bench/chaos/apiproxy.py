@@ -74,6 +74,8 @@ class ApiProxy:
         asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
+        if not self._thread.is_alive():
+            self._loop.close()
 
     def recorded(self) -> list[Write]:
         with self._lock:
@@ -104,6 +106,11 @@ class ApiProxy:
             await self._runner.cleanup()
         if self._session is not None:
             await self._session.close()
+        # Watches still being forwarded end here, not as "Task was destroyed" when the loop goes.
+        others = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        for task in others:
+            task.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
 
     def _record(self, request: web.Request, at: float, status: int, injected: bool) -> None:
         if request.method in WRITE_METHODS:
