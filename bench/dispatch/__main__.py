@@ -26,6 +26,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,19 @@ def request_counts(api: client.ApiClient) -> dict[str, float]:
         )
         counts[key] = counts.get(key, 0) + float(line.rsplit(" ", 1)[1])
     return counts
+
+
+def rounds(operator: OperatorProcess) -> tuple[float, float]:
+    """How many pool rounds the operator has run, and their seconds in all (its /metrics)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{operator.metrics_port}/metrics", timeout=10) as reply:
+        text = reply.read().decode()
+    count = total = 0.0
+    for line in text.splitlines():
+        if line.startswith("gpufleet_round_seconds_count{"):
+            count += float(line.rsplit(" ", 1)[1])
+        elif line.startswith("gpufleet_round_seconds_sum{"):
+            total += float(line.rsplit(" ", 1)[1])
+    return count, total
 
 
 def timings(created: dict[str, float], started: dict[str, float], released: float = 0.0) -> dict[str, float]:
@@ -194,6 +208,7 @@ def run_gpufleet(
         custom.list_namespaced_custom_object, (GROUP, VERSION, NAMESPACE, "generationjobs"), seen, stop
     )
     before = request_counts(api)
+    rounds_before = rounds(operator)
     sampler = Sampler(operator.process.pid)  # type: ignore[union-attr]
 
     def create(index: int) -> str:
@@ -218,6 +233,7 @@ def run_gpufleet(
     elapsed = time.monotonic() - started
     cpu, peak = sampler.finish()
     after = request_counts(api)
+    rounds_after = rounds(operator)
     stop.set()
     watcher.join(35)
     first_waits = [first_status[n] - created[n] for n in created]
@@ -230,6 +246,8 @@ def run_gpufleet(
         "writes": per_job(before, after, count, ("generationjobs", "events", "pods")),
         "cpu": cpu,
         "peak_rss_mb": peak / 2**20,
+        "rounds": rounds_after[0] - rounds_before[0],
+        "round_seconds": rounds_after[1] - rounds_before[1],
     }
 
 
@@ -378,6 +396,11 @@ def print_table(rows: list[dict]) -> None:
     print()
     for r in rows:
         print(f"API writes per job, {r['system']} at {r['jobs']:,}: {json.dumps(r['writes'])}")
+        if "rounds" in r:
+            print(
+                f"  pool rounds: {r['rounds']:.0f}, {r['round_seconds']:.1f} s in all "
+                f"({r['round_seconds'] / max(r['rounds'], 1) * 1000:.0f} ms each, {r['seconds']:.0f} s run)"
+            )
 
 
 def main() -> int:

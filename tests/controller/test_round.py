@@ -365,6 +365,32 @@ async def test_an_unchanged_queue_is_not_decided_again_until_the_pool_changes(fl
 
 
 @in_loop
+async def test_finished_jobs_are_not_decided_again_until_their_ttl_or_a_change(fleet):
+    from datetime import timedelta
+    from unittest import mock
+
+    from gpufleet.controller import reconcile
+
+    fleet.pool()
+    fleet.job("kept")
+    fleet.job("short-lived", ttlSecondsAfterFinished=60)
+    await rounds(fleet, 2)
+    assert fleet.status("kept")["phase"] == fleet.status("short-lived")["phase"] == "Succeeded"
+    await rounds(fleet, 1)  # each decided once more as it is now
+    with mock.patch.object(reconcile, "job_step", wraps=reconcile.job_step) as step:
+        await rounds(fleet, 3)
+        assert step.call_count == 0  # nothing to do for either, whatever the clock says
+        later = reconcile.now_utc() + timedelta(seconds=61)
+        with mock.patch.object(reconcile, "now_utc", return_value=later):
+            await rounds(fleet, 1)
+        # The short-lived one's time came: decided again, and deleted; the kept one was not.
+        assert [call.args[1].metadata["name"] for call in step.call_args_list] == ["short-lived"]
+    assert fleet.kube.writes["delete generationjobs"] == 1
+    assert ("generationjobs", NAMESPACE, "short-lived") not in fleet.kube.objects
+    assert ("generationjobs", NAMESPACE, "kept") in fleet.kube.objects
+
+
+@in_loop
 async def test_a_round_offers_placement_the_head_of_the_queue_only(fleet):
     from unittest import mock
 

@@ -442,6 +442,31 @@ def test_next_step(job: jobs.JobView, refused: jobs.Refusal | None, step: jobs.S
     assert jobs.next_step(job, refused, NOW) is step
 
 
+FOREVER = datetime.max.replace(tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("job", "quiet_until"),
+    [
+        (view(phase=P.SUCCEEDED, attempts=1, completion_time=NOW), FOREVER),  # kept: nothing to do
+        (view(phase=P.CANCELLED, cancel=True), FOREVER),
+        (view(phase=P.FAILED, completion_time=NOW, ttl_seconds=60), NOW + timedelta(seconds=60)),
+        (view(phase=P.SUCCEEDED, deleting=True), None),  # to forget
+        (view(phase=P.QUEUED), None),
+        (view(phase=P.QUEUED, attempts=1, start_time=STARTED), None),  # its deadline may pass
+        (view(phase=P.RUNNING, attempts=1), None),  # to follow
+        (view(phase=P.PENDING), None),  # its pool may change
+    ],
+)
+def test_quiet_until(job: jobs.JobView, quiet_until: datetime | None) -> None:
+    assert jobs.quiet_until(job) == quiet_until
+    if quiet_until is not None:  # next_step says nothing until then, whatever the pool says
+        for now in (NOW, NOW + timedelta(seconds=59), NOW + timedelta(days=3650)):
+            expected = S.NOTHING if now < quiet_until else S.EXPIRE
+            for refused in (None, POOL_GONE):
+                assert jobs.next_step(job, refused, now) is expected
+
+
 def run(job: str, attempt: int, uid: str | None = "u1") -> jobs.WorkerRun:
     return jobs.WorkerRun("sd-0", f"{job.replace('/', '_')}_{attempt}", job, attempt, uid)
 

@@ -157,6 +157,10 @@ def test_queue_wait_counts_first_dispatches_and_run_time_needs_a_start() -> None
     assert REGISTRY.get_sample_value("gpufleet_job_run_seconds_sum", run) == 12
     finished = {"namespace": "metrics-unit", "pool": "sd", "outcome": "failed"}
     assert REGISTRY.get_sample_value("gpufleet_jobs_finished_total", finished) == 2
+    pool = {"namespace": "metrics-unit", "pool": "sd"}
+    metrics.ROUND_SECONDS.labels("metrics-unit", "sd").observe(0.02)
+    assert REGISTRY.get_sample_value("gpufleet_round_seconds_count", pool) == 1
     metrics.forget_pool("metrics-unit", "sd")
+    assert REGISTRY.get_sample_value("gpufleet_round_seconds_count", pool) is None
     assert REGISTRY.get_sample_value("gpufleet_jobs_finished_total", finished) is None
     assert REGISTRY.get_sample_value("gpufleet_job_queue_wait_seconds_count", wait) is None

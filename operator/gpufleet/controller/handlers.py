@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -157,6 +158,7 @@ async def pool_daemon(namespace: Any, name: Any, stopped: kopf.DaemonStopped, me
     wakeup = op.cache.wakeup(namespace, name)
     while not stopped:
         wakeup.clear()
+        started = time.perf_counter()
         try:
             await reconcile.reconcile_pool(op, namespace, name)
         except NamespaceTerminating:  # the pool goes with its namespace: nothing to do meanwhile
@@ -164,8 +166,14 @@ async def pool_daemon(namespace: Any, name: Any, stopped: kopf.DaemonStopped, me
         except Exception:
             metrics.RECONCILE_ERRORS.labels(namespace, name).inc()
             log.exception("reconciling pool %s/%s", namespace, name)
+        took = time.perf_counter() - started
+        metrics.ROUND_SECONDS.labels(namespace, name).observe(took)
         if stopped:
             break
+        # Every job event wakes the pool, and a round walks its whole queue: with thousands
+        # queued, rounds back to back would leave the followers and the watches little time.
+        # Resting as long as the round took keeps rounds to at most half of it.
+        await asyncio.sleep(min(took, RECONCILE_INTERVAL))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(wakeup.wait(), RECONCILE_INTERVAL)
 

@@ -47,6 +47,12 @@ DISPATCH_ERRORS = Counter("gpufleet_dispatch_errors_total", "Dispatches a worker
 RECONCILE_ERRORS = Counter(
     "gpufleet_reconcile_errors_total", "Pool reconcile rounds that raised", ["namespace", "pool"]
 )
+ROUND_SECONDS = Histogram(
+    "gpufleet_round_seconds",
+    "How long a pool's rounds take (snapshot, decisions, sizing, placement, writes)",
+    ["namespace", "pool"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
 LEADER = Gauge("gpufleet_leader", "1 on the replica that holds the leader Lease and acts, 0 on a standby")
 BUILD = Info("gpufleet_build", "The running operator's version")
 
@@ -165,5 +171,6 @@ def forget_pool(namespace: str, pool: str) -> None:
         for outcome in OUTCOMES:
             with contextlib.suppress(KeyError):
                 RUN_SECONDS.remove(namespace, pool, task.value, outcome)
-    with contextlib.suppress(KeyError):
-        RECONCILE_ERRORS.remove(namespace, pool)
+    for labelled in (RECONCILE_ERRORS, ROUND_SECONDS):
+        with contextlib.suppress(KeyError):
+            labelled.remove(namespace, pool)

@@ -183,13 +183,21 @@ async def reconcile_pool(op: Operator, namespace: str, name: str) -> None:
             if held.queued is not None:  # still waiting, as it was
                 waiting.append((held.queued, job))
                 continue
+            if held.quiet_until is not None and now < held.quiet_until:  # finished, kept
+                continue
             refused, holds = held.refused, held.held
         else:
             refused = jobrules.refusal(job.spec, pool.spec, classes)
             holds = sizing_job(job, model_vram)
         action = job_step(op, job, job_body, refused, now, token, writes)
         memory.decisions[key] = JobDecision(
-            job_body, job, basis, refused, action if not job.status.attempts else None, holds
+            job_body,
+            job,
+            basis,
+            refused,
+            action if not job.status.attempts else None,
+            holds,
+            jobrules.quiet_until(job_view(op, job)),
         )
         if action is not None:
             waiting.append((action, job))
@@ -367,6 +375,21 @@ async def replace_pod(op: Operator, body: dict, namespace: str, pod: dict, why: 
     await op.kube.event(body, "WorkerReplaced", why, warning=True)
 
 
+def job_view(op: Operator, job: GenerationJob) -> jobrules.JobView:
+    meta, status, spec = job.metadata, job.status, job.spec
+    return jobrules.JobView(
+        phase=status.phase,
+        deleting=bool(meta.get("deletionTimestamp")),
+        cancel=spec.cancel,
+        cancel_sent=op.job(meta["namespace"], meta["name"]).cancel_sent,
+        attempts=status.attempts,
+        start_time=status.start_time,
+        completion_time=status.completion_time,
+        timeout_seconds=spec.timeout_seconds,
+        ttl_seconds=spec.ttl_seconds_after_finished,
+    )
+
+
 def job_step(
     op: Operator,
     job: GenerationJob,
@@ -381,21 +404,7 @@ def job_step(
     meta, status, spec = job.metadata, job.status, job.spec
     namespace, name = meta["namespace"], meta["name"]
     memory = op.job(namespace, name)
-    step = jobrules.next_step(
-        jobrules.JobView(
-            phase=status.phase,
-            deleting=bool(meta.get("deletionTimestamp")),
-            cancel=spec.cancel,
-            cancel_sent=memory.cancel_sent,
-            attempts=status.attempts,
-            start_time=status.start_time,
-            completion_time=status.completion_time,
-            timeout_seconds=spec.timeout_seconds,
-            ttl_seconds=spec.ttl_seconds_after_finished,
-        ),
-        refused,
-        now,
-    )
+    step = jobrules.next_step(job_view(op, job), refused, now)
     Step = jobrules.Step
     if step is Step.FORGET:
         writes.append(forget_job(op, job, token))

@@ -5,6 +5,7 @@ explicitly (to kopf handlers through their ``memo``)."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import hashlib
 import hmac
 import logging
@@ -45,6 +46,7 @@ class JobDecision:
     refused: Refusal | None
     queued: WaitingJob | None  # it waits in the queue, and no clock can change that (no attempt yet)
     held: SizingJob  # what it holds on a GPU, for sizing
+    quiet_until: dt.datetime | None = None  # nothing to do for it until then (core.jobs.quiet_until)
 
 
 @dataclass

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
 from gpufleet.api.capabilities import model_tasks
@@ -268,6 +268,17 @@ def next_step(job: JobView, refused: Refusal | None, now: datetime) -> Step:
     if job.attempts and past_deadline(job.start_time, job.timeout_seconds, now):
         return Step.TIME_OUT
     return Step.QUEUE
+
+
+def quiet_until(job: JobView) -> datetime | None:
+    """Until when `next_step` says NOTHING for ``job`` as it is, whatever the clock and its
+    pool (datetime.max: for ever); None when it may say more. A round need not decide such a
+    job again until then, or until it changes: the finished jobs of a pool that keeps them."""
+    if job.deleting or job.phase not in TERMINAL_PHASES:
+        return None
+    if job.ttl_seconds is None or job.completion_time is None:
+        return datetime.max.replace(tzinfo=UTC)
+    return job.completion_time + timedelta(seconds=job.ttl_seconds)
 
 
 @dataclass(frozen=True)
