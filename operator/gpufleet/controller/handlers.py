@@ -170,10 +170,6 @@ async def pool_daemon(namespace: Any, name: Any, stopped: kopf.DaemonStopped, me
         metrics.ROUND_SECONDS.labels(namespace, name).observe(took)
         if stopped:
             break
-        # Every job event wakes the pool, and a round walks its whole queue: with thousands
-        # queued, rounds back to back would leave the followers and the watches little time.
-        # Resting as long as the round took keeps rounds to at most half of it.
-        await asyncio.sleep(min(took, RECONCILE_INTERVAL))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(wakeup.wait(), RECONCILE_INTERVAL)
 
