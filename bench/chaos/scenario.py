@@ -293,8 +293,18 @@ class Chaos:
             self.report.faults["worker-kill"] += 1
 
     def _pod_delete(self) -> None:
-        pod, _ = self._worker_with_run(POOL)
-        self.core.delete_namespaced_pod(pod, self.namespace)
+        def deleted() -> bool:
+            # A job's status can still name a pod that an earlier fault took: find another.
+            pod, _ = self._worker_with_run(POOL)
+            try:
+                self.core.delete_namespaced_pod(pod, self.namespace)
+            except ApiException as error:
+                if error.status != 404:
+                    raise
+                return False
+            return True
+
+        wait_for(deleted, bool, 120, interval=0.5, what="a worker pod with a run in progress deleted")
         self.report.faults["pod-delete"] += 1
 
     def _operator_down(self) -> None:
