@@ -67,6 +67,29 @@ class ChaosPlan:
     timeout: float = 600
 
 
+def lease_write(path: str) -> bool:
+    """A write of a Lease (trying for it, renewing, releasing) rather than an act of a leader;
+    creating one posts to the collection, whose path ends in ``/leases``."""
+    return "/leases/" in path or path.endswith("/leases")
+
+
+def overlaps(writes: list[Write]) -> tuple[list[str], list[str]]:
+    """Writes of a replica incarnation after another had written since its own last write:
+    (those the API server applied, those it refused). ``writes`` in arrival order, Leases out."""
+    applied: list[str] = []
+    refused: list[str] = []
+    finished: set[str] = set()
+    for before, after in itertools.pairwise(writes):
+        if before.replica != after.replica:
+            finished.add(before.replica)
+            if after.replica in finished:
+                (refused if after.status >= 400 else applied).append(
+                    f"{after.replica} wrote {after.method} {after.path} ({after.status}) at "
+                    f"{after.at:.2f} after {before.replica} wrote at {before.at:.2f}"
+                )
+    return applied, refused
+
+
 @dataclass
 class ChaosReport:
     jobs: int = 0
@@ -571,18 +594,9 @@ class Chaos:
             (w for r in self.replicas for w in r.proxy.recorded()), key=lambda w: w.at
         )
         report.injected_conflicts = sum(1 for w in writes if w.injected)
-        acting = [w for w in writes if "/leases/" not in w.path and not w.injected]
+        acting = [w for w in writes if not lease_write(w.path) and not w.injected]
         report.writes = len(acting)
-        finished: set[str] = set()
-        for before, after in itertools.pairwise(acting):
-            if before.replica != after.replica:
-                finished.add(before.replica)
-                if after.replica in finished:
-                    found = report.stale_refused if after.status >= 400 else report.interleavings
-                    found.append(
-                        f"{after.replica} wrote {after.method} {after.path} ({after.status}) at "
-                        f"{after.at:.2f} after {before.replica} wrote at {before.at:.2f}"
-                    )
+        report.interleavings, report.stale_refused = overlaps(acting)
         report.runs_started = self._runs_started()
         for name, phase in report.phases.items():
             if phase == "Succeeded":
