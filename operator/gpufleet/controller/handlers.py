@@ -166,8 +166,7 @@ async def pool_daemon(namespace: Any, name: Any, stopped: kopf.DaemonStopped, me
         except Exception:
             metrics.RECONCILE_ERRORS.labels(namespace, name).inc()
             log.exception("reconciling pool %s/%s", namespace, name)
-        took = time.perf_counter() - started
-        metrics.ROUND_SECONDS.labels(namespace, name).observe(took)
+        metrics.ROUND_SECONDS.labels(namespace, name).observe(time.perf_counter() - started)
         if stopped:
             break
         with contextlib.suppress(TimeoutError):

@@ -42,7 +42,7 @@ from gpufleet_worker.modelcache import CachedModel
 from . import follow, metrics
 from .jobstatus import now_utc, set_phase, stamp
 from .kube import POOLS, PodRefused
-from .state import JobDecision, Operator, PoolMemory
+from .state import JobDecision, JobMemory, Operator, PoolMemory
 from .workers import WorkerError
 
 log = logging.getLogger("gpufleet.pools")
@@ -189,7 +189,8 @@ async def reconcile_pool(op: Operator, namespace: str, name: str) -> None:
         else:
             refused = jobrules.refusal(job.spec, pool.spec, classes)
             holds = sizing_job(job, model_vram)
-        action = job_step(op, job, job_body, refused, now, token, writes)
+        view = job_view(job, op.job(job.metadata["namespace"], job.metadata["name"]))
+        action = job_step(op, job, view, job_body, refused, now, token, writes)
         memory.decisions[key] = JobDecision(
             job_body,
             job,
@@ -197,7 +198,7 @@ async def reconcile_pool(op: Operator, namespace: str, name: str) -> None:
             refused,
             action if not job.status.attempts else None,
             holds,
-            jobrules.quiet_until(job_view(op, job)),
+            jobrules.quiet_until(view),
         )
         if action is not None:
             waiting.append((action, job))
@@ -375,13 +376,14 @@ async def replace_pod(op: Operator, body: dict, namespace: str, pod: dict, why: 
     await op.kube.event(body, "WorkerReplaced", why, warning=True)
 
 
-def job_view(op: Operator, job: GenerationJob) -> jobrules.JobView:
+def job_view(job: GenerationJob, memory: JobMemory) -> jobrules.JobView:
+    """What core.jobs decides one job from: its resource and what the operator remembers of it."""
     meta, status, spec = job.metadata, job.status, job.spec
     return jobrules.JobView(
         phase=status.phase,
         deleting=bool(meta.get("deletionTimestamp")),
         cancel=spec.cancel,
-        cancel_sent=op.job(meta["namespace"], meta["name"]).cancel_sent,
+        cancel_sent=memory.cancel_sent,
         attempts=status.attempts,
         start_time=status.start_time,
         completion_time=status.completion_time,
@@ -393,18 +395,19 @@ def job_view(op: Operator, job: GenerationJob) -> jobrules.JobView:
 def job_step(
     op: Operator,
     job: GenerationJob,
+    view: jobrules.JobView,
     body: dict,
     refused: jobrules.Refusal | None,
     now: dt.datetime,
     token: str,
     writes: list[Awaitable[Any]],
 ) -> queue.WaitingJob | None:
-    """Decides one job (core.jobs.next_step), adds its writes; returns it when it waits in the
-    queue. ``refused``: why its pool cannot take it (core.jobs.refusal), or None."""
+    """Decides one job (core.jobs.next_step on ``view``, its job_view), adds its writes; returns
+    it when it waits in the queue. ``refused``: why its pool cannot take it (core.jobs.refusal)."""
     meta, status, spec = job.metadata, job.status, job.spec
     namespace, name = meta["namespace"], meta["name"]
     memory = op.job(namespace, name)
-    step = jobrules.next_step(job_view(op, job), refused, now)
+    step = jobrules.next_step(view, refused, now)
     Step = jobrules.Step
     if step is Step.FORGET:
         writes.append(forget_job(op, job, token))

@@ -270,14 +270,17 @@ def next_step(job: JobView, refused: Refusal | None, now: datetime) -> Step:
     return Step.QUEUE
 
 
+FOREVER = datetime.max.replace(tzinfo=UTC)
+
+
 def quiet_until(job: JobView) -> datetime | None:
     """Until when `next_step` says NOTHING for ``job`` as it is, whatever the clock and its
-    pool (datetime.max: for ever); None when it may say more. A round need not decide such a
-    job again until then, or until it changes: the finished jobs of a pool that keeps them."""
+    pool (FOREVER included); None when it may say more. A round need not decide such a job
+    again until then, or until it changes: the finished jobs of a pool that keeps them."""
     if job.deleting or job.phase not in TERMINAL_PHASES:
         return None
     if job.ttl_seconds is None or job.completion_time is None:
-        return datetime.max.replace(tzinfo=UTC)
+        return FOREVER
     return job.completion_time + timedelta(seconds=job.ttl_seconds)
 
 
