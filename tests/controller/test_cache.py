@@ -1,4 +1,5 @@
-"""The cache's typed jobs: parsed once per resourceVersion, the spec only when it changed."""
+"""The cache: typed jobs parsed once per resourceVersion (the spec only when it changed), the
+versions it holds, and the jobs it announces as new."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import copy
 import pytest
 
 from gpufleet.api.models import GenerationJob
-from gpufleet.controller.cache import Cache
+from gpufleet.controller.cache import Cache, gives_work
 
 from .fakes import job_body
 
@@ -89,3 +90,92 @@ def test_the_cache_holds_no_managed_fields_nor_kubectls_copy_of_the_manifest() -
     job = cache.parsed(held)
     assert job is not None and "managedFields" not in job.metadata
     assert cache.remember_job(stored(job_body("a"), 0)) is None  # older than the one held
+
+
+def test_the_echo_of_a_held_version_neither_replaces_it_nor_wakes_the_pool() -> None:
+    cache = Cache()
+    held = cache.remember_job(stored(job_body("a"), 7, phase="Queued"))
+    wakeup = cache.wakeup("default", "sd")
+    wakeup.clear()
+    assert cache.remember_job(stored(job_body("a"), 7, phase="Queued")) is None  # the watch's echo
+    assert cache.jobs[("default", "a")] is held
+    assert not wakeup.is_set()
+    assert cache.remember_job(stored(job_body("a"), 6, phase="Pending")) is None  # older
+    later = cache.remember_job(stored(job_body("a"), 8, phase="Succeeded"))
+    assert later is not None and cache.jobs[("default", "a")] is later and wakeup.is_set()
+
+
+def change(version: int, phase: str | None = None, **spec: object) -> dict:
+    body = stored(job_body("a", **spec), version)
+    body["status"] = {"phase": phase} if phase else {}
+    return body
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "wakes"),
+    [
+        pytest.param(None, change(1, "Running"), True, id="listed running"),
+        pytest.param(change(1), change(2, "Queued"), False, id="first status"),
+        pytest.param(change(2, "Queued"), change(3, "Queued"), False, id="position"),
+        pytest.param(change(3, "Queued"), change(4, "Dispatched"), False, id="dispatched"),
+        pytest.param(change(4, "Dispatched"), change(5, "Running"), False, id="running"),
+        pytest.param(change(5, "Running"), change(6, "Running"), False, id="progress"),
+        pytest.param(change(5, "Running"), change(6, "Succeeded"), True, id="ended: a slot is free"),
+        pytest.param(change(5, "Running"), change(6, "Queued"), True, id="back to the queue"),
+    ],
+)
+def test_a_round_is_woken_by_the_changes_it_has_work_in(before, after, wakes) -> None:  # type: ignore[no-untyped-def]
+    assert gives_work(before, after) is wakes
+
+
+def test_a_new_spec_a_deletion_or_another_object_wakes_the_round() -> None:
+    queued = change(2, "Queued")
+    cancelled = change(3, "Queued", cancel=True)
+    cancelled["metadata"]["generation"] = 2
+    deleting = change(3, "Queued")
+    deleting["metadata"]["deletionTimestamp"] = "2026-12-03T00:00:00Z"
+    other = change(3, "Queued")
+    other["metadata"]["uid"] = "u-2"
+    assert all(gives_work(queued, after) for after in (cancelled, deleting, other))
+
+
+def test_jobs_without_a_status_are_announced_to_the_first_status_writer_once_seen() -> None:
+    cache = Cache()
+    cache.remember_job(stored(job_body("a"), 1))
+    cache.remember_job(stored(job_body("b"), 2, phase="Queued"))
+    deleting = stored(job_body("c"), 3)
+    deleting["metadata"]["deletionTimestamp"] = "2026-12-03T00:00:00Z"
+    cache.remember_job(deleting)
+    assert list(cache.arrivals) == [("default", "a")] and cache.arrived.is_set()
+    cache.forget_job("default", "a")
+    assert not cache.arrivals
+
+
+def test_poolless_jobs_are_the_ones_whose_pool_is_not_held() -> None:
+    cache = Cache()
+    cache.remember_pool({"metadata": {"namespace": "default", "name": "sd", "resourceVersion": "1"}})
+    cache.remember_job(stored(job_body("a"), 2))
+    cache.remember_job(stored(job_body("b", pool="gone"), 3))
+    moved = stored(job_body("c", pool="gone"), 4)
+    cache.remember_job(moved)
+    cache.remember_job(stored(job_body("c"), 5))  # its pool changed to one that exists
+    assert [b["metadata"]["name"] for b in cache.poolless_jobs()] == ["b"]
+    cache.forget_pool("default", "sd")
+    assert sorted(b["metadata"]["name"] for b in cache.poolless_jobs()) == ["a", "b", "c"]
+
+
+def test_a_pools_status_write_does_not_wake_its_round_a_new_spec_does() -> None:
+    cache = Cache()
+
+    def pool(version: int, generation: int, **status: object) -> dict:
+        meta = {"namespace": "default", "name": "sd", "uid": "p", "resourceVersion": str(version)}
+        return {"metadata": {**meta, "generation": generation}, "spec": {}, "status": status}
+
+    cache.remember_pool(pool(1, 1))
+    wakeup = cache.wakeup("default", "sd")
+    assert wakeup.is_set()
+    wakeup.clear()
+    cache.remember_pool(pool(2, 1, queueDepth=5))  # its round's own status write
+    assert not wakeup.is_set() and cache.pools[("default", "sd")]["status"] == {"queueDepth": 5}
+    cache.remember_pool(pool(3, 2, queueDepth=5))
+    assert wakeup.is_set()

@@ -4,7 +4,8 @@ The watch handlers and the operator's writes both store bodies here; a body olde
 one held is ignored (by resourceVersion), so a round never acts on a watch event that has
 not caught up with the operator's own last write. Jobs are indexed by pool, and each job
 body is parsed once per resourceVersion, so a round over a queue of thousands costs no
-re-parsing. Pool rounds wait on a per-pool wake-up that job events and finished runs set.
+re-parsing. Pool rounds wait on a per-pool wake-up that the job changes a round has work in
+(`gives_work`), pods, pools and finished runs set.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from gpufleet import labels
+from gpufleet.api.conditions import TERMINAL_PHASES, JobPhase
 from gpufleet.api.models import GenerationJob, GenerationJobStatus
 from gpufleet.core.jobs import GpuClass
 
@@ -30,11 +32,13 @@ def resource_version(body: dict[str, Any]) -> int:
 
 
 def newer(current: dict[str, Any] | None, body: dict[str, Any]) -> bool:
-    """Whether ``body`` should replace ``current``: another object of that name, or not older."""
+    """Whether ``body`` should replace ``current``: another object of that name, or a later
+    version. The watch's echo of the operator's own write (the version it holds) is not: it
+    neither replaces the body a round decided on nor wakes a round."""
     return (
         current is None
         or current["metadata"].get("uid") != body["metadata"].get("uid")
-        or resource_version(body) >= resource_version(current)
+        or resource_version(body) > resource_version(current)
     )
 
 
@@ -53,6 +57,27 @@ def kept(body: dict[str, Any]) -> dict[str, Any]:
     if LAST_APPLIED in annotations:
         meta["annotations"] = {k: v for k, v in annotations.items() if k != LAST_APPLIED}
     return {**body, "metadata": meta}
+
+
+def phase(job: dict[str, Any]) -> str | None:
+    return (job.get("status") or {}).get("phase")
+
+
+def gives_work(current: dict[str, Any] | None, body: dict[str, Any]) -> bool:
+    """Whether a job's new version ``body`` can give its pool's round something to do: a job
+    it has not seen, a change of spec or a deletion, a run that ended (a slot is free) or went
+    back to the queue. Not the operator's own progress along the way (Queued, Dispatched,
+    Running, progress, positions): those come from the rounds and followers, and waking a
+    round for each would walk a long queue again for nothing."""
+    if current is None or current["metadata"].get("uid") != body["metadata"].get("uid"):
+        return True
+    before, after = current["metadata"], body["metadata"]
+    if before.get("generation") != after.get("generation") or bool(before.get("deletionTimestamp")) != bool(
+        after.get("deletionTimestamp")
+    ):
+        return True
+    old, new = phase(current), phase(body)
+    return old != new and (new in TERMINAL_PHASES or (new == JobPhase.QUEUED and old is not None))
 
 
 def pool_of(job: dict[str, Any]) -> str | None:
@@ -77,6 +102,9 @@ class Cache:
     gpu_nodes: dict[str, GpuClass] = field(default_factory=dict)
     # Set once kopf has delivered its first listing of every watched kind (see handlers).
     synced: asyncio.Event = field(default_factory=asyncio.Event)
+    # Jobs seen without a status yet, in arrival order, for the first-status writer (admit).
+    arrivals: dict[Key, None] = field(default_factory=dict)
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
     _jobs_by_pool: dict[Key, set[str]] = field(default_factory=dict)
     _parsed: dict[Key, Parsed] = field(default_factory=dict)
     _wakeups: dict[Key, asyncio.Event] = field(default_factory=dict)
@@ -95,12 +123,17 @@ class Cache:
         self.jobs[key] = body
         pool = (key[0], pool_of(body) or "")
         self._jobs_by_pool.setdefault(pool, set()).add(key[1])
-        self.wake(*pool)
+        if not phase(body) and not meta.get("deletionTimestamp"):
+            self.arrivals[key] = None  # its first status, and the wake-up, are admit's
+            self.arrived.set()
+        elif gives_work(current, body):
+            self.wake(*pool)
         return body
 
     def forget_job(self, namespace: str, name: str) -> None:
         body = self.jobs.pop((namespace, name), None)
         self._parsed.pop((namespace, name), None)
+        self.arrivals.pop((namespace, name), None)
         if body is not None:
             pool = (namespace, pool_of(body) or "")
             self._jobs_by_pool.get(pool, set()).discard(name)
@@ -109,6 +142,16 @@ class Cache:
     def pool_jobs(self, namespace: str, pool: str) -> list[dict[str, Any]]:
         names = self._jobs_by_pool.get((namespace, pool), ())
         return [self.jobs[(namespace, n)] for n in sorted(names) if (namespace, n) in self.jobs]
+
+    def poolless_jobs(self) -> list[dict[str, Any]]:
+        """The jobs whose pool the cache does not hold (found by pool, not by walking every job)."""
+        return [
+            self.jobs[(namespace, name)]
+            for (namespace, pool), names in self._jobs_by_pool.items()
+            if (namespace, pool) not in self.pools
+            for name in sorted(names)
+            if (namespace, name) in self.jobs
+        ]
 
     def parsed(self, body: dict[str, Any]) -> GenerationJob | None:
         """The typed job of ``body``, parsed once per resourceVersion; None when it does not parse.
@@ -147,10 +190,17 @@ class Cache:
 
     # -- pools, pods, nodes --------------------------------------------------------------------
     def remember_pool(self, body: dict[str, Any]) -> None:
+        """Holds the pool's newer version; wakes its round unless only its status changed
+        (which its round writes: each write woke the next round at once)."""
         key = (body["metadata"]["namespace"], body["metadata"]["name"])
-        if newer(self.pools.get(key), body):
+        current = self.pools.get(key)
+        if newer(current, body):
             self.pools[key] = kept(body)
-            self.wake(*key)
+            if current is None or any(
+                current["metadata"].get(field) != body["metadata"].get(field)
+                for field in ("uid", "generation", "deletionTimestamp", "labels", "annotations")
+            ):
+                self.wake(*key)
 
     def forget_pool(self, namespace: str, name: str) -> None:
         self.pools.pop((namespace, name), None)

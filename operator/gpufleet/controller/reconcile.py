@@ -40,9 +40,10 @@ from gpufleet.core.workerpod import (
 from gpufleet_worker.modelcache import CachedModel
 
 from . import follow, metrics
+from .cache import Key
 from .jobstatus import now_utc, set_phase, stamp
 from .kube import POOLS, PodRefused
-from .state import JobDecision, JobMemory, Operator, PoolMemory
+from .state import JobDecision, JobMemory, Operator, PoolMemory, QueueView
 from .workers import WorkerError
 
 log = logging.getLogger("gpufleet.pools")
@@ -74,6 +75,12 @@ def pod_unschedulable(pod: dict[str, Any]) -> bool:
 
 def job_key(job: dict[str, Any]) -> str:
     return f"{job['metadata']['namespace']}/{job['metadata']['name']}"
+
+
+def job_id(key: str) -> Key:
+    """The cache's key of the job a round calls ``key`` (namespace/name)."""
+    namespace, _, name = key.partition("/")
+    return namespace, name
 
 
 async def ensure_token_secret(op: Operator, pool: WorkerPool, memory: PoolMemory) -> str:
@@ -119,14 +126,20 @@ async def fetch_inventories(op: Operator, pods: list[dict], token: str) -> dict[
 
 
 async def bounded(limit: int, coroutines: Iterable[Awaitable[Any]]) -> list[Any]:
-    """Runs independent writes and worker calls concurrently, at most ``limit`` at once."""
+    """Runs independent writes and worker calls concurrently, at most ``limit`` at once, and
+    returns their results once all have ended; then raises the first one's error, if any (a
+    write that failed does not leave the others running past the round that holds them)."""
     gate = asyncio.Semaphore(limit)
 
     async def one(coroutine: Awaitable[Any]) -> Any:
         async with gate:
             return await coroutine
 
-    return await asyncio.gather(*(one(c) for c in coroutines))
+    results = await asyncio.gather(*(one(c) for c in coroutines), return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return results
 
 
 async def reconcile_pool(op: Operator, namespace: str, name: str) -> None:
@@ -138,6 +151,7 @@ async def reconcile_pool(op: Operator, namespace: str, name: str) -> None:
     # 1. Snapshot: the pool, its pods and jobs as the cache holds them now, parsed once.
     pool = WorkerPool.model_validate(body)
     memory = op.pool(namespace, name)
+    admitted_before = memory.admitted  # first statuses written after this are not in the snapshot
     pods = cache.pool_pods(namespace, name)
     gpu_classes = cache.gpu_classes()
     classes = jobrules.pool_gpu_classes(pool.spec, gpu_classes, min_memory_bytes(pool))
@@ -177,7 +191,11 @@ async def reconcile_pool(op: Operator, namespace: str, name: str) -> None:
     # The pool's spec (its generation: its status writes do not count) and the GPUs it can get.
     basis = (body["metadata"].get("uid"), body["metadata"].get("generation"), tuple(classes))
     memory.decisions = {}
+    claimed: set[Key] = set()  # jobs this step writes: held from the first-status writer
     for key, job_body, job, held in seen:
+        ident = (job.metadata["namespace"], job.metadata["name"])
+        if ident in op.writing:  # its first status is being written: the next round decides it
+            continue
         if held is not None and held.job is job and held.basis == basis:
             memory.decisions[key] = held
             if held.queued is not None:  # still waiting, as it was
@@ -190,7 +208,10 @@ async def reconcile_pool(op: Operator, namespace: str, name: str) -> None:
             refused = jobrules.refusal(job.spec, pool.spec, classes)
             holds = sizing_job(job, model_vram)
         view = job_view(job, op.job(job.metadata["namespace"], job.metadata["name"]))
+        before = len(writes)
         action = job_step(op, job, view, job_body, refused, now, token, writes)
+        if len(writes) > before and op.claim(ident):
+            claimed.add(ident)
         memory.decisions[key] = JobDecision(
             job_body,
             job,
@@ -217,7 +238,10 @@ async def reconcile_pool(op: Operator, namespace: str, name: str) -> None:
     writes.extend(
         stop_run(op, pods_by_name[run.worker], token, run) for run in jobrules.stray_runs(runs, live)
     )
-    await bounded(op.concurrency, writes)
+    try:
+        await bounded(op.concurrency, writes)
+    finally:
+        op.writing -= claimed
 
     # 4. Sizing: how many workers, and apply it.
     queued = [memory.decisions[w.key].held for w, _ in waiting]
@@ -256,8 +280,15 @@ async def reconcile_pool(op: Operator, namespace: str, name: str) -> None:
         memory.mix,
     )
 
-    # 6. Apply: dispatch the placed jobs, and tell the others where they stand.
-    for assignment in plan.assignments:
+    # 6. Apply: dispatch the placed jobs, and tell the others where they stand. A job whose
+    # first status the first-status writer took up since the snapshot waits for the next round.
+    claimed = {
+        ident
+        for w in ordered
+        if op.cache.jobs.get(ident := job_id(w.key)) is memory.decisions[w.key].body and op.claim(ident)
+    }
+    assignments = [a for a in plan.assignments if job_id(a.key) in claimed]
+    for assignment in assignments:
         pod_name = assignment.placement.worker
         memory.workers[pod_name] = breaker.probe_sent(
             memory.workers.get(pod_name, breaker.WorkerHealth()), clock, op.breaker
@@ -275,12 +306,16 @@ async def reconcile_pool(op: Operator, namespace: str, name: str) -> None:
             token,
             inventories[a.placement.worker].instance,
         )
-        for a in plan.assignments
+        for a in assignments
     ]
-    outcomes = await bounded(
-        op.concurrency, [*dispatches, *queued_writes(op, name, unplaced, by_key, plan.waiting)]
-    )
-    dispatched = {a.key for a, ok in zip(plan.assignments, outcomes, strict=False) if ok}
+    writable = {w.key for w in unplaced if job_id(w.key) in claimed}
+    try:
+        outcomes = await bounded(
+            op.concurrency, [*dispatches, *queued_writes(op, name, unplaced, by_key, plan.waiting, writable)]
+        )
+    finally:
+        op.writing -= claimed
+    dispatched = {a.key for a, ok in zip(assignments, outcomes, strict=False) if ok}
     remaining = [w for w in ordered if w.key not in dispatched]
 
     # 7. Status of the pool.
@@ -303,6 +338,7 @@ async def reconcile_pool(op: Operator, namespace: str, name: str) -> None:
         len(remaining),
         decision.cluster_full,
     )
+    memory.queue = QueueView(pool.spec, classes, len(remaining), admitted_before)
     memory.seen = PoolSeen(
         namespace,
         name,
@@ -319,11 +355,15 @@ def queued_writes(
     remaining: list[queue.WaitingJob],
     by_key: dict[str, GenerationJob],
     waiting: dict[str, Any],
+    writable: set[str],
 ) -> Iterator[Awaitable[Any]]:
     """Status writes for jobs still queued: a job's first (right away), and a new position
-    only when `queue.position_due` says so, at most POSITION_WRITES_PER_ROUND a round."""
+    only when `queue.position_due` says so, at most POSITION_WRITES_PER_ROUND a round; only
+    for the ``writable`` jobs (the ones this round claimed)."""
     budget = POSITION_WRITES_PER_ROUND
     for position, w in enumerate(remaining):
+        if w.key not in writable:
+            continue
         job = by_key[w.key]
         first = job.status.phase != JobPhase.QUEUED
         if not first and (budget <= 0 or not queue.position_due(job.status.queue_position, position)):

@@ -18,10 +18,10 @@ from typing import Any
 import httpx
 
 from gpufleet.api.conditions import Reason
-from gpufleet.api.models import GenerationJob
+from gpufleet.api.models import GenerationJob, WorkerPoolSpec
 from gpufleet.core.breaker import BreakerPolicy, WorkerHealth
 from gpufleet.core.fleetmetrics import PoolSeen
-from gpufleet.core.jobs import Refusal
+from gpufleet.core.jobs import GpuClass, Refusal
 from gpufleet.core.placement import DemandMix
 from gpufleet.core.queue import WaitingJob
 from gpufleet.core.sizing import Job as SizingJob
@@ -49,6 +49,18 @@ class JobDecision:
     quiet_until: dt.datetime | None = None  # nothing to do for it until then (core.jobs.quiet_until)
 
 
+@dataclass(frozen=True)
+class QueueView:
+    """A pool's queue as its last round left it, for writing new jobs' first statuses between
+    rounds (see admit): the pool's spec and GPU classes, the jobs still waiting, and the count
+    of first statuses written (PoolMemory.admitted) when the round took its snapshot."""
+
+    spec: WorkerPoolSpec
+    classes: list[GpuClass]
+    depth: int
+    admitted_before: int
+
+
 @dataclass
 class PoolMemory:
     mix: DemandMix = field(default_factory=DemandMix)
@@ -62,6 +74,8 @@ class PoolMemory:
     model_problems: list[tuple[Reason, str]] = field(default_factory=list)
     seen: PoolSeen | None = None  # the last round's sizes, queue and inventories, for /metrics
     decisions: dict[str, JobDecision] = field(default_factory=dict)  # by job key, from the last round
+    queue: QueueView | None = None  # set by each round; None until the first
+    admitted: int = 0  # first statuses written between rounds, ever
 
 
 @dataclass
@@ -130,6 +144,9 @@ class Operator:
     pools: dict[Key, PoolMemory] = field(default_factory=dict)
     jobs: dict[Key, JobMemory] = field(default_factory=dict)
     background: set[asyncio.Task[None]] = field(default_factory=set)
+    # Jobs whose status a round or the first-status writer is writing now (see claim): the
+    # other leaves them alone, so two writes of one job never race to the API server.
+    writing: set[Key] = field(default_factory=set)
 
     def pool_token(self, namespace: str, pool: str, uid: str) -> str:
         """The pool's worker token, derived from the operator's key: never stored where it is read."""
@@ -145,6 +162,14 @@ class Operator:
         if (memory := self.pools.get((namespace, name))) is None:
             memory = self.pools[(namespace, name)] = PoolMemory()
         return memory
+
+    def claim(self, key: Key) -> bool:
+        """Holds job ``key`` for a status write the caller releases (``writing.discard``) once
+        it has ended, run or not; False when another write holds it."""
+        if key in self.writing:
+            return False
+        self.writing.add(key)
+        return True
 
     def spawn(self, coroutine: Coroutine[Any, Any, None], name: str) -> None:
         """Runs a background task the operator keeps a reference to until it ends."""

@@ -1,0 +1,150 @@
+"""New jobs' first statuses, written between rounds, and the claim that keeps them and the
+rounds from writing one job at once."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from gpufleet.controller import admit
+
+from .fakes import NAMESPACE, Harness
+from .test_round import in_loop, rounds
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    while not condition():
+        await asyncio.sleep(0.01)
+
+
+async def writing_first_statuses(fleet: Harness, *names: str) -> None:
+    """Runs the first-status writer until each of ``names`` has a status."""
+    fleet.op.cache.synced.set()
+    writer = asyncio.create_task(admit.first_statuses(fleet.op))
+    try:
+        await asyncio.wait_for(until(lambda: all(fleet.status(n).get("phase") for n in names)), 10)
+    finally:
+        writer.cancel()
+
+
+@in_loop
+async def test_a_new_job_is_queued_before_its_pools_next_round_at_the_end_of_its_queue(fleet):
+    fleet.pool(workers=0)
+    for name in ("a", "b", "c"):
+        fleet.job(name)
+    await fleet.round()
+    assert [fleet.status(n)["queuePosition"] for n in "abc"] == [0, 1, 2]
+    fleet.job("d")
+    fleet.job("e")
+    await writing_first_statuses(fleet, "d", "e")
+    assert fleet.status("d")["phase"] == "Queued"
+    assert [fleet.status(n)["queuePosition"] for n in "de"] == [3, 4]
+    assert fleet.status("e")["message"] == "position 4 in pool sd's queue"
+    await rounds(fleet, 1)
+    # The round keeps what was written: positions are right, and each job was written once.
+    assert [fleet.status(n)["queuePosition"] for n in "abcde"] == [0, 1, 2, 3, 4]
+    assert all(fleet.kube.status_writes[n] == 1 for n in "abcde"), fleet.kube.status_writes
+
+
+@in_loop
+async def test_jobs_the_writer_cannot_judge_are_left_to_their_round(fleet):
+    fleet.pool(workers=0)
+    fleet.job("before-any-round")
+    assert admit.first_status(fleet.op, (NAMESPACE, "before-any-round")) is None
+    await fleet.round()
+    fleet.job("too-big", vram="80Gi")  # no GPU of the cluster has that: Pending, by its round
+    fleet.job("cancelled", cancel=True)
+    fleet.job("elsewhere", pool="no-such-pool")
+    fleet.job("held")
+    assert fleet.op.claim((NAMESPACE, "held"))  # as a round holds a job it writes
+    for name in ("too-big", "cancelled", "elsewhere", "held"):
+        assert admit.first_status(fleet.op, (NAMESPACE, name)) is None, name
+    assert fleet.op.writing == {(NAMESPACE, "held")}
+    assert not any(fleet.kube.status_writes[n] for n in ("too-big", "cancelled", "elsewhere", "held"))
+    fleet.op.writing.clear()
+    await rounds(fleet, 1)
+    assert fleet.status("too-big")["phase"] == "Pending"
+    assert fleet.status("cancelled")["phase"] == "Cancelled"
+    assert fleet.status("held")["phase"] == "Queued"
+
+
+@in_loop
+async def test_a_round_neither_dispatches_nor_writes_a_job_whose_first_status_is_being_written(fleet):
+    [worker] = fleet.pool()
+    fleet.job("a")
+    fleet.job("b")
+    assert fleet.op.claim((NAMESPACE, "a"))  # the first-status writer holds it
+    await rounds(fleet, 1)
+    assert fleet.status("b")["phase"] == "Succeeded"
+    assert fleet.kube.status_writes["a"] == 0 and len(worker.submits) == 1
+    fleet.op.writing.clear()
+    await rounds(fleet, 1)
+    assert fleet.status("a")["phase"] == "Succeeded"
+
+
+@in_loop
+async def test_a_job_claimed_between_a_rounds_snapshot_and_its_dispatch_is_left_to_the_next(fleet):
+    [worker] = fleet.pool()
+    fleet.job("a")
+    inventory = worker.inventory
+
+    def claimed_meanwhile():  # the round awaits inventories after its snapshot
+        fleet.op.claim((NAMESPACE, "a"))
+        return inventory()
+
+    worker.inventory = claimed_meanwhile
+    await rounds(fleet, 1)
+    assert fleet.kube.status_writes["a"] == 0 and worker.submits == []
+    assert fleet.op.writing == {(NAMESPACE, "a")}  # the round released only its own claims
+    worker.inventory = inventory
+    fleet.op.writing.clear()
+    await rounds(fleet, 1)
+    assert fleet.status("a")["phase"] == "Succeeded" and len(worker.submits) == 1
+
+
+@in_loop
+async def test_a_new_job_wakes_its_pool_only_where_its_last_round_left_room(fleet):
+    fleet.pool("full", workers=0)
+    fleet.pool("idle", workers=1)
+    fleet.job("waiting", pool="full")
+    await fleet.round("full")
+    await fleet.round("idle")
+    for pool, name, wakes in (("full", "a", False), ("idle", "b", True)):
+        wakeup = fleet.op.cache.wakeup(NAMESPACE, pool)
+        fleet.job(name, pool=pool)
+        wakeup.clear()
+        write = admit.first_status(fleet.op, (NAMESPACE, name))
+        assert write is not None
+        await write
+        fleet.op.writing.clear()
+        assert fleet.status(name)["phase"] == "Queued"
+        assert wakeup.is_set() is wakes, pool
+
+
+@in_loop
+async def test_the_writer_outlives_a_failed_write_and_the_round_writes_that_job(fleet):
+    fleet.pool(workers=0)
+    await fleet.round()
+    patch_status = fleet.kube.patch_status
+
+    async def failing_for_a(plural, namespace, name, status):  # type: ignore[no-untyped-def]
+        if name == "a":
+            raise RuntimeError("the API server is unavailable")
+        return await patch_status(plural, namespace, name, status)
+
+    fleet.kube.patch_status = failing_for_a
+    fleet.op.cache.synced.set()
+    writer = asyncio.create_task(admit.first_statuses(fleet.op))
+    try:
+        fleet.job("a")
+        fleet.job("b")
+        await asyncio.wait_for(until(lambda: bool(fleet.status("b")) and not fleet.op.writing), 10)
+        fleet.job("c")
+        await asyncio.wait_for(until(lambda: bool(fleet.status("c"))), 10)
+        assert not writer.done()
+    finally:
+        writer.cancel()
+    assert fleet.status("a") == {} and not fleet.op.writing
+    fleet.kube.patch_status = patch_status
+    await fleet.round()
+    assert fleet.status("a")["phase"] == "Queued"
