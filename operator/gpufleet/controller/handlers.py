@@ -195,10 +195,11 @@ async def orphans(op: Operator) -> None:
     await op.cache.synced.wait()
     while True:
         for body in op.cache.poolless_jobs():
+            meta = body["metadata"]
             try:
                 await orphan(op, body)
             except Exception:
-                log.exception("job %s/%s without pool", body["metadata"]["namespace"], body["metadata"]["name"])
+                log.exception("job %s/%s without pool", meta["namespace"], meta["name"])
         await asyncio.sleep(ORPHAN_INTERVAL)
 
 
