@@ -28,7 +28,7 @@ async def writing_first_statuses(fleet: Harness, *names: str) -> None:
 
 
 @in_loop
-async def test_a_new_job_is_queued_before_its_pools_next_round_at_the_end_of_its_queue(fleet):
+async def test_a_new_job_is_queued_before_its_pools_next_round_behind_its_priority_or_more(fleet):
     fleet.pool(workers=0)
     for name in ("a", "b", "c"):
         fleet.job(name)
@@ -40,8 +40,13 @@ async def test_a_new_job_is_queued_before_its_pools_next_round_at_the_end_of_its
     assert fleet.status("d")["phase"] == "Queued"
     assert [fleet.status(n)["queuePosition"] for n in "de"] == [3, 4]
     assert fleet.status("e")["message"] == "position 4 in pool sd's queue"
+    fleet.job("urgent", priority=50)
+    await writing_first_statuses(fleet, "urgent")
+    assert fleet.status("urgent")["queuePosition"] == 0  # ahead of all five
     await rounds(fleet, 1)
-    # The round keeps what was written: positions are right, and each job was written once.
+    assert fleet.status("urgent")["queuePosition"] == 0
+    # The round keeps what was written, each job written once: the others moved back by one
+    # place behind "urgent", which positions, rewritten coarsely (queue.position_due), leave.
     assert [fleet.status(n)["queuePosition"] for n in "abcde"] == [0, 1, 2, 3, 4]
     assert all(fleet.kube.status_writes[n] == 1 for n in "abcde"), fleet.kube.status_writes
 

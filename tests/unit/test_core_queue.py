@@ -10,7 +10,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gpufleet.api.models import MAX_PRIORITY
-from gpufleet.core.queue import DEFAULT_AGING_SECONDS, WaitingJob, effective_priority, order, positions
+from gpufleet.core.queue import (
+    DEFAULT_AGING_SECONDS,
+    WaitingJob,
+    arrival_position,
+    effective_priority,
+    order,
+    positions,
+    ranks,
+)
 
 NOW = 1_000_000.0
 AGING = 300.0
@@ -155,3 +163,28 @@ def test_positions_number_every_job_once_from_one(jobs: list[WaitingJob]) -> Non
     ordered = order(jobs, NOW, AGING)
     numbered = positions(ordered)
     assert [numbered[j.key] for j in ordered] == list(range(1, len(jobs) + 1))
+
+
+@given(queues(), small_priorities)
+def test_an_arrivals_position_is_where_ordering_the_queue_again_would_put_it(
+    jobs: list[WaitingJob], priority: int
+) -> None:
+    arrival = WaitingJob("ns/zzzz", priority, NOW)  # the latest arrival, last of its ties
+    where = order([*jobs, arrival], NOW).index(arrival)
+    assert arrival_position(ranks(order(jobs, NOW), NOW), [], priority) == where
+
+
+@pytest.mark.parametrize(
+    ("queue", "arrived", "priority", "position"),
+    [
+        pytest.param([], [], 0, 0, id="empty queue"),
+        pytest.param([0, 0, 0], [], 0, 3, id="behind its equals"),
+        pytest.param([0, 0, 0], [], 5, 0, id="ahead of lower priorities"),
+        pytest.param([9, 5, 0], [], 5, 2, id="behind higher and equal"),
+        pytest.param([9, 5, 0], [5, 0, 7], 5, 4, id="and behind arrivals of at least its priority"),
+        pytest.param([0], [0, 0], -1, 3, id="lowest goes last"),
+    ],
+)
+def test_arrival_position(queue: list[int], arrived: list[int], priority: int, position: int) -> None:
+    waiting = [WaitingJob(f"ns/{i}", p, NOW) for i, p in enumerate(queue)]
+    assert arrival_position(ranks(order(waiting, NOW), NOW), arrived, priority) == position

@@ -3,9 +3,9 @@ pool's next round.
 
 With thousands queued a round takes seconds, and a new job would wait for the round under
 way and then its own. Here a job that its pool's round would queue (core.jobs.next_step says
-QUEUE, against the pool as its last round saw it) is told so at once: Queued, at the
-position its pool's last round left at the end of the queue plus the jobs told since (exact
-for jobs of one priority; the round's coarse refreshes correct it otherwise). Anything else
+QUEUE, against the pool as its last round saw it) is told so at once: Queued, behind the
+jobs of at least its priority in the queue its pool's last round left and the ones told
+since (core.queue.arrival_position; the round's coarse refreshes correct what moved since). Anything else
 (a refusal, a cancel, a pool no round has seen yet) is left to the round, which it wakes. A
 job is written by this or by its round, never both at once (Operator.claim).
 """
@@ -18,6 +18,7 @@ from typing import Any
 
 from gpufleet.api.conditions import JobPhase, Reason
 from gpufleet.core import jobs as jobrules
+from gpufleet.core import queue
 
 from .cache import Key, phase, pool_of
 from .jobstatus import now_utc, set_phase
@@ -62,7 +63,7 @@ def first_status(op: Operator, key: Key) -> Coroutine[Any, Any, Any] | None:
     pool = (key[0], pool_of(body) or "")
     memory = op.pools.get(pool)
     seen = memory.queue if memory is not None and pool in op.cache.pools else None
-    if seen is None or not seen.depth:
+    if seen is None or not seen.ranks:
         op.cache.wake(*pool)
     job = op.cache.parsed(body)
     if seen is None or job is None or jobrules.refusal(job.spec, seen.spec, seen.classes) is not None:
@@ -72,8 +73,8 @@ def first_status(op: Operator, key: Key) -> Coroutine[Any, Any, Any] | None:
         op.cache.wake(*pool)
         return None
     assert memory is not None
-    position = seen.depth + memory.admitted - seen.admitted_before
-    memory.admitted += 1
+    position = queue.arrival_position(seen.ranks, memory.arrived, job.spec.priority)
+    memory.arrived.append(job.spec.priority)
     op.claim(key)
     message = f"position {position} in pool {pool[1]}'s queue"
     return set_phase(op, job, JobPhase.QUEUED, Reason.QUEUED, message, queue_position=position)

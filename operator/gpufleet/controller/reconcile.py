@@ -151,7 +151,7 @@ async def reconcile_pool(op: Operator, namespace: str, name: str) -> None:
     # 1. Snapshot: the pool, its pods and jobs as the cache holds them now, parsed once.
     pool = WorkerPool.model_validate(body)
     memory = op.pool(namespace, name)
-    admitted_before = memory.admitted  # first statuses written after this are not in the snapshot
+    arrived_before = len(memory.arrived)  # jobs queued after this are not in the snapshot
     pods = cache.pool_pods(namespace, name)
     gpu_classes = cache.gpu_classes()
     classes = jobrules.pool_gpu_classes(pool.spec, gpu_classes, min_memory_bytes(pool))
@@ -249,7 +249,8 @@ async def reconcile_pool(op: Operator, namespace: str, name: str) -> None:
     await scale(op, pool, body, active, decision, busy, gpu_classes)
 
     # 5. Placement: the queue in order onto the workers that take jobs now.
-    ordered = queue.order([w for w, _ in waiting], time.time())
+    ordered_at = time.time()
+    ordered = queue.order([w for w, _ in waiting], ordered_at)
     by_key = {w.key: job for w, job in waiting}
     clock = op.clock()
     dispatchable = list(
@@ -338,7 +339,8 @@ async def reconcile_pool(op: Operator, namespace: str, name: str) -> None:
         len(remaining),
         decision.cluster_full,
     )
-    memory.queue = QueueView(pool.spec, classes, len(remaining), admitted_before)
+    memory.queue = QueueView(pool.spec, classes, queue.ranks(remaining, ordered_at))
+    memory.arrived = memory.arrived[arrived_before:]
     memory.seen = PoolSeen(
         namespace,
         name,

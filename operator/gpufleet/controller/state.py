@@ -52,13 +52,11 @@ class JobDecision:
 @dataclass(frozen=True)
 class QueueView:
     """A pool's queue as its last round left it, for writing new jobs' first statuses between
-    rounds (see admit): the pool's spec and GPU classes, the jobs still waiting, and the count
-    of first statuses written (PoolMemory.admitted) when the round took its snapshot."""
+    rounds (see admit): the pool's spec and GPU classes, and its waiting jobs' `queue.ranks`."""
 
     spec: WorkerPoolSpec
     classes: list[GpuClass]
-    depth: int
-    admitted_before: int
+    ranks: tuple[int, ...]
 
 
 @dataclass
@@ -75,7 +73,8 @@ class PoolMemory:
     seen: PoolSeen | None = None  # the last round's sizes, queue and inventories, for /metrics
     decisions: dict[str, JobDecision] = field(default_factory=dict)  # by job key, from the last round
     queue: QueueView | None = None  # set by each round; None until the first
-    admitted: int = 0  # first statuses written between rounds, ever
+    # Priorities of the jobs the first-status writer queued since the last round's snapshot.
+    arrived: list[int] = field(default_factory=list)
 
 
 @dataclass

@@ -8,6 +8,7 @@ Ties keep arrival order (FIFO), then the name, so the order is total and stable.
 from __future__ import annotations
 
 import math
+from bisect import bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -50,3 +51,18 @@ def position_due(written: int | None, actual: int) -> bool:
     if written is None:
         return True
     return (actual < written and actual <= written // 2) or actual > 2 * written + 1
+
+
+def ranks(
+    ordered: Sequence[WaitingJob], now: float, aging_seconds: float = DEFAULT_AGING_SECONDS
+) -> tuple[int, ...]:
+    """The queue ``ordered`` (by `order`, at ``now``) as `arrival_position` reads it."""
+    return tuple(-effective_priority(job, now, aging_seconds) for job in ordered)
+
+
+def arrival_position(queue_ranks: Sequence[int], arrived: Iterable[int], priority: int) -> int:
+    """0-based position of a job of ``priority`` that has just arrived: behind each job of the
+    queue (its `ranks`) whose effective priority is at least its own, first come first served,
+    and behind each job that ``arrived`` (their priorities) since that queue was ordered with a
+    priority at least its own."""
+    return bisect_right(queue_ranks, -priority) + sum(1 for other in arrived if other >= priority)
