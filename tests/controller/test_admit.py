@@ -108,27 +108,34 @@ async def test_a_job_claimed_between_a_rounds_snapshot_and_its_dispatch_is_left_
 
 
 @in_loop
-async def test_a_new_job_wakes_its_pool_only_where_its_last_round_left_room(fleet):
+async def test_a_pool_with_room_gets_its_new_job_from_its_round_at_once_a_full_one_is_not_woken(fleet):
     fleet.pool("full", workers=0)
-    fleet.pool("idle", workers=1)
+    [worker] = fleet.pool("idle", workers=1)
     fleet.job("waiting", pool="full")
     await fleet.round("full")
     await fleet.round("idle")
-    for pool, name, wakes in (("full", "a", False), ("idle", "b", True)):
-        wakeup = fleet.op.cache.wakeup(NAMESPACE, pool)
-        fleet.job(name, pool=pool)
-        wakeup.clear()
-        write = admit.first_status(fleet.op, (NAMESPACE, name))
-        assert write is not None
-        await write
-        fleet.op.writing.clear()
-        assert fleet.status(name)["phase"] == "Queued"
-        assert wakeup.is_set() is wakes, pool
+    full, idle = (fleet.op.cache.wakeup(NAMESPACE, pool) for pool in ("full", "idle"))
+    fleet.job("a", pool="full")
+    fleet.job("b", pool="idle")
+    full.clear()
+    idle.clear()
+    write = admit.first_status(fleet.op, (NAMESPACE, "a"))
+    assert write is not None
+    await write
+    fleet.op.writing.clear()
+    assert fleet.status("a")["phase"] == "Queued" and not full.is_set()
+    # Where the last round left room the round takes the job, woken now: its first status is
+    # Dispatched, with no Queued write before it.
+    assert admit.first_status(fleet.op, (NAMESPACE, "b")) is None and idle.is_set()
+    await rounds(fleet, 1, pool="idle")
+    assert fleet.status("b")["phase"] == "Succeeded" and worker.submits
+    assert fleet.kube.status_writes["b"] == 2
 
 
 @in_loop
 async def test_the_writer_outlives_a_failed_write_and_the_round_writes_that_job(fleet):
     fleet.pool(workers=0)
+    fleet.job("waiting")
     await fleet.round()
     patch_status = fleet.kube.patch_status
 

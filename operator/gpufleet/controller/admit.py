@@ -2,11 +2,12 @@
 pool's next round.
 
 With thousands queued a round takes seconds, and a new job would wait for the round under
-way and then its own. Here a job that its pool's round would queue (core.jobs.next_step says
-QUEUE, against the pool as its last round saw it) is told so at once: Queued, behind the
-jobs of at least its priority in the queue its pool's last round left and the ones told
-since (core.queue.arrival_position; the round's coarse refreshes correct what moved since). Anything else
-(a refusal, a cancel, a pool no round has seen yet) is left to the round, which it wakes. A
+way and then its own. Here a job that its pool's round would queue (core.jobs.next_step
+says QUEUE, against the pool as its last round saw it, which left jobs waiting) is told so
+at once: Queued, behind the jobs of at least its priority in the queue that round left and
+the ones told since (core.queue.arrival_position; the round's coarse refreshes correct what
+moved since). Anything else (a refusal, a cancel, a pool no round has seen yet, a pool with
+room, where the round may dispatch the job at once) is left to the round, which it wakes. A
 job is written by this or by its round, never both at once (Operator.claim).
 """
 
@@ -54,19 +55,24 @@ async def first_statuses(op: Operator) -> None:
 
 def first_status(op: Operator, key: Key) -> Coroutine[Any, Any, Any] | None:
     """The write that queues job ``key`` (claimed for it), or None when it is not one to queue
-    here: gone, already written, held by its round, or anything but QUEUE for it. Wakes the
-    job's pool unless its last round left jobs waiting: then nothing frees room for this one
-    before a run ends or a worker changes, which wake it anyway."""
+    here: gone, already written, held by its round, anything but QUEUE for it, or in a pool
+    whose last round left no job waiting. The round takes the last two, woken here: it may
+    dispatch the job at once (Dispatched is then its first status). A pool with jobs waiting
+    is not woken: nothing frees room for this one before a run ends or a worker changes, which
+    wake it anyway."""
     body = op.cache.jobs.get(key)
     if body is None or phase(body) or key in op.writing:
         return None
     pool = (key[0], pool_of(body) or "")
     memory = op.pools.get(pool)
     seen = memory.queue if memory is not None and pool in op.cache.pools else None
-    if seen is None or not seen.ranks:
-        op.cache.wake(*pool)
     job = op.cache.parsed(body)
-    if seen is None or job is None or jobrules.refusal(job.spec, seen.spec, seen.classes) is not None:
+    if (
+        seen is None
+        or not seen.ranks
+        or job is None
+        or jobrules.refusal(job.spec, seen.spec, seen.classes) is not None
+    ):
         op.cache.wake(*pool)
         return None
     if jobrules.next_step(job_view(job, op.job(*key)), None, now_utc()) is not jobrules.Step.QUEUE:
