@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from gpufleet.controller import admit
+import pytest
+
+from gpufleet.controller import admit, reconcile
 
 from .fakes import NAMESPACE, Harness
 from .test_round import in_loop, rounds
@@ -160,3 +162,26 @@ async def test_the_writer_outlives_a_failed_write_and_the_round_writes_that_job(
     fleet.kube.patch_status = patch_status
     await fleet.round()
     assert fleet.status("a")["phase"] == "Queued"
+
+
+@in_loop
+async def test_a_round_that_fails_midway_releases_the_jobs_it_held(fleet):
+    fleet.pool(workers=0)
+    fleet.job("a", cancel=True)  # a write in the round's per-job step, so a claim
+    fleet.job("b")
+    job_view = reconcile.job_view
+
+    def failing_for_b(job, memory):  # type: ignore[no-untyped-def]
+        if job.metadata["name"] == "b":
+            raise RuntimeError("a decision that fails")
+        return job_view(job, memory)
+
+    reconcile.job_view = failing_for_b
+    try:
+        with pytest.raises(RuntimeError):
+            await fleet.round()
+    finally:
+        reconcile.job_view = job_view
+    assert not fleet.op.writing
+    await fleet.round()
+    assert fleet.status("a")["phase"] == "Cancelled" and fleet.status("b")["phase"] == "Queued"

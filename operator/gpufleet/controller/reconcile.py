@@ -192,54 +192,59 @@ async def reconcile_pool(op: Operator, namespace: str, name: str) -> None:
     basis = (body["metadata"].get("uid"), body["metadata"].get("generation"), tuple(classes))
     memory.decisions = {}
     claimed: set[Key] = set()  # jobs this step writes: held from the first-status writer
-    for key, job_body, job, held in seen:
-        ident = (job.metadata["namespace"], job.metadata["name"])
-        if ident in op.writing:  # its first status is being written: the next round decides it
-            continue
-        if held is not None and held.job is job and held.basis == basis:
-            memory.decisions[key] = held
-            if held.queued is not None:  # still waiting, as it was
-                waiting.append((held.queued, job))
+    try:  # released however the step ends
+        for key, job_body, job, held in seen:
+            ident = (job.metadata["namespace"], job.metadata["name"])
+            if ident in op.writing:  # its first status is being written: the next round decides it
                 continue
-            if held.quiet_until is not None and now < held.quiet_until:  # finished, kept
-                continue
-            refused, holds = held.refused, held.held
-        else:
-            refused = jobrules.refusal(job.spec, pool.spec, classes)
-            holds = sizing_job(job, model_vram)
-        view = job_view(job, op.job(job.metadata["namespace"], job.metadata["name"]))
-        before = len(writes)
-        action = job_step(op, job, view, job_body, refused, now, token, writes)
-        if len(writes) > before and op.claim(ident):
-            claimed.add(ident)
-        memory.decisions[key] = JobDecision(
-            job_body,
-            job,
-            basis,
-            refused,
-            action if not job.status.attempts else None,
-            holds,
-            jobrules.quiet_until(view),
+            if held is not None and held.job is job and held.basis == basis:
+                memory.decisions[key] = held
+                if held.queued is not None:  # still waiting, as it was
+                    waiting.append((held.queued, job))
+                    continue
+                if held.quiet_until is not None and now < held.quiet_until:  # finished, kept
+                    continue
+                refused, holds = held.refused, held.held
+            else:
+                refused = jobrules.refusal(job.spec, pool.spec, classes)
+                holds = sizing_job(job, model_vram)
+            view = job_view(job, op.job(job.metadata["namespace"], job.metadata["name"]))
+            before = len(writes)
+            action = job_step(op, job, view, job_body, refused, now, token, writes)
+            if len(writes) > before and op.claim(ident):
+                claimed.add(ident)
+            memory.decisions[key] = JobDecision(
+                job_body,
+                job,
+                basis,
+                refused,
+                action if not job.status.attempts else None,
+                holds,
+                jobrules.quiet_until(view),
+            )
+            if action is not None:
+                waiting.append((action, job))
+                if key not in memory.observed:
+                    memory.observed.add(key)
+                    memory.mix = observe(
+                        memory.mix, Demand(gpus=pool.spec.gpu.count, vram=jobrules.working_vram(job.spec))
+                    )
+        live = {job_key(b): (j.status.attempts, b["metadata"].get("uid", "")) for b, j in running}
+        runs = (
+            jobrules.WorkerRun(worker, run.run_id, run.job_id, run.attempt, run.job_uid)
+            for worker, inventory in inventories.items()
+            for run in inventory.jobs
         )
-        if action is not None:
-            waiting.append((action, job))
-            if key not in memory.observed:
-                memory.observed.add(key)
-                memory.mix = observe(
-                    memory.mix, Demand(gpus=pool.spec.gpu.count, vram=jobrules.working_vram(job.spec))
-                )
-    live = {job_key(b): (j.status.attempts, b["metadata"].get("uid", "")) for b, j in running}
-    runs = (
-        jobrules.WorkerRun(worker, run.run_id, run.job_id, run.attempt, run.job_uid)
-        for worker, inventory in inventories.items()
-        for run in inventory.jobs
-    )
-    pods_by_name = {p["metadata"]["name"]: p for p in pods}
-    writes.extend(
-        stop_run(op, pods_by_name[run.worker], token, run) for run in jobrules.stray_runs(runs, live)
-    )
-    try:
+        pods_by_name = {p["metadata"]["name"]: p for p in pods}
+        writes.extend(
+            stop_run(op, pods_by_name[run.worker], token, run) for run in jobrules.stray_runs(runs, live)
+        )
         await bounded(op.concurrency, writes)
+    except BaseException:
+        for write in writes:
+            if asyncio.iscoroutine(write):
+                write.close()  # the ones never run (a no-op for the others)
+        raise
     finally:
         op.writing -= claimed
 
