@@ -3,30 +3,12 @@ rounds from writing one job at once."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
-
 import pytest
 
 from gpufleet.controller import admit, reconcile
 
-from .fakes import NAMESPACE, Harness
+from .fakes import NAMESPACE
 from .test_round import in_loop, rounds
-
-
-async def until(condition: Callable[[], bool]) -> None:
-    while not condition():
-        await asyncio.sleep(0.01)
-
-
-async def writing_first_statuses(fleet: Harness, *names: str) -> None:
-    """Runs the first-status writer until each of ``names`` has a status."""
-    fleet.op.cache.synced.set()
-    writer = asyncio.create_task(admit.first_statuses(fleet.op))
-    try:
-        await asyncio.wait_for(until(lambda: all(fleet.status(n).get("phase") for n in names)), 10)
-    finally:
-        writer.cancel()
 
 
 @in_loop
@@ -38,12 +20,12 @@ async def test_a_new_job_is_queued_before_its_pools_next_round_behind_its_priori
     assert [fleet.status(n)["queuePosition"] for n in "abc"] == [0, 1, 2]
     fleet.job("d")
     fleet.job("e")
-    await writing_first_statuses(fleet, "d", "e")
+    await admit.write_arrivals(fleet.op)
     assert fleet.status("d")["phase"] == "Queued"
     assert [fleet.status(n)["queuePosition"] for n in "de"] == [3, 4]
     assert fleet.status("e")["message"] == "position 4 in pool sd's queue"
     fleet.job("urgent", priority=50)
-    await writing_first_statuses(fleet, "urgent")
+    await admit.write_arrivals(fleet.op)
     assert fleet.status("urgent")["queuePosition"] == 0  # ahead of all five
     await rounds(fleet, 1)
     assert fleet.status("urgent")["queuePosition"] == 0
@@ -143,22 +125,20 @@ async def test_the_writer_outlives_a_failed_write_and_the_round_writes_that_job(
 
     async def failing_for_a(plural, namespace, name, status):  # type: ignore[no-untyped-def]
         if name == "a":
+            fleet.kube.writes["failed a"] += 1
             raise RuntimeError("the API server is unavailable")
         return await patch_status(plural, namespace, name, status)
 
     fleet.kube.patch_status = failing_for_a
-    fleet.op.cache.synced.set()
-    writer = asyncio.create_task(admit.first_statuses(fleet.op))
-    try:
-        fleet.job("a")
-        fleet.job("b")
-        await asyncio.wait_for(until(lambda: bool(fleet.status("b")) and not fleet.op.writing), 10)
-        fleet.job("c")
-        await asyncio.wait_for(until(lambda: bool(fleet.status("c"))), 10)
-        assert not writer.done()
-    finally:
-        writer.cancel()
-    assert fleet.status("a") == {} and not fleet.op.writing
+    fleet.job("a")
+    fleet.job("b")
+    await admit.write_arrivals(fleet.op)  # does not raise: the writer's loop goes on
+    assert fleet.kube.writes["failed a"] == 1  # the fault landed, in the same batch as b
+    assert fleet.status("b")["phase"] == "Queued" and not fleet.op.writing
+    fleet.job("c")
+    await admit.write_arrivals(fleet.op)
+    assert fleet.status("c")["phase"] == "Queued"
+    assert fleet.status("a") == {}
     fleet.kube.patch_status = patch_status
     await fleet.round()
     assert fleet.status("a")["phase"] == "Queued"

@@ -34,23 +34,29 @@ async def first_statuses(op: Operator) -> None:
     await op.cache.synced.wait()
     while True:
         await op.cache.arrived.wait()
-        op.cache.arrived.clear()
-        keys = list(op.cache.arrivals)
-        op.cache.arrivals.clear()
-        claimed: set[Key] = set()
-        writes = []
-        try:
-            for key in keys:
-                if (write := first_status(op, key)) is not None:
-                    claimed.add(key)
-                    writes.append(write)
-            await bounded(op.concurrency, writes)
-        except Exception:  # the rounds write what is left
-            log.exception("writing first statuses")
-            for write in writes:
-                write.close()  # any not run (a no-op for the others)
-        finally:
-            op.writing -= claimed
+        await write_arrivals(op)
+
+
+async def write_arrivals(op: Operator) -> None:
+    """Writes the first statuses of the jobs that arrived since the last call; never raises
+    (the rounds write what a failure leaves)."""
+    op.cache.arrived.clear()
+    keys = list(op.cache.arrivals)
+    op.cache.arrivals.clear()
+    claimed: set[Key] = set()
+    writes = []
+    try:
+        for key in keys:
+            if (write := first_status(op, key)) is not None:
+                claimed.add(key)
+                writes.append(write)
+        await bounded(op.concurrency, writes)
+    except Exception:
+        log.exception("writing first statuses")
+        for write in writes:
+            write.close()  # any not run (a no-op for the others)
+    finally:
+        op.writing -= claimed
 
 
 def first_status(op: Operator, key: Key) -> Coroutine[Any, Any, Any] | None:

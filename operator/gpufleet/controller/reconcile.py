@@ -13,7 +13,7 @@ import datetime as dt
 import itertools
 import logging
 import time
-from collections.abc import Awaitable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Any
 
 import httpx
@@ -288,12 +288,17 @@ async def reconcile_pool(op: Operator, namespace: str, name: str) -> None:
 
     # 6. Apply: dispatch the placed jobs, and tell the others where they stand. A job whose
     # first status the first-status writer took up since the snapshot waits for the next round.
-    claimed = {
-        ident
-        for w in ordered
-        if op.cache.jobs.get(ident := job_id(w.key)) is memory.decisions[w.key].body and op.claim(ident)
-    }
-    assignments = [a for a in plan.assignments if job_id(a.key) in claimed]
+    claimed = set()
+
+    def hold(key: str) -> bool:
+        """Claims job ``key`` for a write of this step, unless it changed since the snapshot."""
+        ident = job_id(key)
+        if op.cache.jobs.get(ident) is not memory.decisions[key].body or not op.claim(ident):
+            return False
+        claimed.add(ident)
+        return True
+
+    assignments = [a for a in plan.assignments if hold(a.key)]
     for assignment in assignments:
         pod_name = assignment.placement.worker
         memory.workers[pod_name] = breaker.probe_sent(
@@ -314,10 +319,9 @@ async def reconcile_pool(op: Operator, namespace: str, name: str) -> None:
         )
         for a in assignments
     ]
-    writable = {w.key for w in unplaced if job_id(w.key) in claimed}
     try:
         outcomes = await bounded(
-            op.concurrency, [*dispatches, *queued_writes(op, name, unplaced, by_key, plan.waiting, writable)]
+            op.concurrency, [*dispatches, *queued_writes(op, name, unplaced, by_key, plan.waiting, hold)]
         )
     finally:
         op.writing -= claimed
@@ -362,18 +366,18 @@ def queued_writes(
     remaining: list[queue.WaitingJob],
     by_key: dict[str, GenerationJob],
     waiting: dict[str, Any],
-    writable: set[str],
+    hold: Callable[[str], bool],
 ) -> Iterator[Awaitable[Any]]:
     """Status writes for jobs still queued: a job's first (right away), and a new position
-    only when `queue.position_due` says so, at most POSITION_WRITES_PER_ROUND a round; only
-    for the ``writable`` jobs (the ones this round claimed)."""
+    only when `queue.position_due` says so, at most POSITION_WRITES_PER_ROUND a round; each
+    for a job ``hold`` claims for it."""
     budget = POSITION_WRITES_PER_ROUND
     for position, w in enumerate(remaining):
-        if w.key not in writable:
-            continue
         job = by_key[w.key]
         first = job.status.phase != JobPhase.QUEUED
         if not first and (budget <= 0 or not queue.position_due(job.status.queue_position, position)):
+            continue
+        if not hold(w.key):
             continue
         if not first:
             budget -= 1
