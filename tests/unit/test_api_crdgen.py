@@ -11,7 +11,7 @@ import yaml
 from pydantic import BaseModel, Field
 
 from gpufleet.api import crdgen, models
-from gpufleet.api.cel import VALIDATIONS
+from gpufleet.api.cel import VALIDATIONS, make_immutable
 from gpufleet.api.inputs import CamelModel, JobInput
 
 
@@ -97,6 +97,7 @@ def test_job_input_schema_comes_from_the_worker_contract() -> None:
     spec = job["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
     expected = crdgen.structural_schema(JobInput)
     expected.pop("description")
+    make_immutable(expected, f"spec.input {models.IMMUTABLE_SPEC_RULE}")  # the job's, not the worker's
     actual = dict(spec["properties"]["input"])
     actual.pop("description")
     assert actual == expected
@@ -161,3 +162,58 @@ def test_crds_read_the_same_in_yaml_1_1(name: str) -> None:
     # A bare `- y` in a required list reached Helm as `true` and the API server refused the CRD.
     text = crdgen.render_crd(crdgen.crds()[name])
     assert yaml.load(text, Loader=Yaml11Loader) == yaml.safe_load(text)
+
+
+def test_immutability_rules_sit_on_the_narrowest_nodes() -> None:
+    shared = [{"rule": "has(self.a) != has(self.b)", "message": "one of a or b"}]
+    node = {
+        "type": "object",
+        "required": ["name"],
+        "properties": {
+            "name": {"type": "string"},
+            "size": {"type": "integer", "default": 1},
+            "ref": {"type": "object", "properties": {"a": {"type": "string"}}, VALIDATIONS: shared},
+            "tags": {"type": "array", "items": {"type": "string"}},
+            "extra": {"type": "object", "additionalProperties": {"type": "string"}},
+        },
+    }
+    make_immutable(node, "fixed")
+
+    def rules(n: dict[str, Any]) -> list[tuple[str, str | None]]:
+        return [(r["rule"], r.get("fieldPath")) for r in n.get(VALIDATIONS, []) if r["message"] == "fixed"]
+
+    # Only the optional fields without a default are checked for presence at the object...
+    assert rules(node) == [
+        ("has(self.ref) == has(oldSelf.ref)", ".ref"),
+        ("has(self.tags) == has(oldSelf.tags)", ".tags"),
+        ("has(self.extra) == has(oldSelf.extra)", ".extra"),
+    ]
+    # ...and each leaf, list and map compares itself; an object leaves that to its fields.
+    props = node["properties"]
+    for name in ("name", "size", "tags", "extra"):
+        assert rules(props[name]) == [("self == oldSelf", None)], name
+    assert rules(props["ref"]) == [("has(self.a) == has(oldSelf.a)", ".a")]
+    assert rules(props["ref"]["properties"]["a"]) == [("self == oldSelf", None)]
+    assert shared == [{"rule": "has(self.a) != has(self.b)", "message": "one of a or b"}]  # not appended to
+
+
+def test_no_job_spec_rule_compares_a_whole_object() -> None:
+    """CEL compares an object field by field, building a map of its properties for each: at the
+    spec's width on every status write. Objects only check which of their fields are present."""
+    job = crdgen.crds()["generationjobs.gpufleet.io.yaml"]
+    spec = job["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    checked = 0
+
+    def walk(node: dict[str, Any], path: str) -> None:
+        nonlocal checked
+        for entry in node.get(VALIDATIONS, []):
+            if "oldSelf" in entry["rule"] and "properties" in node:
+                assert re.fullmatch(r"has\(self\.\w+\) == has\(oldSelf\.\w+\)", entry["rule"]), path
+                checked += 1
+        for name, child in node.get("properties", {}).items():
+            walk(child, f"{path}.{name}")
+        if "items" in node:
+            walk(node["items"], f"{path}[]")
+
+    walk(spec, "spec")
+    assert checked > 0

@@ -48,3 +48,36 @@ def quantity_expr(expression: str) -> str:
     ``string()`` turns an integer into its decimal text and leaves a string as it is.
     """
     return f"quantity(string({expression}))"
+
+
+def make_immutable(node: dict[str, Any], message: str) -> None:
+    """Adds transition rules to the structural schema ``node`` that refuse any change of its
+    value, each rule on the narrowest node it can sit on: a leaf, list or map compares itself
+    (``self == oldSelf``); an object checks only that its optional fields without a default
+    stay present or absent, and leaves the rest to its fields.
+
+    Not one ``self == oldSelf`` at the top: the API server evaluates every rule of an object on
+    each write, status writes included, and CEL reads a field of an object by building a map of
+    all that object's properties, so comparing a wide object costs its width for each field it
+    holds. Rules at the top of the GenerationJob spec took 28% of the API server's CPU per
+    status write; rules at the leaves compare scalars.
+    """
+    properties = node.get("properties")
+    if properties is None or node.get("x-kubernetes-preserve-unknown-fields"):
+        add_rules(node, rule("self == oldSelf", message))
+        return
+    required = set(node.get("required", ()))
+    for name, child in properties.items():
+        if name not in required and "default" not in child:
+            add_rules(node, fixed_presence(name, message))
+        make_immutable(child, message)
+
+
+def fixed_presence(name: str, message: str) -> dict[str, Any]:
+    """The transition rule that field ``name`` of an object is neither added nor removed."""
+    return rule(f"has(self.{name}) == has(oldSelf.{name})", message, field_path=f".{name}")
+
+
+def add_rules(node: dict[str, Any], *rules: dict[str, Any]) -> None:
+    """Appends ``rules`` to the node's own list (nodes of one model share the model's list)."""
+    node[VALIDATIONS] = [*node.get(VALIDATIONS, ()), *rules]

@@ -155,6 +155,8 @@ def _root_schema(kind: str, spec: type[BaseModel], status: type[BaseModel], doc:
     }
     if kind == "WorkerPool":
         root[VALIDATIONS] = [models.POOL_NAME_CEL]
+    if kind == "GenerationJob":
+        models.make_spec_immutable(root["properties"]["spec"])
     return root
 
 
@@ -318,8 +320,13 @@ def _constraints_text(node: dict[str, Any]) -> str:
         parts.append("entries unique")
     elif node.get("x-kubernetes-list-type") == "map":
         parts.append("unique by " + ", ".join(node["x-kubernetes-list-map-keys"]))
-    parts.extend(rule["message"] for rule in node.get(VALIDATIONS, []))
+    parts.extend(rule["message"] for rule in node.get(VALIDATIONS, []) if not _immutability(rule))
     return "; ".join(parts)
+
+
+def _immutability(rule: dict[str, Any]) -> bool:
+    """One of the job spec's many transition rules, documented once per spec field instead."""
+    return bool(rule["message"].endswith(models.IMMUTABLE_SPEC_RULE))
 
 
 def _cell(text: str) -> str:
@@ -358,8 +365,13 @@ def field_reference() -> str:
             out.extend(_rows(root["properties"][part], part, False, skip=part.__eq__))
             out.append("")
             if part == "spec":
-                rules = root["properties"]["spec"].get(VALIDATIONS, []) + root.get(VALIDATIONS, [])
-                out.extend(f"- {rule['message']}" for rule in rules)
+                spec = root["properties"]["spec"]
+                rules = [r["message"] for r in spec.get(VALIDATIONS, []) if not _immutability(r)]
+                if kind == "GenerationJob":
+                    fields = [n for n in spec["properties"] if n not in models.MUTABLE_SPEC_FIELDS]
+                    rules += [f"spec.{name} {models.IMMUTABLE_SPEC_RULE}" for name in fields]
+                rules += [r["message"] for r in root.get(VALIDATIONS, [])]
+                out.extend(f"- {message}" for message in rules)
                 out.append("")
     return "\n".join(out)
 

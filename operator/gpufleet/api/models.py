@@ -17,7 +17,15 @@ from typing import Annotated, Any, Literal
 from pydantic import ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 
 from gpufleet import labels
-from gpufleet.api.cel import VALIDATIONS, quantity_expr, rule, validations
+from gpufleet.api.cel import (
+    VALIDATIONS,
+    add_rules,
+    fixed_presence,
+    make_immutable,
+    quantity_expr,
+    rule,
+    validations,
+)
 from gpufleet.api.conditions import MAX_CONDITIONS, REASON_PATTERN, Condition, JobPhase
 from gpufleet.api.fields import (
     DNS_LABEL_PATTERN,
@@ -765,21 +773,20 @@ MASK_REQUIRED_RULE = "input.mask is required for task inpaint"
 PROMPT_REQUIRED_RULE = "input.prompt is required for tasks " + ", ".join(sorted(TASKS_NEEDING_PROMPT))
 
 
-def _spec_immutable_rules(schema: dict[str, Any]) -> None:
-    """One transition rule per field of the job spec, except cancel (reported at that field)."""
+MUTABLE_SPEC_FIELDS = ("cancel",)  # its own rule: it can only go from false to true
+
+
+def make_spec_immutable(schema: dict[str, Any]) -> None:
+    """Transition rules on the job spec's structural schema (references inlined, so the CRD
+    generator calls this) that refuse any change but spec.cancel's."""
     required = set(schema.get("required", []))
-    rules = schema.setdefault("x-kubernetes-validations", [])
-    for name in schema["properties"]:
-        if name == "cancel":
+    for name, child in schema["properties"].items():
+        if name in MUTABLE_SPEC_FIELDS:
             continue
-        if name in required:
-            expression = f"self.{name} == oldSelf.{name}"
-        else:
-            expression = (
-                f"has(self.{name}) == has(oldSelf.{name}) "
-                f"&& (!has(self.{name}) || self.{name} == oldSelf.{name})"
-            )
-        rules.append(rule(expression, f"spec.{name} {IMMUTABLE_SPEC_RULE}", field_path=f".{name}"))
+        message = f"spec.{name} {IMMUTABLE_SPEC_RULE}"
+        if name not in required and "default" not in child:
+            add_rules(schema, fixed_presence(name, message))
+        make_immutable(child, message)
 
 
 def _cel_list(tasks: frozenset[Task]) -> str:
@@ -839,7 +846,6 @@ def _job_spec_rules(schema: dict[str, Any]) -> None:
             *_section_rules(),
         ]
     )
-    _spec_immutable_rules(schema)
 
 
 class GenerationJobSpec(CamelModel):
