@@ -255,6 +255,46 @@ def test_operator_killed_three_times_runs_every_job_once(fleet, operator):
         assert len(runs[(key, status["attempts"])]) == 1
 
 
+def test_operator_killed_while_writing_first_statuses_gives_every_job_one_after_restart(fleet, operator):
+    """New jobs get their first status from the first-status writer (one slot: the queue
+    builds at once). The kill lands while jobs created before it still have none; the next
+    operator writes theirs, and every job runs once."""
+    fleet.pool("sd", replicas=1, max_jobs_per_gpu=1)
+    fleet.wait_ready_workers("sd", 1)
+    names = [f"f{i:02d}" for i in range(60)]
+    creator = threading.Thread(target=lambda: [fleet.job(n, steps=1) for n in names])
+    creator.start()
+
+    def phases(jobs: list[dict]) -> list[str | None]:
+        return [j.get("status", {}).get("phase") for j in jobs]
+
+    try:
+        seen = wait_for(
+            fleet.jobs,
+            lambda jobs: phases(jobs).count("Queued") >= 3 and None in phases(jobs),
+            60,
+            interval=0.02,
+            what="jobs queued by the first-status writer while others still have no status",
+        )
+        operator.kill()
+    finally:
+        creator.join()
+    # The writer was at work (jobs Queued) and had more to do (jobs without a status) when it died.
+    assert [j["metadata"]["name"] for j in seen if "status" not in j]
+    operator.start()
+    for name in names:
+        fleet.wait_job(name, lambda j: "status" in j, 60, what=f"{name}'s first status after the restart")
+    for name in names:
+        fleet.wait_phase(name, "Succeeded", timeout=300)
+    runs: dict[str, list[int]] = {}
+    for worker_runs in fleet.worker_runs("sd").values():
+        for run in worker_runs:
+            runs.setdefault(run.job_id, []).append(run.attempt)
+    for name in names:
+        assert runs[f"{fleet.namespace}/{name}"] == [1], (name, runs.get(f"{fleet.namespace}/{name}"))
+        assert fleet.get_job(name)["status"]["attempts"] == 1
+
+
 def test_sigterm_with_runs_in_flight_exits_0_and_a_restart_finishes_them(fleet, operator):
     fleet.pool("sd", replicas=1, max_jobs_per_gpu=2)
     fleet.wait_ready_workers("sd", 1)
