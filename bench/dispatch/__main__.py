@@ -3,6 +3,7 @@ batch/v1 Job + pod path measured in the same run.
 
     python -m bench.dispatch                     # 1,000 and 10,000 jobs
     python -m bench.dispatch --jobs 500 2000     # other sizes
+    python -m bench.dispatch --api-profiles DIR  # and CPU profiles of the API server
 
 The pool's workers run bench/dispatch/fastworker.py (the worker protocol, runs end after
 0.1 s, nothing computed), 4 workers x 32 slots, so the workers are never the limit. By default
@@ -12,7 +13,7 @@ created while the workers run. For each size it prints the dispatch rate (jobs t
 Dispatched per second, from the first to the last), the wait for dispatch p50/p95/p99 (from
 creation, or from the workers' start if later), create -> first status p50/p95, API requests per job
 by verb and resource (the API server's own counters), the operator's CPU seconds and peak RSS, and
-the CPU seconds the API server and etcd used meanwhile (each row, CPU per job too).
+the CPU seconds the API server and etcd used meanwhile (each row; per job, each apart).
 The baseline: N batch/v1 Jobs whose pods land on simulated nodes (no process runs), timed
 from create to pod Running, with the same counters.
 """
@@ -134,11 +135,49 @@ class Sampler:
         return self.cpu() - self.cpu_start, self.peak
 
 
-def control_plane_cpu(cluster: LocalCluster) -> float:
+def control_plane_cpu(cluster: LocalCluster) -> dict[str, float]:
     """CPU seconds the API server and etcd have used so far: what each write costs them bounds
     the rate on a machine they share with the operator."""
     processes = cluster.control_plane.processes
-    return sum(sum(psutil.Process(processes[n].pid).cpu_times()[:2]) for n in ("kube-apiserver", "etcd"))
+    return {n: sum(psutil.Process(processes[n].pid).cpu_times()[:2]) for n in ("kube-apiserver", "etcd")}
+
+
+def control_plane_used(cluster: LocalCluster, before: dict[str, float]) -> dict[str, float]:
+    now = control_plane_cpu(cluster)
+    return {
+        "api_cpu": now["kube-apiserver"] - before["kube-apiserver"],
+        "etcd_cpu": now["etcd"] - before["etcd"],
+    }
+
+
+class ApiProfiler:
+    """CPU profiles of the API server while a row runs, one per PROFILE_SECONDS, written as
+    DIRECTORY/TAG-NNN.pprof (``go tool pprof -top DIRECTORY/TAG-*.pprof`` merges them)."""
+
+    PROFILE_SECONDS = 10
+
+    def __init__(self, api: client.ApiClient, directory: Path | None, tag: str) -> None:
+        self.api, self.directory, self.tag = api, directory, tag
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        if directory is not None:
+            directory.mkdir(parents=True, exist_ok=True)
+            self.thread.start()
+
+    def run(self) -> None:
+        assert self.directory is not None
+        url = f"{self.api.configuration.host}/debug/pprof/profile?seconds={self.PROFILE_SECONDS}"
+        index = 0
+        while not self.stop.is_set():
+            response = self.api.call_api("GET", url, _request_timeout=self.PROFILE_SECONDS + 30)
+            response.read()
+            (self.directory / f"{self.tag}-{index:03d}.pprof").write_bytes(response.data or b"")
+            index += 1
+
+    def finish(self) -> None:
+        self.stop.set()
+        if self.thread.is_alive():
+            self.thread.join(self.PROFILE_SECONDS + 40)
 
 
 def watch_times(list_call: Any, args: tuple, seen: Any, stop: threading.Event) -> threading.Thread:
@@ -194,7 +233,12 @@ def set_workers(custom: client.CustomObjectsApi, replicas: int) -> None:
 
 
 def run_gpufleet(
-    cluster: LocalCluster, operator: OperatorProcess, count: int, tag: str, prequeue: bool
+    cluster: LocalCluster,
+    operator: OperatorProcess,
+    count: int,
+    tag: str,
+    prequeue: bool,
+    profiles: Path | None = None,
 ) -> dict:
     api = cluster.api_client()
     custom = client.CustomObjectsApi(api)
@@ -223,6 +267,7 @@ def run_gpufleet(
     rounds_before = rounds(operator)
     sampler = Sampler(operator.process.pid)  # type: ignore[union-attr]
     control_before = control_plane_cpu(cluster)
+    profiler = ApiProfiler(api, profiles, tag)
 
     def create(index: int) -> str:
         name = f"{tag}-{index:05d}"
@@ -245,7 +290,8 @@ def run_gpufleet(
     wait_for(lambda: len(succeeded), lambda n: n >= count, 3600, interval=1, what=f"{count} jobs succeeded")
     elapsed = time.monotonic() - started
     cpu, peak = sampler.finish()
-    control_cpu = control_plane_cpu(cluster) - control_before
+    control = control_plane_used(cluster, control_before)
+    profiler.finish()
     after = request_counts(api)
     rounds_after = rounds(operator)
     stop.set()
@@ -259,7 +305,7 @@ def run_gpufleet(
         "seconds": elapsed,
         "writes": per_job(before, after, count, ("generationjobs", "events", "pods")),
         "cpu": cpu,
-        "control_cpu": control_cpu,
+        **control,
         "peak_rss_mb": peak / 2**20,
         "rounds": rounds_after[0] - rounds_before[0],
         "round_seconds": rounds_after[1] - rounds_before[1],
@@ -307,7 +353,7 @@ def run_batch(cluster: LocalCluster, count: int, tag: str) -> dict:
     created = create_all(count, create)
     wait_for(lambda: len(running), lambda n: n >= count, 3600, interval=1, what=f"{count} Job pods running")
     elapsed = time.monotonic() - started
-    control_cpu = control_plane_cpu(cluster) - control_before
+    control = control_plane_used(cluster, control_before)
     after = request_counts(api)
     stop.set()
     watcher.join(35)
@@ -329,7 +375,7 @@ def run_batch(cluster: LocalCluster, count: int, tag: str) -> dict:
         "seconds": elapsed,
         "writes": per_job(before, after, count, ("jobs", "pods", "events")),
         "cpu": float("nan"),
-        "control_cpu": control_cpu,
+        **control,
         "peak_rss_mb": float("nan"),
     }
 
@@ -419,13 +465,14 @@ def print_table(rows: list[dict]) -> None:
             f"| {r['system']} | {r['jobs']:,} | {r['rate']:.1f} | {r['create_rate']:.1f} | "
             f"{r['p50']:.1f} / {r['p95']:.1f} / {r['p99']:.1f} | "
             f"{r['first_status_p50']:.2f} / {r['first_status_p95']:.2f} | "
-            f"{r['cpu']:.0f} | {r['control_cpu']:.0f} | {r['peak_rss_mb']:.0f} |"
+            f"{r['cpu']:.0f} | {r['api_cpu'] + r['etcd_cpu']:.0f} | {r['peak_rss_mb']:.0f} |"
         )
     print()
     for r in rows:
         print(f"API writes per job, {r['system']} at {r['jobs']:,}: {json.dumps(r['writes'])}")
         print(
-            f"  CPU per job: API server + etcd {r['control_cpu'] / r['jobs'] * 1000:.1f} ms"
+            f"  CPU per job: API server {r['api_cpu'] / r['jobs'] * 1000:.1f} ms"
+            f" + etcd {r['etcd_cpu'] / r['jobs'] * 1000:.1f} ms"
             + (f", operator {r['cpu'] / r['jobs'] * 1000:.1f} ms" if r["cpu"] == r["cpu"] else "")
         )
         if "rounds" in r:
@@ -442,6 +489,12 @@ def main() -> int:
         "--baseline-jobs", type=int, default=500, help="batch/v1 Jobs (pods on simulated nodes)"
     )
     parser.add_argument(
+        "--api-profiles",
+        type=Path,
+        metavar="DIR",
+        help="write CPU profiles of the API server during each gpufleet row to DIR",
+    )
+    parser.add_argument(
         "--arriving",
         action="store_true",
         help="jobs arrive while workers run (default: the whole queue is in before workers start)",
@@ -456,7 +509,7 @@ def main() -> int:
         ),
     )
     rows = []
-    with LocalCluster(workdir / "cluster", fleet) as cluster:
+    with LocalCluster(workdir / "cluster", fleet, profiling=args.api_profiles is not None) as cluster:
         api = cluster.api_client()
         apply_crds(api)
         install_operator_identity(api)
@@ -474,7 +527,9 @@ def main() -> int:
             if args.baseline_jobs:  # 0: the gpufleet rows only
                 rows.append(run_batch(cluster, args.baseline_jobs, "batch"))
             for index, count in enumerate(args.jobs):
-                rows.append(run_gpufleet(cluster, operator, count, f"gj{index}", not args.arriving))
+                rows.append(
+                    run_gpufleet(cluster, operator, count, f"gj{index}", not args.arriving, args.api_profiles)
+                )
                 print_table(rows)
         finally:
             operator.stop()

@@ -63,9 +63,10 @@ class LocalCluster(ClusterAccess):
     kubeconfig: Path = field(init=False)
     kubelet: ManagedProcess | None = field(init=False, default=None)
     startup_seconds: float | None = None
+    profiling: bool = False  # see ControlPlane
 
     def __post_init__(self) -> None:
-        self.control_plane = ControlPlane(self.workdir)
+        self.control_plane = ControlPlane(self.workdir, profiling=self.profiling)
         self.kubeconfig = self.control_plane.kubeconfig
 
     @property

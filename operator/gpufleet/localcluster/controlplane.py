@@ -66,6 +66,7 @@ class ControlPlane:
     workdir: Path
     processes: dict[str, ManagedProcess] = field(default_factory=dict)
     startup_seconds: float | None = None
+    profiling: bool = False  # the API server serves /debug/pprof (to its admin)
 
     @property
     def kubeconfig(self) -> Path:
@@ -132,7 +133,7 @@ class ControlPlane:
                     # Loopback addresses are not valid Endpoints; pods reach the API server
                     # through the kubeconfig the kubelet stand-in writes for them.
                     "--endpoint-reconciler-type=none",
-                    "--profiling=false",
+                    f"--profiling={str(self.profiling).lower()}",
                     f"--cert-dir={self.pki_dir}",
                 ],
                 logs / "kube-apiserver.log",
