@@ -179,3 +179,25 @@ def test_a_pools_status_write_does_not_wake_its_round_a_new_spec_does() -> None:
     assert not wakeup.is_set() and cache.pools[("default", "sd")]["status"] == {"queueDepth": 5}
     cache.remember_pool(pool(3, 2, queueDepth=5))
     assert wakeup.is_set()
+
+
+def test_held_jobs_share_their_fields_sets_and_stay_what_they_parse_to() -> None:
+    cache = Cache()
+    queued = {"phase": "Queued", "reason": "Queued", "message": "position 1", "queuePosition": 1}
+    bodies = [stored(job_body(name), 1, **queued) for name in ("a", "b")]
+    a, b = (cache.parsed(body) for body in bodies)
+    assert a is not None and b is not None
+    assert a.spec.__pydantic_fields_set__ is b.spec.__pydantic_fields_set__
+    assert a.spec.input.__pydantic_fields_set__ is b.spec.input.__pydantic_fields_set__
+    assert a.status.__pydantic_fields_set__ is b.status.__pydantic_fields_set__
+    # Nothing else changes: the held job dumps as a fresh parse of its body does.
+    fresh = GenerationJob.model_validate(bodies[0])
+    assert a.model_dump(by_alias=True) == fresh.model_dump(by_alias=True)
+    assert a.spec.model_fields_set == fresh.spec.model_fields_set
+    # A copy gets a set of its own; changing a held model in place is refused, not shared.
+    shared = set(a.status.__pydantic_fields_set__)
+    moved = a.status.model_copy(update={"queue_position": 0})
+    assert moved.queue_position == 0 and "queue_position" in moved.model_fields_set
+    assert set(b.status.__pydantic_fields_set__) == shared
+    with pytest.raises(TypeError, match="model_copy"):
+        a.status.queue_position = 5

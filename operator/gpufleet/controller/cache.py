@@ -15,7 +15,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from gpufleet import labels
 from gpufleet.api.conditions import TERMINAL_PHASES, JobPhase
@@ -84,6 +84,35 @@ def pool_of(job: dict[str, Any]) -> str | None:
     return ((job.get("spec") or {}).get("poolRef") or {}).get("name")
 
 
+class SharedFieldsSet(set[str]):
+    """The fields set of every held model with those fields: pydantic keeps a set per model
+    instance (which fields the input gave), 5.7 of the 10.1 KB a queued job's parsed
+    GenerationJob takes. A copy (``model_copy``) gets a set of its own; changing a shared one,
+    as assigning a field of a held model would, raises instead of reaching every other model."""
+
+    def __copy__(self) -> set[str]:
+        return set(self)
+
+    def _refuse(self, *_: Any) -> Any:
+        raise TypeError("a held model is not changed in place: model_copy(update=...) it")
+
+    add = discard = remove = pop = clear = _refuse
+    update = difference_update = intersection_update = symmetric_difference_update = _refuse
+    __ior__ = __iand__ = __isub__ = __ixor__ = _refuse
+
+
+def share_fields_sets(model: BaseModel, shared: dict[frozenset[str], SharedFieldsSet]) -> None:
+    """Gives ``model`` and the models it holds the shared set of their fields (see above)."""
+    fields = frozenset(model.__pydantic_fields_set__)
+    if (one := shared.get(fields)) is None:
+        one = shared[fields] = SharedFieldsSet(fields)
+    object.__setattr__(model, "__pydantic_fields_set__", one)
+    for value in model.__dict__.values():
+        for item in value if isinstance(value, list | tuple) else (value,):
+            if isinstance(item, BaseModel):
+                share_fields_sets(item, shared)
+
+
 @dataclass(frozen=True)
 class Parsed:
     """A job body's typed form, and what it was parsed from."""
@@ -107,6 +136,7 @@ class Cache:
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
     _jobs_by_pool: dict[Key, set[str]] = field(default_factory=dict)
     _parsed: dict[Key, Parsed] = field(default_factory=dict)
+    _fields_sets: dict[frozenset[str], SharedFieldsSet] = field(default_factory=dict)
     _wakeups: dict[Key, asyncio.Event] = field(default_factory=dict)
 
     # -- jobs ----------------------------------------------------------------------------------
@@ -174,6 +204,7 @@ class Cache:
                 job = held.job.model_copy(update={"metadata": meta, "status": status})
             else:
                 job = GenerationJob.model_validate(body)
+            share_fields_sets(job, self._fields_sets)
         except ValidationError as error:
             log.warning("job %s/%s does not parse: %s", key[0], key[1], error)
             job = None
