@@ -40,7 +40,7 @@ from gpufleet.api.models import GROUP, VERSION
 from gpufleet.localcluster import simnodes
 from gpufleet.localcluster.cluster import LocalCluster
 from gpufleet.localcluster.fleet import OperatorProcess, apply_crds, install_operator_identity
-from gpufleet.localcluster.waiting import wait_for
+from gpufleet.localcluster.waiting import WaitTimeout, wait_for
 
 NAMESPACE = "bench"
 WORKERS, SLOTS = 4, 32
@@ -148,6 +148,36 @@ def control_plane_used(cluster: LocalCluster, before: dict[str, float]) -> dict[
         "api_cpu": now["kube-apiserver"] - before["kube-apiserver"],
         "etcd_cpu": now["etcd"] - before["etcd"],
     }
+
+
+QUIET_CORES = 0.15  # the cluster is settled when all its processes use less than this together
+QUIET_WINDOW_SECONDS = 3.0
+
+
+def wait_quiet(cluster: LocalCluster, operator: OperatorProcess, timeout: float = 180) -> str:
+    """Waits until the control plane, the kubelet stand-in and the operator together use less
+    than QUIET_CORES over QUIET_WINDOW_SECONDS: the work a row leaves behind (the garbage
+    collector deleting the baseline's Jobs and pods, their Events) would otherwise be measured
+    as the next row's. Says how long that took (or that it did not happen: the row runs anyway)."""
+    pids = [p.pid for p in cluster.control_plane.processes.values()]
+    pids += [p.pid for p in (cluster.kubelet, operator.process) if p is not None]
+    processes = [psutil.Process(pid) for pid in pids]
+
+    def used() -> float:
+        return sum(sum(p.cpu_times()[:2]) for p in processes)
+
+    started = time.monotonic()
+
+    def cores() -> float:
+        before = used()
+        time.sleep(QUIET_WINDOW_SECONDS)
+        return (used() - before) / QUIET_WINDOW_SECONDS
+
+    try:
+        wait_for(cores, lambda c: c < QUIET_CORES, timeout, interval=0, what="the cluster to settle")
+    except WaitTimeout as error:
+        return f"not settled: {error}"
+    return f"settled in {time.monotonic() - started:.0f} s"
 
 
 class ApiProfiler:
@@ -527,6 +557,7 @@ def main() -> int:
             if args.baseline_jobs:  # 0: the gpufleet rows only
                 rows.append(run_batch(cluster, args.baseline_jobs, "batch"))
             for index, count in enumerate(args.jobs):
+                print(f"before {count:,} jobs: {wait_quiet(cluster, operator)}", flush=True)
                 rows.append(
                     run_gpufleet(cluster, operator, count, f"gj{index}", not args.arriving, args.api_profiles)
                 )
