@@ -156,9 +156,9 @@ QUIET_WINDOW_SECONDS = 3.0
 
 def wait_quiet(cluster: LocalCluster, operator: OperatorProcess, timeout: float = 180) -> str:
     """Waits until the control plane, the kubelet stand-in and the operator together use less
-    than QUIET_CORES over QUIET_WINDOW_SECONDS: the work a row leaves behind (the garbage
-    collector deleting the baseline's Jobs and pods, their Events) would otherwise be measured
-    as the next row's. Says how long that took (or that it did not happen: the row runs anyway)."""
+    than QUIET_CORES over QUIET_WINDOW_SECONDS, so that no row measures what the one before
+    left running (the garbage collector deleting the baseline's Jobs and pods, say). Says how
+    long that took, or that it did not happen (the row runs anyway)."""
     pids = [p.pid for p in cluster.control_plane.processes.values()]
     pids += [p.pid for p in (cluster.kubelet, operator.process) if p is not None]
     processes = [psutil.Process(pid) for pid in pids]
