@@ -59,23 +59,23 @@ def make_immutable(node: dict[str, Any], message: str) -> None:
     Not one ``self == oldSelf`` at the top: the API server evaluates every rule of an object on
     each write, status writes included, and CEL reads a field of an object by building a map of
     all that object's properties, so comparing a wide object costs its width for each field it
-    holds. Rules at the top of the GenerationJob spec took 28% of the API server's CPU per
-    status write; rules at the leaves compare scalars.
+    holds. With such rules on the GenerationJob spec, CEL took 14% of the API server's CPU in
+    the dispatch benchmark; with rules on the leaves, 11-12%.
     """
     properties = node.get("properties")
     if properties is None or node.get("x-kubernetes-preserve-unknown-fields"):
         add_rules(node, rule("self == oldSelf", message))
         return
-    required = set(node.get("required", ()))
-    for name, child in properties.items():
-        if name not in required and "default" not in child:
-            add_rules(node, fixed_presence(name, message))
-        make_immutable(child, message)
+    for name in properties:
+        make_field_immutable(node, name, message)
 
 
-def fixed_presence(name: str, message: str) -> dict[str, Any]:
-    """The transition rule that field ``name`` of an object is neither added nor removed."""
-    return rule(f"has(self.{name}) == has(oldSelf.{name})", message, field_path=f".{name}")
+def make_field_immutable(node: dict[str, Any], name: str, message: str) -> None:
+    """`make_immutable` for field ``name`` of the object ``node``: kept present or absent
+    (unless required or defaulted), and its value unchanged."""
+    if name not in node.get("required", ()) and "default" not in node["properties"][name]:
+        add_rules(node, rule(f"has(self.{name}) == has(oldSelf.{name})", message, field_path=f".{name}"))
+    make_immutable(node["properties"][name], message)
 
 
 def add_rules(node: dict[str, Any], *rules: dict[str, Any]) -> None:

@@ -19,9 +19,7 @@ from pydantic import ConfigDict, Field, WithJsonSchema, field_validator, model_v
 from gpufleet import labels
 from gpufleet.api.cel import (
     VALIDATIONS,
-    add_rules,
-    fixed_presence,
-    make_immutable,
+    make_field_immutable,
     quantity_expr,
     rule,
     validations,
@@ -779,14 +777,9 @@ MUTABLE_SPEC_FIELDS = ("cancel",)  # its own rule: it can only go from false to 
 def make_spec_immutable(schema: dict[str, Any]) -> None:
     """Transition rules on the job spec's structural schema (references inlined, so the CRD
     generator calls this) that refuse any change but spec.cancel's."""
-    required = set(schema.get("required", []))
-    for name, child in schema["properties"].items():
-        if name in MUTABLE_SPEC_FIELDS:
-            continue
-        message = f"spec.{name} {IMMUTABLE_SPEC_RULE}"
-        if name not in required and "default" not in child:
-            add_rules(schema, fixed_presence(name, message))
-        make_immutable(child, message)
+    for name in schema["properties"]:
+        if name not in MUTABLE_SPEC_FIELDS:
+            make_field_immutable(schema, name, f"spec.{name} {IMMUTABLE_SPEC_RULE}")
 
 
 def _cel_list(tasks: frozenset[Task]) -> str:
