@@ -4,6 +4,7 @@ versions it holds, and the jobs it announces as new."""
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 
@@ -201,3 +202,23 @@ def test_held_jobs_share_their_fields_sets_and_stay_what_they_parse_to() -> None
     assert set(b.status.__pydantic_fields_set__) == shared
     with pytest.raises(TypeError, match="model_copy"):
         a.status.queue_position = 5
+
+
+def test_held_bodies_share_their_strings_and_the_parsed_job_shares_the_bodys() -> None:
+    cache = Cache()
+    message = "position 3 in pool sd's queue"
+    condition = {"type": "Ready", "status": "False", "reason": "Queued", "message": message}
+    condition["lastTransitionTime"] = "2026-12-03T10:00:00Z"
+    status = {"phase": "Queued", "reason": "Queued", "message": message, "conditions": [condition]}
+    # Each as a watch event decodes it: its own copies of every string.
+    a, b = (json.loads(json.dumps(stored(job_body(name), 1, **status))) for name in ("a", "b"))
+    assert a["status"]["message"] is not b["status"]["message"]
+    held_a, held_b = cache.remember_job(a), cache.remember_job(b)
+    assert held_a is not None and held_b is not None
+    assert held_a == a and held_b == b  # the same body, only its strings shared
+    assert held_a["spec"]["model"] is held_b["spec"]["model"]
+    assert held_a["status"]["message"] is held_b["status"]["conditions"][0]["message"]
+    assert next(iter(held_a["spec"])) is next(iter(held_b["spec"]))  # keys too
+    job = cache.parsed(held_a)
+    assert job is not None and job.status.message is held_a["status"]["message"]
+    assert job.spec.model is held_a["spec"]["model"]

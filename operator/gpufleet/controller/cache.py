@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,15 +49,30 @@ LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 def kept(body: dict[str, Any]) -> dict[str, Any]:
     """``body`` as the cache holds it: without what the operator never reads and the API server
     sends with every object, managedFields and kubectl's copy of the applied manifest, which
-    together outweigh a small object's spec and status (and every held job has one)."""
+    together outweigh a small object's spec and status (and every held job has one); and with
+    its strings shared (`shared_strings`)."""
     meta = body["metadata"]
     annotations = meta.get("annotations") or {}
-    if "managedFields" not in meta and LAST_APPLIED not in annotations:
-        return body
-    meta = {k: v for k, v in meta.items() if k != "managedFields"}
-    if LAST_APPLIED in annotations:
-        meta["annotations"] = {k: v for k, v in annotations.items() if k != LAST_APPLIED}
-    return {**body, "metadata": meta}
+    if "managedFields" in meta or LAST_APPLIED in annotations:
+        meta = {k: v for k, v in meta.items() if k != "managedFields"}
+        if LAST_APPLIED in annotations:
+            meta["annotations"] = {k: v for k, v in annotations.items() if k != LAST_APPLIED}
+        body = {**body, "metadata": meta}
+    return shared_strings(body)
+
+
+def shared_strings(value: Any) -> Any:
+    """``value`` (decoded JSON) rebuilt with each of its strings the one interned copy: every
+    watch event is decoded on its own, so each held body had its own copies of the same keys,
+    phases, reasons, models and pool names, and a job's message once per condition (4.9 KB of
+    strings per queued job, 0.4 KB of them distinct). A parsed model keeps the body's strings."""
+    if isinstance(value, str):
+        return sys.intern(value)
+    if isinstance(value, dict):
+        return {sys.intern(k): shared_strings(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [shared_strings(v) for v in value]
+    return value
 
 
 def phase(job: dict[str, Any]) -> str | None:
@@ -210,6 +226,10 @@ class Cache:
             job = None
         self._parsed[key] = Parsed(body, uid, version, job)
         return job
+
+    def forget_parsed(self, namespace: str, name: str) -> None:
+        """Drops the parsed form of a job the round holds compact (see state.JobDecision)."""
+        self._parsed.pop((namespace, name), None)
 
     def current(self, job: GenerationJob) -> GenerationJob | None:
         """The latest known version of ``job``, None once it is gone (or replaced by a new uid)."""
