@@ -3,9 +3,15 @@ that compiles them before the first real decision."""
 
 from __future__ import annotations
 
+import asyncio
+import os
+import subprocess
+import sys
+
 import numba
 import pytest
 
+from gpufleet.controller import handlers
 from gpufleet.core import compiled as compiled_module
 from gpufleet.core import fill, placement
 from gpufleet.core.placement import (
@@ -53,6 +59,8 @@ def test_without_a_writable_cache_it_compiles_in_memory(monkeypatch):
 
     assert add_one(41) == 42
     assert add_one.signatures  # compiled by numba, not left as Python
+    assert not compiled_module.disk_cached(add_one)  # no child process can compile it for us
+    assert compiled_module.disk_cached(placement._scan)
 
 
 def test_other_compile_errors_are_not_hidden(monkeypatch):
@@ -95,3 +103,41 @@ def test_after_the_warm_up_real_decisions_compile_nothing_more():
     assert {kernel: len(kernel.signatures) for kernel in KERNELS} == before
     # One job ran already; the 8 GiB job, the share and the two-GPU job took GPU slots.
     assert int(fleet.jobs.sum()) == 1 + 1 + 1 + 2
+
+
+LOADS_AFTER_THE_CHILD = """
+import asyncio
+from gpufleet.controller import handlers
+from gpufleet.core import placement
+asyncio.run(handlers.warm_up_placer())
+print(sum(placement._scan.stats.cache_hits.values()), sum(placement._scan.stats.cache_misses.values()))
+"""
+
+
+def test_the_operator_compiles_the_placer_in_a_child_and_loads_its_machine_code(tmp_path):
+    """A process that compiles keeps LLVM's working memory; the operator's loads the cache."""
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}  # empty: nothing compiled yet
+    ran = subprocess.run(
+        [sys.executable, "-c", LOADS_AFTER_THE_CHILD], env=env, capture_output=True, text=True, check=True
+    )
+    hits, misses = map(int, ran.stdout.split())
+    assert hits > 0 and misses == 0  # loaded what the child compiled, compiled nothing itself
+    assert any(tmp_path.rglob("*.nbi"))
+
+
+def test_if_the_child_fails_or_nothing_can_be_cached_the_operator_compiles_itself(monkeypatch):
+    started: list[tuple] = []
+    real = asyncio.create_subprocess_exec
+
+    async def child(*args, **kwargs):
+        started.append(args)
+        return await real(sys.executable, "-c", "raise SystemExit(3)")
+
+    monkeypatch.setattr(handlers.asyncio, "create_subprocess_exec", child)
+    warmed: list[bool] = []
+    monkeypatch.setattr(handlers.placement, "warm_up", lambda: warmed.append(True))
+    asyncio.run(handlers.warm_up_placer())
+    assert len(started) == 1 and warmed == [True]
+    monkeypatch.setattr(handlers.placement, "warm_up_cached", lambda: False)
+    asyncio.run(handlers.warm_up_placer())
+    assert len(started) == 1 and warmed == [True, True]  # no child where it could not help

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -91,8 +92,7 @@ async def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> Non
     # API writes run in threads (the Kubernetes client blocks): enough of them for a round's
     # concurrent writes, where the default pool has only cores + 4.
     asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(op.concurrency * 2))
-    # Compiling the placer takes ~10 s the first time (then it loads from NUMBA_CACHE_DIR).
-    await asyncio.to_thread(placement.warm_up)
+    await warm_up_placer()
     # Watch events and writes allocate fast, and reference counts free nearly all of it: with
     # the collector's defaults (a young collection every 700 allocations), draining 5,000
     # queued jobs in-process spent 6.0 of its 21.8 s of CPU collecting; with young collections
@@ -103,6 +103,23 @@ async def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> Non
     gc.set_threshold(10_000, 10, 10)
     op.spawn(orphans(op), name="orphan-jobs")
     op.spawn(admit.first_statuses(op), name="first-statuses")
+
+
+WARM_UP_PLACER = "from gpufleet.core import placement; placement.warm_up()"
+
+
+async def warm_up_placer() -> None:
+    """Compiles the placer (~10 s the first time) in a child process that fills its disk cache,
+    then loads the machine code from there: compiling here would keep LLVM's working memory,
+    60 MB, for the operator's lifetime (`core.compiled`). Where nothing can be cached, or the
+    child fails, this process compiles."""
+    if placement.warm_up_cached():
+        child = await asyncio.create_subprocess_exec(sys.executable, "-c", WARM_UP_PLACER)
+        if await child.wait() != 0:
+            log.warning(
+                "compiling the placer in a child failed (status %s): compiling here", child.returncode
+            )
+    await asyncio.to_thread(placement.warm_up)
 
 
 @kopf.on.cleanup()

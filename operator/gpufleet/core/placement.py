@@ -51,7 +51,7 @@ from typing import NamedTuple, TypeVar, get_args
 
 import numpy as np
 
-from gpufleet.core.compiled import compiled
+from gpufleet.core.compiled import compiled, disk_cached
 from gpufleet.core.fill import SHARE_SCALE, Size, room_shares, tables_for
 from gpufleet_worker.modelcache import CachedModel, choose_evictions
 from gpufleet_worker.protocol import ModelLoadSource
@@ -742,6 +742,11 @@ def warm_up() -> None:
         Demand(vram=2**31),
     ):
         place(fleet, Job(demand), mix)
+
+
+def warm_up_cached() -> bool:
+    """Whether `warm_up` loads from a disk cache that another process can fill (`compiled`)."""
+    return disk_cached(_scan)
 
 
 # --- the candidates and their keys ----------------------------------------------------------
