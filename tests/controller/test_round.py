@@ -567,3 +567,73 @@ async def test_a_job_made_anew_under_a_deleted_jobs_name_runs_itself_not_the_ear
     assert fleet.status("a")["phase"] == "Succeeded"
     assert worker.submits == [run, run]  # attempt 1 of each job
     assert worker.runs[run].job_uid == anew["metadata"]["uid"]  # a run of its own
+
+
+@in_loop
+async def test_a_deleted_jobs_key_leaves_the_pools_demand_record(fleet):
+    """The pool counts each job's demand once (the placer's mix): the keys it has counted go
+    with their jobs, or a long-lived pool would hold every job name it ever saw."""
+    fleet.pool(workers=0)
+    for name in ("a", "b"):
+        fleet.job(name)
+    await rounds(fleet, 1)
+    memory = fleet.op.pool(NAMESPACE, "sd")
+    assert memory.observed == {f"{NAMESPACE}/a", f"{NAMESPACE}/b"}
+    mix = memory.mix
+    del fleet.kube.objects[("generationjobs", NAMESPACE, "a")]
+    await handlers.job_event(event={"type": "DELETED"}, namespace=NAMESPACE, name="a", memo=Memo(fleet))
+    await rounds(fleet, 1)
+    assert memory.observed == {f"{NAMESPACE}/b"}
+    assert memory.mix is mix  # b is not counted again
+
+
+@in_loop
+async def test_finished_jobs_are_held_without_their_parsed_form_until_needed(fleet):
+    """A pool keeps its finished jobs until their TTL: held as their bodies only."""
+    fleet.pool()
+    fleet.job("done", ttlSecondsAfterFinished=3600)
+    fleet.job("kept")
+    await rounds(fleet, 3)
+    cache, memory = fleet.op.cache, fleet.op.pool(NAMESPACE, "sd")
+    for name in ("done", "kept"):
+        assert fleet.status(name)["phase"] == "Succeeded"
+        assert memory.decisions[f"{NAMESPACE}/{name}"].job is None
+        assert (NAMESPACE, name) not in cache._parsed
+    # A new version (here the user cancels it, a spec change) is parsed and decided again.
+    body = fleet.kube.objects[("generationjobs", NAMESPACE, "done")]
+    body["spec"]["cancel"] = True
+    cache.remember_job(fleet.kube.store("generationjobs", body))
+    from unittest import mock
+
+    from gpufleet.controller import reconcile
+
+    with mock.patch.object(reconcile, "job_step", wraps=reconcile.job_step) as step:
+        await rounds(fleet, 1)
+    assert [call.args[1].metadata["name"] for call in step.call_args_list] == ["done"]
+    assert step.call_args_list[0].args[1].spec.cancel is True
+    assert memory.decisions[f"{NAMESPACE}/done"].job is None  # still finished: compact again
+    assert fleet.status("done")["phase"] == "Succeeded"  # a finished job is not cancelled
+
+
+@in_loop
+async def test_queued_jobs_are_held_without_their_parsed_form_but_the_head_of_the_queue(fleet):
+    from unittest import mock
+
+    from gpufleet.controller import reconcile
+
+    fleet.pool(workers=0)
+    for index in range(60):
+        fleet.job(f"q{index:02d}")
+    with mock.patch.object(reconcile, "PLACEMENT_WINDOW", 4):
+        await rounds(fleet, 3)
+        memory, cache = fleet.op.pool(NAMESPACE, "sd"), fleet.op.cache
+        assert len(memory.decisions) == 60
+        assert all(d.job is None and d.queued is not None for d in memory.decisions.values())
+        parsed = {name for _, name in cache._parsed}
+        assert {"q00", "q01", "q02", "q03"} <= parsed  # the head, offered to placement
+        assert len(parsed) <= 4 + reconcile.POSITION_WRITES_PER_ROUND < 60
+        # Workers come: the queue drains in order, each job parsed again when it is needed.
+        [worker] = fleet.pool(workers=1, max_jobs_per_gpu=64)
+        await rounds(fleet, 20)
+    assert all(fleet.status(f"q{index:02d}")["phase"] == "Succeeded" for index in range(60))
+    assert worker.submits == [protocol.run_id(f"{NAMESPACE}/q{index:02d}", 1) for index in range(60)]

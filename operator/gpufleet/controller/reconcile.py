@@ -13,7 +13,7 @@ import datetime as dt
 import itertools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import httpx
@@ -40,7 +40,7 @@ from gpufleet.core.workerpod import (
 from gpufleet_worker.modelcache import CachedModel
 
 from . import follow, metrics
-from .cache import Key
+from .cache import Cache, Key
 from .jobstatus import now_utc, set_phase, stamp
 from .kube import POOLS, PodRefused
 from .state import JobDecision, JobMemory, Operator, PoolMemory, QueueView
@@ -155,14 +155,18 @@ async def reconcile_pool(op: Operator, namespace: str, name: str) -> None:
     pods = cache.pool_pods(namespace, name)
     gpu_classes = cache.gpu_classes()
     classes = jobrules.pool_gpu_classes(pool.spec, gpu_classes, min_memory_bytes(pool))
-    # A job whose body is the one last decided on is not even looked up in the parse cache.
-    seen: list[tuple[str, dict, GenerationJob, JobDecision | None]] = []
+    # A job whose body is the one last decided on is not even looked up in the parse cache; a
+    # finished one the last round held compact has no parsed form (None) until it is needed.
+    seen: list[tuple[str, dict, GenerationJob | None, JobDecision | None]] = []
     for b in cache.pool_jobs(namespace, name):
         key = job_key(b)
         held = memory.decisions.get(key)
-        if (j := held.job if held is not None and held.body is b else cache.parsed(b)) is not None:
+        if held is not None and held.body is b:
+            seen.append((key, b, held.job, held))
+        elif (j := cache.parsed(b)) is not None:
             seen.append((key, b, j, held))
-    jobs = [(b, j) for _, b, j, _ in seen]
+    jobs = [(b, j) for _, b, j, _ in seen if j is not None]
+    memory.observed.intersection_update(key for key, *_ in seen)  # not the deleted jobs' keys
     running = [(b, j) for b, j in jobs if j.status.phase in ACTIVE]
     metrics.pool_seen(namespace, name, pool.spec.tasks)
     token = await ensure_token_secret(op, pool, memory)
@@ -186,44 +190,50 @@ async def reconcile_pool(op: Operator, namespace: str, name: str) -> None:
     # 3. Per-job decisions (core.jobs.next_step); their writes run concurrently.
     now = now_utc()
     model_vram = {m.name: parse_quantity(m.vram).value() for m in pool.spec.models}
-    waiting: list[tuple[queue.WaitingJob, GenerationJob]] = []
+    waiting: list[queue.WaitingJob] = []
     writes: list[Awaitable[Any]] = []
     # The pool's spec (its generation: its status writes do not count) and the GPUs it can get.
     basis = (body["metadata"].get("uid"), body["metadata"].get("generation"), tuple(classes))
     memory.decisions = {}
     claimed: set[Key] = set()  # jobs this step writes: held from the first-status writer
     try:  # released however the step ends
-        for key, job_body, job, held in seen:
-            ident = (job.metadata["namespace"], job.metadata["name"])
+        for key, job_body, maybe_job, held in seen:
+            ident = job_id(key)
             if ident in op.writing:  # its first status is being written: the next round decides it
                 continue
-            if held is not None and held.job is job and held.basis == basis:
-                memory.decisions[key] = held
-                if held.queued is not None:  # still waiting, as it was
-                    waiting.append((held.queued, job))
+            # The last decision stands while the job and the pool's basis are the same.
+            stands = held if held is not None and held.job is maybe_job and held.basis == basis else None
+            if stands is not None:
+                memory.decisions[key] = stands
+                if stands.queued is not None:  # still waiting, as it was
+                    waiting.append(stands.queued)
                     continue
-                if held.quiet_until is not None and now < held.quiet_until:  # finished, kept
+                if stands.quiet_until is not None and now < stands.quiet_until:  # finished, kept
                     continue
-                refused, holds = held.refused, held.held
+            # A job held compact whose time came, or whose pool changed, is parsed again.
+            if (parsed := maybe_job or cache.parsed(job_body)) is None:
+                continue
+            job = parsed
+            if stands is not None:
+                refused, holds = stands.refused, stands.held
             else:
                 refused = jobrules.refusal(job.spec, pool.spec, classes)
                 holds = sizing_job(job, model_vram)
-            view = job_view(job, op.job(job.metadata["namespace"], job.metadata["name"]))
+            view = job_view(job, op.jobs.get(ident))
             before = len(writes)
             action = job_step(op, job, view, job_body, refused, now, token, writes)
             if len(writes) > before and op.claim(ident):
                 claimed.add(ident)
+            quiet_until = jobrules.quiet_until(view)
+            waits = action if not job.status.attempts else None
+            compact = quiet_until is not None or waits is not None  # see JobDecision
             memory.decisions[key] = JobDecision(
-                job_body,
-                job,
-                basis,
-                refused,
-                action if not job.status.attempts else None,
-                holds,
-                jobrules.quiet_until(view),
+                job_body, None if compact else job, basis, refused, waits, holds, quiet_until
             )
+            if compact:
+                cache.forget_parsed(*ident)
             if action is not None:
-                waiting.append((action, job))
+                waiting.append(action)
                 if key not in memory.observed:
                     memory.observed.add(key)
                     memory.mix = observe(
@@ -249,20 +259,20 @@ async def reconcile_pool(op: Operator, namespace: str, name: str) -> None:
         op.writing -= claimed
 
     # 4. Sizing: how many workers, and apply it.
-    queued = [memory.decisions[w.key].held for w, _ in waiting]
+    queued = [memory.decisions[w.key].held for w in waiting]
     decision = size_pool(pool, memory, active, ready, inventories, busy, queued, running, model_vram)
     await scale(op, pool, body, active, decision, busy, gpu_classes)
 
     # 5. Placement: the queue in order onto the workers that take jobs now.
     ordered_at = time.time()
-    ordered = queue.order([w for w, _ in waiting], ordered_at)
-    by_key = {w.key: job for w, job in waiting}
+    ordered = queue.order(waiting, ordered_at)
     clock = op.clock()
-    dispatchable = list(
-        itertools.islice(
-            (w for w in ordered if op.job(*w.key.split("/")).not_before <= clock), PLACEMENT_WINDOW
-        )
-    )
+    due = (w.key for w in ordered if op.job(*job_id(w.key)).not_before <= clock)
+    # The window's jobs as decided (parsed again where held compact: the head of the queue only).
+    window: dict[str, GenerationJob] = {}
+    for key in itertools.islice(due, PLACEMENT_WINDOW):
+        if (head := decided_job(cache, memory.decisions[key])) is not None:
+            window[key] = head
     workers = [
         w
         for w in fleet_workers(op, ready, inventories, running)
@@ -272,15 +282,14 @@ async def reconcile_pool(op: Operator, namespace: str, name: str) -> None:
     plan = dispatch.plan(
         [
             dispatch.QueuedJob(
-                w.key,
-                by_key[w.key].spec.model,
-                jobrules.working_vram(by_key[w.key].spec),
-                model_vram=model_vram.get(by_key[w.key].spec.model, 0),
+                key,
+                head.spec.model,
+                jobrules.working_vram(head.spec),
+                model_vram=model_vram.get(head.spec.model, 0),
                 gpus=pool.spec.gpu.count,
-                avoid=frozenset(op.job(*w.key.split("/")).avoid)
-                | failed.get(by_key[w.key].spec.model, set()),
+                avoid=frozenset(op.job(*job_id(key)).avoid) | failed.get(head.spec.model, set()),
             )
-            for w in dispatchable
+            for key, head in window.items()
         ],
         workers,
         memory.mix,
@@ -311,7 +320,7 @@ async def reconcile_pool(op: Operator, namespace: str, name: str) -> None:
     dispatches = [
         follow.dispatch(
             op,
-            by_key[a.key],
+            window[a.key],
             pods_by_name[a.placement.worker],
             a.placement,
             token,
@@ -319,10 +328,9 @@ async def reconcile_pool(op: Operator, namespace: str, name: str) -> None:
         )
         for a in assignments
     ]
+    positions = queued_writes(op, name, unplaced, memory.decisions, plan.waiting, hold)
     try:
-        outcomes = await bounded(
-            op.concurrency, [*dispatches, *queued_writes(op, name, unplaced, by_key, plan.waiting, hold)]
-        )
+        outcomes = await bounded(op.concurrency, [*dispatches, *positions])
     finally:
         op.writing -= claimed
     dispatched = {a.key for a, ok in zip(assignments, outcomes, strict=False) if ok}
@@ -360,11 +368,16 @@ async def reconcile_pool(op: Operator, namespace: str, name: str) -> None:
     )
 
 
+def decided_job(cache: Cache, decision: JobDecision) -> GenerationJob | None:
+    """The job ``decision`` was made on: held, or parsed again from its body where held compact."""
+    return decision.job or cache.parsed(decision.body)
+
+
 def queued_writes(
     op: Operator,
     pool: str,
     remaining: list[queue.WaitingJob],
-    by_key: dict[str, GenerationJob],
+    decisions: Mapping[str, JobDecision],
     waiting: dict[str, Any],
     hold: Callable[[str], bool],
 ) -> Iterator[Awaitable[Any]]:
@@ -373,11 +386,12 @@ def queued_writes(
     for a job ``hold`` claims for it."""
     budget = POSITION_WRITES_PER_ROUND
     for position, w in enumerate(remaining):
-        job = by_key[w.key]
-        first = job.status.phase != JobPhase.QUEUED
-        if not first and (budget <= 0 or not queue.position_due(job.status.queue_position, position)):
+        decision = decisions[w.key]
+        status = decision.body.get("status") or {}  # a queued job is held compact: read its body
+        first = status.get("phase") != JobPhase.QUEUED
+        if not first and (budget <= 0 or not queue.position_due(status.get("queuePosition"), position)):
             continue
-        if not hold(w.key):
+        if (job := decided_job(op.cache, decision)) is None or not hold(w.key):
             continue
         if not first:
             budget -= 1
@@ -427,14 +441,15 @@ async def replace_pod(op: Operator, body: dict, namespace: str, pod: dict, why: 
     await op.kube.event(body, "WorkerReplaced", why, warning=True)
 
 
-def job_view(job: GenerationJob, memory: JobMemory) -> jobrules.JobView:
-    """What core.jobs decides one job from: its resource and what the operator remembers of it."""
+def job_view(job: GenerationJob, memory: JobMemory | None) -> jobrules.JobView:
+    """What core.jobs decides one job from: its resource and what the operator remembers of it
+    (None: nothing yet; a queue's jobs get no memory before they need one)."""
     meta, status, spec = job.metadata, job.status, job.spec
     return jobrules.JobView(
         phase=status.phase,
         deleting=bool(meta.get("deletionTimestamp")),
         cancel=spec.cancel,
-        cancel_sent=memory.cancel_sent,
+        cancel_sent=memory is not None and memory.cancel_sent,
         attempts=status.attempts,
         start_time=status.start_time,
         completion_time=status.completion_time,
@@ -457,7 +472,6 @@ def job_step(
     it when it waits in the queue. ``refused``: why its pool cannot take it (core.jobs.refusal)."""
     meta, status, spec = job.metadata, job.status, job.spec
     namespace, name = meta["namespace"], meta["name"]
-    memory = op.job(namespace, name)
     step = jobrules.next_step(view, refused, now)
     Step = jobrules.Step
     if step is Step.FORGET:
@@ -465,7 +479,7 @@ def job_step(
     elif step is Step.EXPIRE:
         writes.append(op.kube.delete_job(namespace, name))
     elif step is Step.CANCEL_RUN:
-        memory.cancel_sent = True
+        op.job(namespace, name).cancel_sent = True
         writes.append(follow.cancel_run(op, job, token))
     elif step is Step.CANCEL:
         writes.append(cancel_before_run(op, job, body, now))

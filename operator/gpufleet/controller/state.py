@@ -38,10 +38,16 @@ log = logging.getLogger("gpufleet.operator")
 class JobDecision:
     """What a round decided for one job, and from what: the parsed job (the cache keeps one
     object while the job is unchanged) and ``basis``, the pool's spec and GPU classes. While
-    both are the same the decision stands, so a queue of thousands is not re-decided every round."""
+    both are the same the decision stands, so a queue of thousands is not re-decided every round.
+
+    A job waiting in the queue (``queued``), and a finished one that stays until its TTL
+    (``quiet_until``), is held compact: no parsed job (None), here or in the cache, until a
+    round needs it (the head of the queue, a position to write, its time came) or its body
+    changes. Its parsed form was most of what such a job cost the operator's memory, and a
+    pool holds thousands of them."""
 
     body: dict
-    job: GenerationJob
+    job: GenerationJob | None
     basis: tuple
     refused: Refusal | None
     queued: WaitingJob | None  # it waits in the queue, and no clock can change that (no attempt yet)
