@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import sys
 import tempfile
@@ -306,6 +307,7 @@ def run_gpufleet(
         )
         return name
 
+    queued_peak = float("nan")
     if prequeue:
         set_workers(custom, 0)
     started = released = time.monotonic()
@@ -314,6 +316,7 @@ def run_gpufleet(
         # The whole queue is in (and has said so) before any worker takes a job.
         wait_for(lambda: len(first_status), lambda n: n >= count, 3600, interval=1, what="first statuses")
         released = time.monotonic()
+        queued_peak = sampler.peak  # while the queue filled: every job held, none run yet
         custom.patch_namespaced_custom_object(
             GROUP, VERSION, NAMESPACE, "workerpools", "fast", {"spec": {"replicas": WORKERS}}
         )
@@ -337,6 +340,7 @@ def run_gpufleet(
         "cpu": cpu,
         **control,
         "peak_rss_mb": peak / 2**20,
+        "queued_rss_mb": queued_peak / 2**20,
         "rounds": rounds_after[0] - rounds_before[0],
         "round_seconds": rounds_after[1] - rounds_before[1],
     }
@@ -510,6 +514,8 @@ def print_table(rows: list[dict]) -> None:
                 f"  pool rounds: {r['rounds']:.0f}, {r['round_seconds']:.1f} s in all "
                 f"({r['round_seconds'] / max(r['rounds'], 1) * 1000:.0f} ms each, {r['seconds']:.0f} s run)"
             )
+        if not math.isnan(r.get("queued_rss_mb", math.nan)):
+            print(f"  operator peak RSS until every job was queued: {r['queued_rss_mb']:.0f} MB")
 
 
 def main() -> int:
