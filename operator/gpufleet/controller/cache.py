@@ -51,14 +51,10 @@ def kept(body: dict[str, Any]) -> dict[str, Any]:
     sends with every object, managedFields and kubectl's copy of the applied manifest, which
     together outweigh a small object's spec and status (and every held job has one); and with
     its strings shared (`shared_strings`)."""
-    meta = body["metadata"]
-    annotations = meta.get("annotations") or {}
-    if "managedFields" in meta or LAST_APPLIED in annotations:
-        meta = {k: v for k, v in meta.items() if k != "managedFields"}
-        if LAST_APPLIED in annotations:
-            meta["annotations"] = {k: v for k, v in annotations.items() if k != LAST_APPLIED}
-        body = {**body, "metadata": meta}
-    return shared_strings(body)
+    meta = {k: v for k, v in body["metadata"].items() if k != "managedFields"}
+    if LAST_APPLIED in (annotations := meta.get("annotations") or {}):
+        meta["annotations"] = {k: v for k, v in annotations.items() if k != LAST_APPLIED}
+    return shared_strings({**body, "metadata": meta})  # a new tree: the input is left as it is
 
 
 def shared_strings(value: Any) -> Any:
