@@ -64,3 +64,14 @@ def test_timings_give_the_rate_from_first_to_last_start_and_the_wait_percentiles
     assert summary["jobs"] == 10
     assert summary["rate"] == pytest.approx(2.0)
     assert summary["p50"] == pytest.approx(98.0)  # waits 95.5 .. 100 in steps of 0.5; the 6th of 10
+
+
+def test_the_held_jobs_measure_counts_shared_objects_once_and_sees_the_compact_jobs():
+    from bench.dispatch import held
+
+    shared = "x" * 1000
+    assert held.deep_size([[shared, shared]]) == held.deep_size([[shared]]) + 8
+    figures = asyncio.run(held.measure(40))
+    assert set(figures) == {"queued", "finished"}
+    for operator_holds, as_decoded in figures.values():
+        assert 0 < operator_holds < as_decoded
